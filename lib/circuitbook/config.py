@@ -1,0 +1,65 @@
+"""Profiles ("ci", "full"), paths, seeding and device choice."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("CIRCUITBOOK_DATA", REPO / "data"))
+RESULTS = DATA / "results"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named size setting. `ci` runs every code path at toy size; `full` is the real result."""
+
+    name: str
+    artifact_dir: Path  # where this profile's artifacts live
+    shipped: bool  # whether artifacts of this profile are committed (and listed in data/MANIFEST)
+
+    @property
+    def is_ci(self) -> bool:
+        return self.name == "ci"
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile("ci", DATA / "ci", shipped=False),
+    "full": Profile("full", DATA / "artifacts", shipped=True),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Return the profile called `name`; an unknown name raises ValueError listing the valid ones."""
+    if isinstance(name, Profile):
+        return name
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid profiles are: {', '.join(sorted(PROFILES))}")
+    return PROFILES[name]
+
+
+def pick(profile: str | Profile, *, ci, full):
+    """Choose a value by profile: `pick(profile, ci=100, full=20_000)`."""
+    return ci if get_profile(profile).is_ci else full
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU. The book never requires a GPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def in_colab() -> bool:
+    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in str(os.environ.get("PYTHONPATH", ""))

@@ -1,0 +1,142 @@
+"""SPD's losses, each a small object with its own coefficient.
+
+Every loss is called on a `Step` (what one training step knows) and returns an unweighted scalar;
+`decompose` multiplies by `coeff` and sums. Output divergences are MSE for the toys and
+KL(target ‖ masked) for language models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from circuitbook.decomposition.components import CausalImportances, ComponentModel
+
+OutputLoss = Literal["mse", "kl"]
+
+
+@dataclass
+class Step:
+    """Everything a loss may use at one training step."""
+
+    model: ComponentModel
+    x: torch.Tensor  # [batch, ...] inputs
+    target_out: torch.Tensor  # [batch, ..., d] the target's output (detached)
+    ci: CausalImportances
+    deltas: dict[str, torch.Tensor] | None  # name -> W − U Vᵀ, when the Δ-component is used
+    frac: float  # fraction of training done, in [0, 1]
+    output_loss: OutputLoss = "mse"
+
+
+def recon_loss(pred: torch.Tensor, target: torch.Tensor, kind: OutputLoss) -> torch.Tensor:
+    """MSE over all entries, or KL(softmax(target) ‖ softmax(pred)) averaged over positions."""
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    logp, logq = F.log_softmax(target, -1), F.log_softmax(pred, -1)
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
+def stochastic_masks(
+    ci: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """m = g + (1 − g) r with r ~ U(0, 1): important subcomponents are kept, the rest randomly ablated.
+
+    The Δ-component (if any) gets a uniform random mask of its own. Returns (masks, delta_masks).
+    """
+    masks = {}
+    for n, g in ci.items():
+        r = torch.rand(g.shape, generator=generator, device=g.device)  # [..., C]
+        masks[n] = g + (1 - g) * r
+    delta_masks = None
+    if deltas is not None:
+        lead = next(iter(ci.values())).shape[:-1]
+        delta_masks = {n: torch.rand(lead, generator=generator) for n in ci}
+    return masks, delta_masks
+
+
+@dataclass
+class Faithfulness:
+    """Mean over all decomposed entries of (W − U Vᵀ)²."""
+
+    coeff: float = 1.0
+    name: str = "faithfulness"
+
+    def __call__(self, s: Step) -> torch.Tensor:
+        deltas = s.deltas if s.deltas is not None else s.model.weight_deltas()
+        total = sum((d**2).sum() for d in deltas.values())
+        return total / sum(d.numel() for d in deltas.values())
+
+
+@dataclass
+class StochasticRecon:
+    """D(f(x | all matrices stochastically masked), f(x))."""
+
+    coeff: float = 1.0
+    n_samples: int = 1
+    name: str = "stochastic_recon"
+
+    def __call__(self, s: Step) -> torch.Tensor:
+        loss = 0.0
+        for _ in range(self.n_samples):
+            masks, dmasks = stochastic_masks(s.ci.lower, s.deltas)
+            out = s.model(s.x, masks=masks, delta_masks=dmasks, deltas=s.deltas)
+            loss = loss + recon_loss(out, s.target_out, s.output_loss)
+        return loss / self.n_samples
+
+
+@dataclass
+class StochasticReconLayerwise:
+    """The same with one matrix masked at a time (the others keep their original weights), averaged."""
+
+    coeff: float = 1.0
+    n_samples: int = 1
+    name: str = "stochastic_recon_layerwise"
+
+    def __call__(self, s: Step) -> torch.Tensor:
+        loss, count = 0.0, 0
+        for _ in range(self.n_samples):
+            masks, dmasks = stochastic_masks(s.ci.lower, s.deltas)
+            for n in masks:
+                out = s.model(
+                    s.x,
+                    masks={n: masks[n]},
+                    delta_masks=None if dmasks is None else {n: dmasks[n]},
+                    deltas=None if s.deltas is None else {n: s.deltas[n]},
+                )
+                loss, count = loss + recon_loss(out, s.target_out, s.output_loss), count + 1
+        return loss / count
+
+
+def annealed_p(frac: float, p: float, p_final: float | None, start: float, end: float) -> float:
+    """Linear anneal of the exponent p from `p` to `p_final` between fractions `start` and `end`."""
+    if p_final is None or frac <= start:
+        return p
+    if frac >= end:
+        return p_final
+    return p + (p_final - p) * (frac - start) / (end - start)
+
+
+@dataclass
+class ImportanceMinimality:
+    """Σ_c mean_x |g_c(x)|^p summed over matrices (on the upper-leaky g), with p optionally annealed."""
+
+    coeff: float = 1e-3
+    p: float = 1.0
+    p_final: float | None = None
+    anneal_start: float = 0.0
+    anneal_end: float = 1.0
+    eps: float = 1e-12
+    name: str = "importance_minimality"
+
+    def current_p(self, frac: float) -> float:
+        return annealed_p(frac, self.p, self.p_final, self.anneal_start, self.anneal_end)
+
+    def __call__(self, s: Step) -> torch.Tensor:
+        p = self.current_p(s.frac)
+        total = 0.0
+        for g in s.ci.upper.values():  # [..., C]
+            total = total + ((g + self.eps) ** p).reshape(-1, g.shape[-1]).mean(0).sum()
+        return total

@@ -1,0 +1,275 @@
+"""The one transformer of the book: a small GPT you can read top to bottom.
+
+It is a `transformer_lens.HookedRootModule`, so `run_with_cache`, `run_with_hooks`
+and `ActivationCache` work on it. Every site has a `HookPoint` named as
+TransformerLens names it, and that name is the book's one vocabulary of
+locations: the hook name, the activation-sparsity site, the pruning node set and
+the cache key are all the same string, e.g. `blocks.0.mlp.hook_post`.
+
+Options that later chapters use exist from the start: RMSNorm or LayerNorm,
+learned or no positions, a per-head attention-sink logit, AbsTopK activation
+sparsity at any named site, and an optional bigram table added to the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+# Sites where the paper applies AbsTopK, as hook names relative to a block.
+ABSTOPK_PAPER_SITES = (
+    "ln1.hook_normalized",  # attention input (after norm)
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "hook_attn_out",
+    "ln2.hook_normalized",  # MLP input (after norm)
+    "mlp.hook_post",  # MLP neurons (after GELU)
+    "hook_mlp_out",
+)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 2048
+    n_ctx: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    norm: str = "rms"  # "rms" | "layer"
+    positions: str = "learned"  # "learned" | "none"
+    attn_sink: bool = False  # per-head learnable sink logit b_h, adds exp(b_h) to the softmax denominator
+    abstopk_sites: tuple[str, ...] = ()  # block-relative hook names, e.g. ABSTOPK_PAPER_SITES
+    afrac: float = 0.25  # AbsTopK keeps k = round(afrac * width) entries per position
+    bigram: bool = False  # a dense [vocab, vocab] table added to the logits
+    bias: bool = True
+    init_std: float = 0.02
+    extra: dict = field(default_factory=dict)  # free-form notes kept with the artifact
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("rms", "layer"):
+            raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
+        if self.positions not in ("learned", "none"):
+            raise ValueError(f"positions must be 'learned' or 'none', got {self.positions!r}")
+        bad = set(self.abstopk_sites) - set(ABSTOPK_PAPER_SITES)
+        if bad:
+            raise ValueError(f"unknown AbsTopK sites {sorted(bad)}; valid: {ABSTOPK_PAPER_SITES}")
+        if not 0 < self.afrac <= 1:
+            raise ValueError(f"afrac must be in (0, 1], got {self.afrac}")
+        self.abstopk_sites = tuple(self.abstopk_sites)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def abstopk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k entries of largest |x| along the last dim, zero the rest (exactly k survive)."""
+    if k >= x.shape[-1]:
+        return x
+    idx = x.abs().topk(k, dim=-1).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+class AbsTopK(nn.Module):
+    """AbsTopK over the last `flat_dims` dims (q/k/v use 2: heads x d_head are one width)."""
+
+    def __init__(self, width: int, afrac: float, flat_dims: int = 1, enabled: bool = True):
+        super().__init__()
+        self.k = max(1, round(afrac * width))
+        self.flat_dims = flat_dims
+        self.enabled = enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        shape = x.shape
+        flat = x.flatten(-self.flat_dims) if self.flat_dims > 1 else x
+        return abstopk(flat, self.k).reshape(shape)
+
+
+class Norm(nn.Module):
+    """RMSNorm or LayerNorm with hooks on the scale and the normalized output."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.kind = cfg.norm
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.norm == "layer" else None
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer":
+            x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt())
+        x = x / scale * self.w
+        if self.b is not None:
+            x = x + self.b
+        return x
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.n_heads * cfg.d_head
+        self.W_Q = nn.Linear(cfg.d_model, hd, bias=cfg.bias)
+        self.W_K = nn.Linear(cfg.d_model, hd, bias=cfg.bias)
+        self.W_V = nn.Linear(cfg.d_model, hd, bias=cfg.bias)
+        self.W_O = nn.Linear(hd, cfg.d_model, bias=cfg.bias)
+        self.sink = nn.Parameter(torch.zeros(cfg.n_heads)) if cfg.attn_sink else None
+        sites = set(cfg.abstopk_sites)
+        self.topk_q = AbsTopK(hd, cfg.afrac, 2, "attn.hook_q" in sites)
+        self.topk_k = AbsTopK(hd, cfg.afrac, 2, "attn.hook_k" in sites)
+        self.topk_v = AbsTopK(hd, cfg.afrac, 2, "attn.hook_v" in sites)
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.register_buffer("mask", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, D = self.cfg.n_heads, self.cfg.d_head
+        q = self.hook_q(self.topk_q(self.W_Q(x).view(B, T, H, D)))
+        k = self.hook_k(self.topk_k(self.W_K(x).view(B, T, H, D)))
+        v = self.hook_v(self.topk_v(self.W_V(x).view(B, T, H, D)))
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
+        scores = scores.masked_fill(~self.mask[:T, :T], float("-inf"))
+        scores = self.hook_attn_scores(scores)
+        if self.sink is not None:
+            # The sink is an extra key with logit b_h and a zero value: it takes probability mass, adds nothing.
+            sink = self.sink.view(1, H, 1, 1).expand(B, H, T, 1)
+            pattern = torch.cat([scores, sink], dim=-1).softmax(-1)[..., :T]
+        else:
+            pattern = scores.softmax(-1)
+        pattern = self.hook_pattern(pattern)
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        return self.W_O(z.reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.topk_post = AbsTopK(cfg.d_mlp, cfg.afrac, 1, "mlp.hook_post" in cfg.abstopk_sites)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.hook_pre(self.W_in(x))
+        post = self.hook_post(self.topk_post(F.gelu(pre)))
+        return self.W_out(post)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        sites = set(cfg.abstopk_sites)
+        # Modules are registered in forward order, so `GPT.hook_names` lists locations in that order.
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.ln1 = Norm(cfg)
+        self.topk_attn_in = AbsTopK(cfg.d_model, cfg.afrac, 1, "ln1.hook_normalized" in sites)
+        self.attn = Attention(cfg)
+        self.topk_attn_out = AbsTopK(cfg.d_model, cfg.afrac, 1, "hook_attn_out" in sites)
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.ln2 = Norm(cfg)
+        self.topk_mlp_in = AbsTopK(cfg.d_model, cfg.afrac, 1, "ln2.hook_normalized" in sites)
+        self.mlp = MLP(cfg)
+        self.topk_mlp_out = AbsTopK(cfg.d_model, cfg.afrac, 1, "hook_mlp_out" in sites)
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, resid: torch.Tensor) -> torch.Tensor:
+        resid = self.hook_resid_pre(resid)
+        attn_in = self.ln1.hook_normalized(self.topk_attn_in(self.ln1(resid)))
+        attn_out = self.hook_attn_out(self.topk_attn_out(self.attn(attn_in)))
+        resid = self.hook_resid_mid(resid + attn_out)
+        mlp_in = self.ln2.hook_normalized(self.topk_mlp_in(self.ln2(resid)))
+        mlp_out = self.hook_mlp_out(self.topk_mlp_out(self.mlp(mlp_in)))
+        return self.hook_resid_post(resid + mlp_out)
+
+
+class GPT(HookedRootModule):
+    """Token (and optional position) embedding, `n_layers` pre-norm blocks, final norm, untied unembedding."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.positions == "learned" else None
+        self.hook_pos_embed = HookPoint() if cfg.positions == "learned" else None  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = Norm(cfg)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
+        self.bigram = nn.Embedding(cfg.vocab_size, cfg.vocab_size) if cfg.bigram else None
+        self._init_weights()
+        self.setup()  # names every HookPoint after its module path
+
+    def _init_weights(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if name.endswith(".w") or name.endswith("sink"):
+                continue  # norm gains stay 1, sink logits stay 0
+            if name.endswith("bias") or name.endswith(".b"):
+                nn.init.zeros_(p)
+            elif name.endswith("W_O.weight") or name.endswith("W_out.weight"):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))  # residual writes
+            elif name.startswith("bigram"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, std=std)
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Every location in the model, in forward order: the book's vocabulary."""
+        return list(self.hook_dict)
+
+    def forward(self, tokens: torch.Tensor, return_type: str = "logits") -> torch.Tensor:
+        """tokens [batch, pos] -> logits [batch, pos, vocab], or the mean next-token loss if return_type='loss'."""
+        B, T = tokens.shape
+        if T > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {T} tokens exceeds n_ctx={self.cfg.n_ctx}")
+        resid = self.hook_embed(self.embed(tokens))
+        if self.pos_embed is not None:
+            resid = resid + self.hook_pos_embed(self.pos_embed(torch.arange(T, device=tokens.device)))[None]
+        for block in self.blocks:
+            resid = block(resid)
+        logits = self.unembed(self.ln_final.hook_normalized(self.ln_final(resid)))
+        if self.bigram is not None:
+            logits = logits + self.bigram(tokens)
+        if return_type == "logits":
+            return logits
+        if return_type == "loss":
+            return lm_loss(logits, tokens)
+        raise ValueError(f"return_type must be 'logits' or 'loss', got {return_type!r}")
+
+    def n_params(self, nonzero: bool = False) -> int:
+        return sum(int((p != 0).sum()) if nonzero else p.numel() for p in self.parameters())
+
+
+def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits [batch, pos, vocab] predict tokens[:, 1:]."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def gpt_from_state(tensors: dict[str, torch.Tensor], cfg: dict | GPTConfig) -> GPT:
+    """Rebuild a GPT from an artifact's tensors and stored config dict."""
+    if isinstance(cfg, dict):
+        cfg = GPTConfig(**{**cfg, "abstopk_sites": tuple(cfg.get("abstopk_sites", ()))})
+    model = GPT(cfg)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model

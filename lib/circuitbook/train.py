@@ -1,0 +1,215 @@
+"""The one training loop: AdamW, a pluggable LR schedule, gradient clipping, evaluation,
+a progress bar, periodic checkpoints, resume after interruption, kept checkpoints.
+
+Determinism: the batch at step s depends only on (seed, s), there is no dropout, and a
+checkpoint holds the weights, the optimizer state and the history, so a run killed at
+any point and resumed ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from circuitbook.artifacts import load_tensors, save_tensors
+from circuitbook.models.gpt import lm_loss
+
+# ---------------------------------------------------------------- data
+
+
+def get_batch(tokens: np.ndarray, step: int, batch_size: int, n_ctx: int, seed: int) -> torch.Tensor:
+    """Random windows of `n_ctx` tokens; the choice depends only on (seed, step). Returns [batch, n_ctx]."""
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(tokens) - n_ctx, size=batch_size)
+    return torch.from_numpy(np.stack([tokens[s : s + n_ctx] for s in starts]).astype(np.int64))
+
+
+def val_batches(tokens: np.ndarray, n_batches: int, batch_size: int, n_ctx: int) -> list[torch.Tensor]:
+    """Fixed, non-overlapping validation windows spread evenly over `tokens`."""
+    n = min(n_batches * batch_size, len(tokens) // n_ctx)
+    starts = np.linspace(0, len(tokens) - n_ctx, n).astype(np.int64)
+    w = torch.from_numpy(np.stack([tokens[s : s + n_ctx] for s in starts]).astype(np.int64))
+    return list(w.split(batch_size))
+
+
+@torch.no_grad()
+def evaluate_lm(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    """Mean next-token loss per token over `batches`."""
+    was = model.training
+    model.eval()
+    loss = sum(float(lm_loss(model(b), b)) * b.shape[0] for b in batches) / sum(b.shape[0] for b in batches)
+    model.train(was)
+    return loss
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def cosine_schedule(warmup_frac: float = 0.02, final: float = 0.1) -> Callable[[int, int], float]:
+    """LR multiplier: linear warmup, then cosine decay to `final`."""
+
+    def f(step: int, total: int) -> float:
+        w = max(1, int(warmup_frac * total))
+        if step < w:
+            return (step + 1) / w
+        t = (step - w) / max(1, total - w)
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+# ---------------------------------------------------------------- config and loop
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int = 32
+    n_ctx: int = 128
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip: str = "norm"  # "norm" (global L2 norm), "rms" (global RMS), or "none"
+    clip_value: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 8
+    ckpt_every: int = 200
+    keep_steps: tuple[int, ...] = ()  # steps whose weights are kept (chapter 7 tracks features across them)
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def clip_gradients(params: list[torch.Tensor], mode: str, value: float) -> float:
+    """Clip in place; return the pre-clip global norm ("norm") or RMS ("rms")."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if mode == "none" or not grads:
+        return float("nan")
+    sq = sum(float(g.pow(2).sum()) for g in grads)
+    size = sum(g.numel() for g in grads)
+    stat = math.sqrt(sq) if mode == "norm" else math.sqrt(sq / size)
+    if mode not in ("norm", "rms"):
+        raise ValueError(f"clip must be 'norm', 'rms' or 'none', got {mode!r}")
+    if stat > value:
+        for g in grads:
+            g.mul_(value / stat)
+    return stat
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def train(
+    model: torch.nn.Module,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    cfg: TrainConfig,
+    ckpt_dir: Path | None = None,
+    lr_schedule: Callable[[int, int], float] | None = None,
+    optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` on next-token prediction; resume from `ckpt_dir/latest` if it exists.
+
+    lr_schedule(step, total) multiplies cfg.lr; after_step(step) runs after each optimizer
+    step (the weight sparsifier plugs in here); eval_fn(model) adds metrics at each
+    evaluation; stop_at simulates an interruption (the run stops after that step, leaving a
+    checkpoint). Returns {"history": [...], "kept": {step: state_dict}, "tokens_per_s": ...}.
+    """
+    lr_schedule = lr_schedule or cosine_schedule()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer is None:
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+        )
+    else:
+        opt = optimizer(params)
+    history: list[dict] = []
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+    start = 0
+    latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
+    if latest is not None and latest.exists():
+        tensors, meta = load_tensors(latest)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_opt(opt, tensors, meta)
+        start, history = meta["step"], meta["history"]
+        for s in meta["kept"]:
+            kept[s] = load_tensors(Path(ckpt_dir) / f"kept_{s}.safetensors")[0]
+    val = val_batches(val_tokens, cfg.eval_batches, cfg.batch_size, cfg.n_ctx)
+
+    def checkpoint(step: int) -> None:
+        if latest is None:
+            return
+        ot, om = _opt_tensors(opt)
+        mt = {f"model.{k}": v for k, v in model.state_dict().items()}
+        meta = {"step": step, "history": history, "kept": sorted(kept), "config": cfg.to_dict(), **om}
+        save_tensors(latest, {**mt, **ot}, meta)
+
+    model.train()
+    t0, tokens_seen = time.perf_counter(), 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_schedule(step, cfg.steps)
+        batch = get_batch(train_tokens, step, cfg.batch_size, cfg.n_ctx, cfg.seed)
+        loss = lm_loss(model(batch), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gstat = clip_gradients(params, cfg.clip, cfg.clip_value)
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        tokens_seen += batch.numel()
+        done = step + 1
+        row = {"step": done, "train_loss": loss.item(), "lr": opt.param_groups[0]["lr"], "grad_stat": gstat}
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            row["val_loss"] = evaluate_lm(model, val)
+            if eval_fn is not None:
+                row.update(eval_fn(model))
+            bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{row['val_loss']:.3f}")
+        history.append(row)
+        if done in cfg.keep_steps:
+            kept[done] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if ckpt_dir is not None:
+                save_tensors(Path(ckpt_dir) / f"kept_{done}.safetensors", kept[done], {"step": done})
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
+            checkpoint(done)
+        if stop_at is not None and done >= stop_at:
+            break
+    bar.close()
+    dt = time.perf_counter() - t0
+    return {"history": history, "kept": kept, "tokens_per_s": tokens_seen / dt if dt > 0 else float("nan")}
