@@ -119,6 +119,10 @@ def test_projection_keeps_largest_and_breaks_ties_deterministically():
     w = torch.randn(6, 10)
     project_(w, 5, min_per_row=4)
     assert row_nonzeros(w).tolist() == [4] * 6
+    # ties inside the floor too: each row keeps its first 4 columns, and the next 2 in flat order
+    t = torch.ones(3, 10)
+    project_(t, 14, min_per_row=4)
+    assert t[:, :4].ne(0).all() and t.ne(0).sum().item() == 14 and t[0, 4:6].ne(0).all()
 
 
 def test_kept_fraction_schedule_by_hand():

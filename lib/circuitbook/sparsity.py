@@ -72,10 +72,10 @@ def sharkfin(
     """Learning-rate multiplier: linear warmup over the first `warmup` of training, linear decay to 0 at
     `total_steps`, times 1/sqrt(kept(step, total_steps)) (sparser weights need a larger step).
 
-    With W = max(1, round(warmup * total_steps)) warmup steps: (step + 1) / W for step < W, then
+    With W = max(1, round-half-up(warmup * total_steps)) warmup steps: (step + 1) / W for step < W, then
     (total_steps - step) / (total_steps - W), which is 1 at step W and 0 at step total_steps.
     """
-    W = max(1, round(warmup * total_steps))
+    W = max(1, math.floor(warmup * total_steps + 0.5))
     if step < W:
         base = (step + 1) / W
     else:
@@ -98,10 +98,15 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     n = scores.shape[-1]
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
-    v = scores.kthvalue(n - k + 1, dim=-1, keepdim=True).values  # [rows, 1] the k-th largest value
+    if k <= 64:  # few per row (the floor): topk is ~10x faster than a selection over the whole row
+        v = scores.topk(k, dim=-1).values[..., -1:]  # [rows, 1] the k-th largest value
+    else:
+        v = scores.kthvalue(n - k + 1, dim=-1, keepdim=True).values  # [rows, 1]
     above = scores > v  # [rows, n] strictly larger: always kept
     tie = scores == v  # equal to the k-th largest: keep the first ones until the row has k
-    need = k - above.sum(-1, keepdim=True)  # [rows, 1]
+    need = k - above.sum(-1, keepdim=True)  # [rows, 1], 1 <= need <= number of ties
+    if bool((tie.sum(-1, keepdim=True) == need).all()):  # the usual case: no tie to break
+        return above | tie
     return above | (tie & (tie.cumsum(-1) <= need))
 
 
@@ -146,6 +151,10 @@ class WeightSparsifier:
     min_per_row: j, the per-row floor for nn.Linear weights (the paper's j = 4); 0 turns it off.
     exclude: regexes of parameter names never projected (default: norm gains, sink logits, bigram).
     floor_exclude: regexes of nn.Linear weights that get no per-row floor (default: none).
+
+    After `step(s)` every projected parameter holds exactly `expected_nonzeros(s)[name]` kept entries; they
+    are all nonzero unless the parameter had fewer nonzero entries than that to begin with (e.g. a
+    zero-initialised bias whose gradient is exactly zero). Excluded parameters: `self.excluded`.
     """
 
     def __init__(

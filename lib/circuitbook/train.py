@@ -200,7 +200,7 @@ def train(
             row["val_loss"] = evaluate_lm(model, val)
             if eval_fn is not None:
                 row.update(eval_fn(model))
-            bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{row['val_loss']:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{row['val_loss']:.3f}")
         history.append(row)
         if done in cfg.keep_steps:
             kept[done] = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -58,8 +58,10 @@ def _node(node_id: str, feature: int, layer: str, ctx_idx: int, feature_type: st
     return node
 
 
-def feature_node(layer: int, pos: int, feature: int, activation: float | None = None, clerp: str = "") -> dict:
-    """A transcoder feature. `feature` in the JSON is the Cantor pairing of (layer, index), as in circuit-tracer."""
+def feature_node(
+    layer: int, pos: int, feature: int, activation: float | None = None, clerp: str = ""
+) -> dict:
+    """A transcoder feature; its JSON `feature` is the Cantor pairing of (layer, index), as circuit-tracer."""
     cantor = (layer + feature) * (layer + feature + 1) // 2 + feature
     return _node(f"{layer}_{feature}_{pos}", cantor, str(layer), pos, FEATURE, f"{layer}_{feature}-0",
                  activation=None if activation is None else float(activation), clerp=clerp)
@@ -75,7 +77,9 @@ def embedding_node(pos: int, token_id: int, clerp: str = "") -> dict:
     return _node(f"E_{token_id}_{pos}", pos, "E", pos, EMBEDDING, f"E_{token_id}-{pos}", clerp=clerp)
 
 
-def logit_node(pos: int, vocab_idx: int, token: str, n_layers: int, prob: float, target: bool = False) -> dict:
+def logit_node(
+    pos: int, vocab_idx: int, token: str, n_layers: int, prob: float, target: bool = False
+) -> dict:
     """An output logit (the graph's sink); `prob` is its weight in pruning."""
     layer = str(n_layers + 1)
     return _node(f"{layer}_{vocab_idx}_{pos}", vocab_idx, layer, pos, LOGIT, f"L_{vocab_idx}-{pos}",
@@ -232,7 +236,8 @@ def graph_to_json(
     links = [{"source": out_nodes[s]["node_id"], "target": out_nodes[t]["node_id"], "weight": float(A[t, s])}
              for t, s in zip(dsts.tolist(), srcs.tolist()) if s in out_nodes and t in out_nodes]
     linked = {l["source"] for l in links} | {l["target"] for l in links}
-    used = [n for n in out_nodes.values() if n["node_id"] in linked or n["feature_type"] in (EMBEDDING, LOGIT)]
+    ends = (EMBEDDING, LOGIT)
+    used = [n for n in out_nodes.values() if n["node_id"] in linked or n["feature_type"] in ends]
     return {
         "metadata": {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list),
                      "prompt_tokens": list(prompt_tokens), "prompt": prompt,

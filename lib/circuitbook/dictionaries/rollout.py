@@ -124,10 +124,23 @@ def rollout_heatmaps(
     q: float = 0.30,
     mode: str = "nearest",
     along: str = "row",
+    block: int = 1,
+    reduce: str = "max",
 ) -> Tensor:
-    """Rollout heatmaps of `tokens` at image resolution: [n_tokens, H, W]. See `attention_rollout`."""
+    """Rollout heatmaps of `tokens` at image resolution: [n_tokens, H, W]. See `attention_rollout`.
+
+    With block > 1, `tokens` index pooled image tokens (row-major over the grid of block x block
+    squares, as a projector that pools patches hands them to the language model), and each map is the
+    max (or mean) over the square's patch maps.
+    """
     R = attention_rollout(attns, last_k=last_k, q=q)
-    return upsample(token_maps(R, tokens, grid, patch_start, along), image_size, mode)
+    if block == 1:
+        maps = token_maps(R, tokens, grid, patch_start, along)
+    else:
+        gh, gw = grid
+        every = token_maps(R, range(patch_start, patch_start + gh * gw), grid, patch_start, along)
+        maps = pool_maps(every.reshape(gh, gw, gh, gw), block, reduce)[torch.as_tensor(tokens)]
+    return upsample(maps, image_size, mode)
 
 
 def top_region(heatmap: Tensor, top_fraction: float) -> Tensor:

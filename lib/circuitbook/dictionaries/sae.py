@@ -112,7 +112,7 @@ class Transcoder(nn.Module):
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], config: dict[str, Any]) -> Transcoder:
-        """Rebuild a dictionary saved with `to_tensors()` + `config()`; the class comes from config["kind"]."""
+        """Rebuild a dictionary saved by `to_tensors()` + `config()`; config["kind"] picks the class."""
         kind = {"SAE": SAE, "Transcoder": Transcoder}[config.get("kind", cls.__name__)]
         if kind is SAE:
             model = SAE(config["d_in"], config["n_features"], config["k"])
@@ -198,7 +198,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """FVU, mean L0, and dead features (never active over the whole evaluation set).
 
-    Returns {"fvu", "l0", "n_dead", "dead_frac", "dead": BoolTensor [n_features], "freq": Tensor [n_features]}.
+    Returns {"fvu", "l0", "n_dead", "dead_frac", "dead": bool [n_features], "freq": [n_features]}.
     FVU is pooled over the set: sum of squared errors / sum of squared deviations from the set's mean.
     """
     dev = model.W_dec.device
@@ -258,7 +258,7 @@ def train_dictionary(
     - `init_b_dec`: set b_dec to the mean target of the first batch (skip it when fine-tuning).
     - AuxK (Gao et al. 2024): features silent for `dead_after` steps try to explain the residual
       y - y_hat with their own top-k; weight `aux_coef` (0 turns it off).
-    History: per step "step", "fvu" (training batch), "l0", "aux", "dead_frac" (silent for `dead_after` steps).
+    History, per step: "step", "fvu" (training batch), "l0", "aux", "dead_frac" (silent `dead_after` steps).
     """
     g = torch.Generator().manual_seed(seed)
     dev = model.W_dec.device
@@ -330,12 +330,12 @@ def _fit(
         x, y = _split(probe)
         if cls is SAE:
             if isinstance(probe, tuple | list):
-                raise ValueError("an SAE's data is one tensor (its own target); use train_transcoder for pairs")
+                raise ValueError("an SAE's data is one tensor (its own target); pairs: train_transcoder")
             model = SAE(x.shape[-1], n_features, k, seed=seed)
         else:
             model = Transcoder(x.shape[-1], n_features, k, d_out=y.shape[-1], seed=seed)
-    if device is None:
-        device = data.device if isinstance(data, Tensor) else _split(data)[0].device if not callable(data) else "cpu"
+    if device is None:  # where the data lives (a callable's batches: CPU unless told)
+        device = "cpu" if callable(data) else _split(data)[0].device
     model = model.to(device)
     hist = train_dictionary(model, data, steps, seed=seed, desc=desc, **kw)
     return model, hist
@@ -381,7 +381,7 @@ def train_transcoder(
 
 
 def steps_to_fvu(history: dict[str, list[float]], target: float, window: int = 1) -> int | None:
-    """First step at which the training FVU (mean over the last `window` steps) is <= target; None if never."""
+    """First step whose training FVU (mean over the last `window` steps) is <= target; None if never."""
     f = history["fvu"]
     for i in range(len(f)):
         lo = max(0, i - window + 1)

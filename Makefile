@@ -1,0 +1,55 @@
+# circuitbook: `make book` (main job) and `make test` (what CI runs). Both set up .venv if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+BOOK_ARGS := --config _config.yml --toc book/_toc.yml
+
+.PHONY: venv book notebooks html test lint unit nbval lab sync bench readme clean-ci
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "circuitbook needs Python >= 3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+## The main job: execute every chapter (profile full, shipped artifacts; missing ones are trained), build the HTML.
+book: venv notebooks readme html
+
+notebooks: venv
+	@for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  $(VENV)/bin/jupytext --to ipynb --update $${nb%.ipynb}.py -o $$nb >/dev/null && \
+	  (cd notebooks && ../$(VENV)/bin/papermill --log-level WARNING $$(basename $$nb) $$(basename $$nb) -p profile full) || exit 1; \
+	done
+
+html: venv
+	$(VENV)/bin/jupyter-book build . $(BOOK_ARGS) --warningiserror --quiet
+	@echo "HTML book: _build/html/index.html"
+
+readme: venv
+	$(PY) scripts/claims_table.py
+
+## What CI runs (.ci/run): lint, unit tests, every chapter at the ci profile, nbval of the committed notebooks, HTML build.
+test: venv lint unit nbval html
+
+lint: venv
+	$(VENV)/bin/ruff check lib tests scripts notebooks/*.py
+
+unit: venv
+	$(PY) -m pytest -q tests
+
+nbval: venv
+	cd notebooks && ../$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(notdir $(NOTEBOOKS))
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+## Pair and update: the .py (jupytext percent) is the source; the .ipynb keeps its outputs.
+sync: venv
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+bench: venv
+	$(PY) scripts/bench.py

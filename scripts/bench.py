@@ -1,0 +1,56 @@
+"""`make bench`: this machine's matmul GFLOP/s, the dense model's training tokens/s and MFU against it,
+then every other scripts/bench_*.py. Prints ratios; nothing here is a timed test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuitbook import zoo
+from circuitbook.models.gpt import GPT
+from circuitbook.train import TrainConfig, train
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def train_flops_per_token(model: GPT) -> float:
+    """6 x (non-embedding + unembedding parameters) + attention's 6 x 2 x layers x n_ctx x d (Kaplan et al.)."""
+    cfg = model.cfg
+    n = model.n_params() - model.embed.weight.numel() - (model.pos_embed.weight.numel() if model.pos_embed else 0)
+    return 6 * n + 12 * cfg.n_layers * cfg.n_ctx * cfg.n_heads * cfg.d_head
+
+
+def main() -> None:
+    threads = torch.get_num_threads()
+    gf = matmul_gflops()
+    print(f"torch threads: {threads}")
+    print(f"matmul (1024x1024 fp32): {gf:.1f} GFLOP/s")
+    gcfg, tcfg = zoo.dense_configs("full")
+    model = GPT(gcfg)
+    toks = np.random.default_rng(0).integers(0, gcfg.vocab_size, 2_000_000).astype(np.uint16)
+    steps = 30
+    cfg = TrainConfig(steps=steps, batch_size=tcfg.batch_size, n_ctx=tcfg.n_ctx, eval_every=10**9)
+    out = train(model, toks, toks, cfg, progress=False)
+    tps = out["tokens_per_s"]
+    achieved = tps * train_flops_per_token(model) / 1e9
+    print(f"dense baseline ({model.n_params():,} params, batch {cfg.batch_size} x {cfg.n_ctx}): "
+          f"{tps:,.0f} training tokens/s = {achieved:.1f} GFLOP/s, MFU {achieved / gf:.2f} of this machine's matmul")
+    for script in sorted(Path(__file__).parent.glob("bench_*.py")):
+        print(f"\n== {script.name}", flush=True)
+        subprocess.run([sys.executable, str(script)], check=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Regenerate the README's reproduced-claims table from data/results/*.json (full profile only)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def table() -> str:
+    rows = ["| chapter | claim | paper | target | measured | holds |", "|---|---|---|---|---|---|"]
+    for f in sorted((ROOT / "data" / "results").glob("*.json")):
+        if f.name.count(".") > 1:  # ci-profile results (<chapter>.ci.json) are not the book's numbers
+            continue
+        r = json.loads(f.read_text())
+        for c in r["claims"]:
+            m = c["measured"]
+            m = f"{m:.4g}" if isinstance(m, float) else m
+            holds = {True: "yes", False: "**no**", None: "(report)"}[c["holds"]]
+            paper = c["paper"] if c["paper"] is not None else "–"
+            rows.append(f"| {r['chapter']} | `{c['id']}`: {c['claim']} | {paper} | {c['target'] or '–'} | {m} | {holds} |")
+    return "\n".join(rows)
+
+
+def main(check: bool = False) -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = re.sub(f"{START}.*?{END}", f"{START}\n{table()}\n{END}", text, flags=re.S)
+    if check:
+        return 0 if new == text else 1
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(check="--check" in sys.argv))

@@ -1,0 +1,40 @@
+import numpy as np
+import torch
+
+from circuitbook.models.gpt import GPT, GPTConfig
+from circuitbook.train import TrainConfig, get_batch, train
+
+CFG = dict(vocab_size=64, n_ctx=16, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32)
+
+
+def _run(ckpt, stop_at=None):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**CFG))
+    toks = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
+    tcfg = TrainConfig(steps=30, batch_size=4, n_ctx=16, lr=1e-2, eval_every=10, eval_batches=1, ckpt_every=7,
+                       keep_steps=(5, 20))
+    out = train(model, toks, toks, tcfg, ckpt_dir=ckpt, stop_at=stop_at, progress=False)
+    return model, out
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    ref, ref_out = _run(None)
+    _run(tmp_path, stop_at=13)  # "killed" after step 13; the last checkpoint is at 13
+    resumed, out = _run(tmp_path)  # a fresh process would start exactly like this
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert [r["train_loss"] for r in out["history"]] == [r["train_loss"] for r in ref_out["history"]]
+    assert sorted(out["kept"]) == [5, 20] and torch.equal(out["kept"][20]["embed.weight"],
+                                                          ref_out["kept"][20]["embed.weight"])
+
+
+def test_training_reduces_loss_and_batches_are_deterministic():
+    toks = np.arange(1000, dtype=np.uint16) % 64
+    assert torch.equal(get_batch(toks, 3, 4, 16, 0), get_batch(toks, 3, 4, 16, 0))
+    assert not torch.equal(get_batch(toks, 3, 4, 16, 0), get_batch(toks, 4, 4, 16, 0))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**CFG))
+    out = train(model, toks, toks, TrainConfig(steps=60, batch_size=8, n_ctx=16, lr=1e-2, eval_every=60,
+                                               eval_batches=1), progress=False)
+    h = out["history"]
+    assert h[-1]["val_loss"] < 0.5 * np.log(64)  # a periodic sequence is easy to predict
