@@ -5,31 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from circuitbook import zoo
+from circuitbook.bench import matmul_gflops, train_flops_per_token
 from circuitbook.models.gpt import GPT
 from circuitbook.train import TrainConfig, train
-
-
-def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def train_flops_per_token(model: GPT) -> float:
-    """6 x (non-embedding + unembedding parameters) + attention's 6 x 2 x layers x n_ctx x d (Kaplan et al.)."""
-    cfg = model.cfg
-    n = model.n_params() - model.embed.weight.numel() - (model.pos_embed.weight.numel() if model.pos_embed else 0)
-    return 6 * n + 12 * cfg.n_layers * cfg.n_ctx * cfg.n_heads * cfg.d_head
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ def table() -> str:
             m = f"{m:.4g}" if isinstance(m, float) else m
             holds = {True: "yes", False: "**no**", None: "(report)"}[c["holds"]]
             paper = c["paper"] if c["paper"] is not None else "–"
-            rows.append(f"| {r['chapter']} | `{c['id']}`: {c['claim']} | {paper} | {c['target'] or '–'} | {m} | {holds} |")
+            target = c["target"] or "–"
+            rows.append(f"| {r['chapter']} | `{c['id']}`: {c['claim']} | {paper} | {target} | {m} | {holds} |")
     return "\n".join(rows)
 
 

@@ -164,3 +164,37 @@ def verify_manifest() -> list[str]:
         if not p.exists() or sha256(p) != digest:
             bad.append(rel)
     return bad
+
+
+def pack_sparse(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Store mostly-zero tensors as flat int32 indices + values (`name.idx`, `name.val`), others densely.
+
+    Weight-sparse models keep a few percent of their weights, so this is several times smaller than
+    dense storage. Shapes come back from the model the tensors are loaded into (`unpack_sparse`).
+    """
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        flat = v.flatten()
+        nz = flat.nonzero()[:, 0]
+        if v.is_floating_point() and v.dim() >= 1 and 3 * len(nz) < len(flat):
+            out[f"{k}.idx"] = nz.to(torch.int32)
+            out[f"{k}.val"] = flat[nz].to(dtype)
+        else:
+            out[k] = v.to(dtype) if v.is_floating_point() else v
+    return out
+
+
+def unpack_sparse(tensors: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `pack_sparse`, given a state dict of the right shapes (e.g. a fresh model's)."""
+    out = {}
+    for k, t in template.items():
+        if k in tensors:
+            out[k] = tensors[k].to(t.dtype)
+        elif f"{k}.idx" in tensors:
+            flat = torch.zeros(t.numel(), dtype=t.dtype)
+            flat[tensors[f"{k}.idx"].long()] = tensors[f"{k}.val"].to(t.dtype)
+            out[k] = flat.view_as(t)
+        else:
+            raise ArtifactError(f"tensor {k!r} is missing from the artifact")
+    return out

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from circuitbook.artifacts import load_tensors, save_tensors
 from circuitbook.models.gpt import lm_loss
+from circuitbook.sparsity import clip_grad_rms_
 
 # ---------------------------------------------------------------- data
 
@@ -78,7 +79,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    clip: str = "norm"  # "norm" (global L2 norm), "rms" (global RMS), or "none"
+    clip: str = "norm"  # "norm" (global L2 norm), "rms" (global RMS), "rms_normalize" (RMS set to clip_value), "none"
     clip_value: float = 1.0
     eval_every: int = 200
     eval_batches: int = 8
@@ -92,19 +93,17 @@ class TrainConfig:
 
 
 def clip_gradients(params: list[torch.Tensor], mode: str, value: float) -> float:
-    """Clip in place; return the pre-clip global norm ("norm") or RMS ("rms")."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if mode == "none" or not grads:
+    """Clip in place; return the pre-clip global L2 norm ("norm") or global RMS ("rms", "rms_normalize").
+
+    "rms" scales the gradient down to RMS `value` when it is larger; "rms_normalize" scales it to exactly
+    RMS `value` every step (the weight-sparse recipe, see chapter 2)."""
+    if mode == "none":
         return float("nan")
-    sq = sum(float(g.pow(2).sum()) for g in grads)
-    size = sum(g.numel() for g in grads)
-    stat = math.sqrt(sq) if mode == "norm" else math.sqrt(sq / size)
-    if mode not in ("norm", "rms"):
-        raise ValueError(f"clip must be 'norm', 'rms' or 'none', got {mode!r}")
-    if stat > value:
-        for g in grads:
-            g.mul_(value / stat)
-    return stat
+    if mode in ("rms", "rms_normalize"):
+        return clip_grad_rms_(params, value, normalize=mode == "rms_normalize")
+    if mode == "norm":
+        return float(torch.nn.utils.clip_grad_norm_(params, value))
+    raise ValueError(f"clip must be 'norm', 'rms', 'rms_normalize' or 'none', got {mode!r}")
 
 
 def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -38,7 +38,8 @@ def token_html(tokens: list[str], values: list[float] | None = None) -> str:
         else:
             v = float(np.clip(values[i], -1, 1))
             bg = f"rgba(220,50,50,{v:.2f})" if v > 0 else f"rgba(50,90,220,{-v:.2f})"
-        spans.append(f'<span style="background:{bg};border:1px solid #ccc;margin:1px;font-family:monospace">{shown}</span>')
+        style = f"background:{bg};border:1px solid #ccc;margin:1px;font-family:monospace"
+        spans.append(f'<span style="{style}">{shown}</span>')
     return "".join(spans)
 
 

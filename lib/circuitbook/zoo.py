@@ -7,7 +7,8 @@ Each function goes through `artifacts.load_or_train`, so a shipped artifact is l
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from circuitbook.config import DATA, Profile, get_profile, pick, seed_everything
 from circuitbook.data.corpus import load_corpus
 from circuitbook.data.tasks import TASKS, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
-from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state
+from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
+from circuitbook.sparsity import WeightSparsifier, kept_fraction, sharkfin, sparse_adamw, total_l0
 from circuitbook.train import TrainConfig, cosine_schedule, train
 
 VOCAB_SIZE = 2048
@@ -127,6 +129,24 @@ def _half(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
 
 
+def _fit_gpt(prof: Profile, name: str, gcfg: GPTConfig, tcfg: TrainConfig, config: dict, progress: bool, **train_kw):
+    """Train a GPT on the profile's corpus (resumable from data/scratch), keeping checkpoints as artifacts."""
+    tok = tokenizer(prof)
+    streams = token_streams(prof, tok)
+    sets = task_sets(prof, tok, tcfg.seed)
+    seed_everything(tcfg.seed)
+    model = GPT(gcfg)
+    hooks = {k: f(model) for k, f in train_kw.pop("make", {}).items()}  # callbacks that need the model
+    out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
+                eval_fn=task_eval_fn(sets), progress=progress, **train_kw, **hooks)
+    for step, sd in out["kept"].items():  # checkpoints along training (chapter 7 follows features across them)
+        artifacts.save_tensors(
+            artifacts.artifact_path(f"{name}_step{step}", prof), _half(sd),
+            {"name": f"{name}_step{step}", "profile": prof.name, "config": config, "step": step},
+        )
+    return model, {"history": _thin(out["history"]), "tokens_per_s": out["tokens_per_s"]}
+
+
 def dense_baseline(
     profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True
 ) -> tuple[GPT, dict]:
@@ -138,23 +158,81 @@ def dense_baseline(
     config = {"model": gcfg.to_dict(), "train": tcfg.to_dict()}
 
     def fit():
-        tok = tokenizer(prof)
-        streams = token_streams(prof, tok)
-        sets = task_sets(prof, tok, seed)
-        seed_everything(seed)
-        model = GPT(gcfg)
-        ckpt = DATA / "scratch" / prof.name / name
-        out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=ckpt, lr_schedule=cosine_schedule(),
-                    eval_fn=task_eval_fn(sets), progress=progress)
-        for step, sd in out["kept"].items():  # checkpoints along training, for chapter 7
-            artifacts.save_tensors(
-                artifacts.artifact_path(f"{name}_step{step}", prof), _half(sd),
-                {"name": f"{name}_step{step}", "profile": prof.name, "config": config, "step": step},
-            )
-        return _half(model.state_dict()), {"history": _thin(out["history"]), "tokens_per_s": out["tokens_per_s"]}
+        model, metrics = _fit_gpt(prof, name, gcfg, tcfg, config, progress, lr_schedule=cosine_schedule())
+        return _half(model.state_dict()), metrics
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
     return gpt_from_state(tensors, gcfg).eval(), meta
+
+
+# ---------------------------------------------------------------- weight-sparse models (chapter 2)
+
+SPARSE_FRACTIONS = (1 / 4, 1 / 16, 1 / 64, 1 / 256)
+
+
+def sparse_widths(profile: str | Profile) -> tuple[int, ...]:
+    return pick(profile, ci=(16, 32), full=(64, 128))
+
+
+def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str = "rms_normalize"):
+    """Model and training settings of a weight-sparse GPT keeping `kept` of every matrix at width `d_model`.
+
+    The paper's recipe: AbsTopK (1/4) at its eight sites, attention sinks, RMSNorm, AdamW (0.9, 0.95),
+    weight decay 0.1, eps 0.1, gradient RMS set to 1, sharkfin LR, L0 annealed over the first half.
+    """
+    if not 0 < kept <= 1:
+        raise ValueError(f"kept fraction must be in (0, 1], got {kept}")
+    if d_model % 16:
+        raise ValueError(f"d_model must be a multiple of the head size 16, got {d_model}")
+    gcfg = GPTConfig(
+        vocab_size=VOCAB_SIZE, n_ctx=pick(profile, ci=64, full=128), d_model=d_model,
+        n_layers=pick(profile, ci=2, full=4), n_heads=d_model // 16, d_head=16, d_mlp=4 * d_model,
+        attn_sink=True, abstopk_sites=ABSTOPK_PAPER_SITES, afrac=0.25,
+    )
+    _, dense_t = dense_configs(profile)
+    tcfg = replace(
+        dense_t, steps=pick(profile, ci=60, full=2000), lr=pick(profile, ci=3e-3, full=3e-3), eps=0.1,
+        clip=clip, clip_value=1.0, keep_steps=(), extra={"kept_fraction": kept, "min_per_row": 4},
+    )
+    return gcfg, tcfg
+
+
+def sparse_name(kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0) -> str:
+    c = "" if clip == "rms_normalize" else f"_clip-{clip}"
+    return f"sparse_d{d_model}_k{round(1 / kept)}{c}{_suffix(seed)}"
+
+
+def sparse_model(
+    profile: str | Profile, kept: float, d_model: int, seed: int = 0, clip: str = "rms_normalize",
+    retrain: bool = False, progress: bool = True,
+) -> tuple[GPT, dict]:
+    """A weight-sparse GPT trained with the chapter-2 recipe (stored sparsely). Returns (model, meta)."""
+    prof = get_profile(profile)
+    gcfg, tcfg = sparse_configs(prof, kept, d_model, clip)
+    tcfg.seed = seed
+    name = sparse_name(kept, d_model, clip, seed)
+    config = {"model": gcfg.to_dict(), "train": tcfg.to_dict()}
+    kept_fn = partial(kept_fraction, target=kept)
+
+    def fit():
+        sparsifier = {}
+
+        def make_after_step(model):
+            sparsifier["s"] = WeightSparsifier(model, lambda s: kept_fn(s, tcfg.steps), min_per_row=4)
+            return sparsifier["s"].step
+
+        model, metrics = _fit_gpt(
+            prof, name, gcfg, tcfg, config, progress,
+            lr_schedule=partial(sharkfin, kept=kept_fn), optimizer=lambda ps: sparse_adamw(ps, tcfg.lr),
+            make={"after_step": make_after_step},
+        )
+        names = sparsifier["s"].names
+        metrics |= {"l0": total_l0(model, names), "n_sparsified": sum(model.get_parameter(n).numel() for n in names)}
+        return artifacts.pack_sparse(model.state_dict()), metrics
+
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    state = artifacts.unpack_sparse(tensors, GPT(gcfg).state_dict())
+    return gpt_from_state(state, gcfg).eval(), meta
 
 
 def dense_checkpoints(profile: str | Profile, seed: int = 0) -> dict[int, GPT]:

@@ -61,7 +61,7 @@ class LinearComponents(nn.Module):
 
 @dataclass
 class CausalImportances:
-    """g for each module, two ways: `lower` (leaky below 0: for masks), `upper` (leaky above 1: for minimality)."""
+    """g per module, two ways: `lower` (leaky below 0, for masks), `upper` (leaky above 1, for minimality)."""
 
     lower: dict[str, torch.Tensor]  # name -> [..., C]
     upper: dict[str, torch.Tensor]  # name -> [..., C]

@@ -29,11 +29,15 @@ class Decomposition:
     """A trained component model and what happened while training it."""
 
     model: ComponentModel
-    history: dict[str, list[float]] = field(default_factory=dict)  # "step", each loss, "total", "l0/<name>", ...
+    history: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # "step", each loss, "total", "l0/<name>", ...
     seconds: float = 0.0
 
 
-def faithfulness_warmup(model: ComponentModel, steps: int, lr: float = 0.01, weight_decay: float = 0.1) -> float:
+def faithfulness_warmup(
+    model: ComponentModel, steps: int, lr: float = 0.01, weight_decay: float = 0.1
+) -> float:
     """Fit U Vᵀ to W alone (AdamW) before the main loop; returns the final faithfulness loss."""
     params = [p for c in model.components.values() for p in c.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -44,7 +48,7 @@ def faithfulness_warmup(model: ComponentModel, steps: int, lr: float = 0.01, wei
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def decompose(
@@ -86,7 +90,9 @@ def decompose(
         faithfulness_warmup(model, warmup_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    sched = (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if lr_schedule == "cosine" else (lambda s: 1.0)
+    sched = (
+        (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if lr_schedule == "cosine" else (lambda s: 1.0)
+    )
     history: dict[str, list[float]] = {"step": []}
     eval_every = eval_every or max(steps // 10, 1)
     t0 = time.perf_counter()
@@ -108,11 +114,11 @@ def decompose(
         if step % log_every == 0 or step == steps - 1:
             history["step"].append(step)
             for k, v in terms.items():
-                history.setdefault(k, []).append(float(v))
-            history.setdefault("total", []).append(float(total))
+                history.setdefault(k, []).append(float(v.detach()))
+            history.setdefault("total", []).append(float(total.detach()))
             for k, v in ci_l0(ci.lower).items():
                 history.setdefault(f"l0/{k}", []).append(v)
-            bar.set_postfix(loss=f"{float(total):.3g}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3g}")
         if eval_fn is not None and (step % eval_every == 0 or step == steps - 1):
             history.setdefault("eval_step", []).append(step)
             with torch.no_grad():

@@ -20,7 +20,7 @@ from torch import nn
 
 
 class _LowerLeakyHardSigmoid(torch.autograd.Function):
-    """Forward clamp(x, 0, 1). Backward: grad inside [0, 1]; alpha·grad below 0 only if grad < 0; 0 above 1."""
+    """Forward clamp(x, 0, 1). Backward: grad on [0, 1]; alpha·grad below 0 only if grad < 0; 0 above 1."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:

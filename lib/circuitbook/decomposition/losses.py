@@ -40,7 +40,9 @@ def recon_loss(pred: torch.Tensor, target: torch.Tensor, kind: OutputLoss) -> to
 
 
 def stochastic_masks(
-    ci: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None
+    ci: dict[str, torch.Tensor],
+    deltas: dict[str, torch.Tensor] | None,
+    generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """m = g + (1 − g) r with r ~ U(0, 1): important subcomponents are kept, the rest randomly ablated.
 

@@ -4,7 +4,7 @@
   For a matrix whose features are its inputs (TMS `linear1`), the slice is column j: u_c v_c[j].
   For one whose features are its outputs (`linear2`), it is row j: u_c[j] v_c.
 - ML2R: mean over j of ‖best-matching slice‖ / ‖W's slice‖ (1: the right size, < 1: shrinkage).
-- Alive subcomponents: mean causal importance over data above a threshold (0.1).
+- Alive subcomponents: important (g > 0.1) on some inputs (SPD's activation density > 0).
 - L0: number of subcomponents with g > threshold per input, averaged.
 - Identity-insertion CI error: on single-feature inputs, count CI entries that break the expected
   pattern (identity: one subcomponent per feature; dense: the same k subcomponents for every input).
@@ -43,26 +43,36 @@ def mmcs_ml2r(
     return float(mmcs), float(ml2r)
 
 
-def module_mmcs_ml2r(model: ComponentModel, name: str, dim: Literal["in", "out"] = "in") -> tuple[float, float]:
+def module_mmcs_ml2r(
+    model: ComponentModel, name: str, dim: Literal["in", "out"] = "in"
+) -> tuple[float, float]:
     """MMCS and ML2R of one decomposed matrix against its own target weight."""
     c = model.component(name)
     return mmcs_ml2r(c.U, c.V, model.target_weight(name), dim)
 
 
 @torch.no_grad()
-def mean_causal_importance(
-    model: ComponentModel, data_fn: Callable[[int, torch.Generator], torch.Tensor], n: int = 4096, seed: int = 1
+def activation_density(
+    model: ComponentModel,
+    data_fn: Callable[[int, torch.Generator], torch.Tensor],
+    n: int = 10_000,
+    threshold: float = 0.1,
+    seed: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Mean g over `n` inputs from `data_fn(n, generator)`: name -> [C]."""
+    """Fraction of `n` inputs from `data_fn(n, generator)` on which g_c > threshold: name -> [C]."""
     x = data_fn(n, torch.Generator().manual_seed(seed))
     _, inputs = model.run_with_inputs(x)
     ci = model.causal_importances(inputs).lower
-    return {k: g.reshape(-1, g.shape[-1]).mean(0) for k, g in ci.items()}
+    return {k: (g > threshold).float().reshape(-1, g.shape[-1]).mean(0) for k, g in ci.items()}
 
 
-def alive_count(mean_ci: dict[str, torch.Tensor], threshold: float = 0.1) -> dict[str, int]:
-    """Number of subcomponents per matrix whose mean causal importance exceeds `threshold`."""
-    return {k: int((v > threshold).sum()) for k, v in mean_ci.items()}
+def alive_count(density: dict[str, torch.Tensor], min_density: float = 0.0) -> dict[str, int]:
+    """Subcomponents per matrix that are important (g > 0.1) on more than `min_density` of inputs.
+
+    This is SPD's activation-density notion of "alive". (A mean-g > 0.1 rule would call every
+    TMS subcomponent dead: each feature is present on only 5% of inputs.)
+    """
+    return {k: int((v > min_density).sum()) for k, v in density.items()}
 
 
 def ci_l0(ci: dict[str, torch.Tensor], threshold: float = 0.1) -> dict[str, float]:
@@ -71,7 +81,9 @@ def ci_l0(ci: dict[str, torch.Tensor], threshold: float = 0.1) -> dict[str, floa
 
 
 @torch.no_grad()
-def single_feature_ci(model: ComponentModel, n_features: int, magnitude: float = 0.75) -> dict[str, torch.Tensor]:
+def single_feature_ci(
+    model: ComponentModel, n_features: int, magnitude: float = 0.75
+) -> dict[str, torch.Tensor]:
     """Causal importances on the n inputs with one feature at `magnitude`: name -> [n, C]."""
     _, inputs = model.run_with_inputs(torch.eye(n_features) * magnitude)
     return model.causal_importances(inputs).lower
@@ -99,7 +111,11 @@ def dense_pattern_error(ci: torch.Tensor, k: int, tol: float = 0.1) -> int:
 
 
 def identity_ci_error(
-    model: ComponentModel, n_features: int, identity: list[str], dense: dict[str, int], magnitude: float = 0.75
+    model: ComponentModel,
+    n_features: int,
+    identity: list[str],
+    dense: dict[str, int],
+    magnitude: float = 0.75,
 ) -> dict[str, int]:
     """CI pattern errors on single-feature inputs: identity pattern for `identity` matrices,
     dense-k pattern for `dense` ({name: k}, e.g. the inserted m×m identity: k = m)."""

@@ -71,7 +71,8 @@ class PersistentPGDRecon:
     def _init_sources(self, s: Step) -> None:
         extra = 0 if s.deltas is None else 1
         self.sources = {
-            n: torch.rand(*g.shape[:-1], g.shape[-1] + extra).requires_grad_(True) for n, g in s.ci.lower.items()
+            n: torch.rand(*g.shape[:-1], g.shape[-1] + extra).requires_grad_(True)
+            for n, g in s.ci.lower.items()
         }
         self._opt = torch.optim.Adam(list(self.sources.values()), lr=self.lr, betas=self.betas, maximize=True)
 
@@ -84,7 +85,9 @@ class PersistentPGDRecon:
         ci_fixed = {n: g.detach() for n, g in s.ci.lower.items()}
         deltas_fixed = None if s.deltas is None else {n: d.detach() for n, d in s.deltas.items()}
         for _ in range(self.n_ascent):  # the adversary moves; the decomposition is held fixed
-            loss = _masked_loss(s.model, s.x, s.target_out, ci_fixed, self.sources, deltas_fixed, routing, s.output_loss)
+            loss = _masked_loss(
+                s.model, s.x, s.target_out, ci_fixed, self.sources, deltas_fixed, routing, s.output_loss
+            )
             grads = torch.autograd.grad(loss, list(self.sources.values()))
             for src, gr in zip(self.sources.values(), grads):
                 src.grad = gr
@@ -135,7 +138,7 @@ def adversarial_attack(
     for t in range(n_steps + 1):
         with torch.enable_grad():
             loss = _masked_loss(model, x, target_out, ci, sources, deltas, None, output_loss)
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if t == n_steps:
             break
         grads = torch.autograd.grad(loss, list(sources.values()))
@@ -157,5 +160,7 @@ def random_mask_loss(
     total = 0.0
     for _ in range(n_samples):
         masks, dmasks = stochastic_masks(ci, deltas, generator=gen)
-        total += float(recon_loss(model(x, masks=masks, delta_masks=dmasks, deltas=deltas), target_out, output_loss))
+        total += float(
+            recon_loss(model(x, masks=masks, delta_masks=dmasks, deltas=deltas), target_out, output_loss)
+        )
     return total / n_samples

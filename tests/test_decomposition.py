@@ -1,0 +1,225 @@
+"""Unit tests of circuitbook.decomposition (SPD / VPD) and the toy models. Runs in seconds on one core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitbook.decomposition import (
+    ComponentModel,
+    Faithfulness,
+    ImportanceMinimality,
+    StochasticRecon,
+    StochasticReconLayerwise,
+    adversarial_attack,
+    decompose,
+    identity_ci_error,
+    lower_leaky_hard_sigmoid,
+    mmcs_ml2r,
+    random_mask_loss,
+    uniform_subset_routing,
+    upper_leaky_hard_sigmoid,
+)
+from circuitbook.decomposition.losses import annealed_p
+from circuitbook.models.toys import TMS, ResidMLP, sparse_features
+
+torch.set_num_threads(1)
+
+
+def random_tms(n: int = 5, m: int = 2, identity: bool = False, seed: int = 0) -> TMS:
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g)  # [m, n]
+    b = 0.1 * torch.randn(n, generator=g)
+    return TMS.from_weights(W, b, identity=identity)
+
+
+def set_ci(cm: ComponentModel, value: float) -> None:
+    """Make every causal importance a constant: g = clamp(value, 0, 1)."""
+    with torch.no_grad():
+        for fn in cm.ci_fns.values():
+            fn.W2.zero_()
+            fn.b2.fill_(value)
+
+
+def exact_tms_components(tms: TMS) -> ComponentModel:
+    """A component model of TMS whose subcomponents are exactly W's columns (C = n)."""
+    n = tms.n_features
+    cm = ComponentModel(tms, {"linear1": n, "linear2": n})
+    W = tms.W.detach()  # [m, n]
+    cm.set_from_weights("linear1", U=W.clone(), V=torch.eye(n))  # U Vᵀ = W
+    cm.set_from_weights("linear2", U=torch.eye(n), V=W.clone())  # U Vᵀ = Wᵀ
+    return cm
+
+
+def test_all_masks_one_reproduces_target():
+    tms = random_tms(identity=True)
+    cm = exact_tms_components(tms)
+    x = sparse_features(64, 5, 0.3, torch.Generator().manual_seed(1))
+    target = tms(x)
+    assert torch.allclose(cm(x), target)  # no masks: the target itself
+    assert torch.allclose(cm.masked_with(x, 1.0), target, atol=1e-6)
+    # masks at 0 ablate every subcomponent: only the frozen bias is left
+    assert torch.allclose(cm.masked_with(x, 0.0), torch.relu(tms.linear2.bias).expand_as(target))
+    # a wrong decomposition is not faithful: all-ones masks no longer give the target ...
+    with torch.no_grad():
+        cm.component("linear1").U.mul_(0.5)
+    assert not torch.allclose(cm.masked_with(x, 1.0), target, atol=1e-3)
+    # ... but with the Δ-component switched on (mask 1) the target is exact again
+    assert torch.allclose(cm.masked_with(x, 1.0, use_delta=True), target, atol=1e-5)
+
+
+def test_routing_keeps_unrouted_layers_original():
+    tms = random_tms()
+    cm = exact_tms_components(tms)
+    x = sparse_features(32, 5, 0.3, torch.Generator().manual_seed(2))
+    zeros = {n: torch.zeros(32, 5) for n in cm.names}
+    none_routed = {n: torch.zeros(32, dtype=torch.bool) for n in cm.names}
+    assert torch.allclose(cm(x, masks=zeros, routing=none_routed), tms(x))
+    routes = uniform_subset_routing(cm.names, (1000,), torch.Generator().manual_seed(0))
+    k = torch.stack(list(routes.values()), -1).sum(-1)  # [1000] matrices routed per example
+    assert k.min() >= 1 and k.max() <= len(cm.names)
+    assert set(k.unique().tolist()) == {1, 2}
+
+
+def test_lower_leaky_hard_sigmoid():
+    x = torch.tensor([-0.5, 0.5, 1.5], requires_grad=True)
+    y = lower_leaky_hard_sigmoid(x, 0.01)
+    assert torch.equal(y.detach(), torch.tensor([0.0, 0.5, 1.0]))
+    y.backward(torch.tensor([-1.0, -1.0, -1.0]))  # upstream wants g larger
+    assert torch.allclose(x.grad, torch.tensor([-0.01, -1.0, 0.0]))
+    x.grad = None
+    lower_leaky_hard_sigmoid(x, 0.01).backward(torch.tensor([1.0, 1.0, 1.0]))  # wants g smaller
+    assert torch.allclose(x.grad, torch.tensor([0.0, 1.0, 0.0]))  # no leak below 0 for this sign
+
+
+def test_upper_leaky_hard_sigmoid():
+    x = torch.tensor([-0.5, 0.5, 1.5], requires_grad=True)
+    y = upper_leaky_hard_sigmoid(x, 0.01)
+    assert torch.allclose(y.detach(), torch.tensor([0.0, 0.5, 1.005]))
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([0.0, 1.0, 0.01]))
+
+
+def test_mmcs_ml2r_on_exact_and_perturbed_columns():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(10, 40, generator=g)  # [m, n]
+    # subcomponent c = column c of W (plus 10 spare random ones, shuffled)
+    U = torch.cat([W, torch.randn(10, 10, generator=g)], 1)  # [m, 50]
+    V = torch.cat([torch.eye(40), torch.zeros(40, 10)], 1)  # [n, 50]
+    perm = torch.randperm(50, generator=g)
+    mmcs, ml2r = mmcs_ml2r(U[:, perm], V[:, perm], W, dim="in")
+    assert mmcs == pytest.approx(1.0, abs=1e-6) and ml2r == pytest.approx(1.0, abs=1e-6)
+    mmcs_o, ml2r_o = mmcs_ml2r(V[:, perm], U[:, perm], W.T, dim="out")  # the transposed layer
+    assert mmcs_o == pytest.approx(1.0, abs=1e-6) and ml2r_o == pytest.approx(1.0, abs=1e-6)
+    _, ml2r_half = mmcs_ml2r(0.5 * U, V, W, dim="in")
+    assert ml2r_half == pytest.approx(0.5, abs=1e-6)  # shrinkage shows up in ML2R, not MMCS
+    noisy, _ = mmcs_ml2r(U + 0.3 * torch.randn(U.shape, generator=g), V, W, dim="in")
+    assert noisy < 0.99
+
+
+def test_identity_ci_error_zero_for_perfect_pattern():
+    tms = random_tms(n=5, m=2, identity=True)
+    cm = ComponentModel(tms, {"linear1": 5, "hidden": 4, "linear2": 5})
+    ci = {
+        "linear1": torch.eye(5),
+        "hidden": torch.cat([torch.ones(5, 2), torch.zeros(5, 2)], 1),
+        "linear2": torch.eye(5),
+    }
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, h):
+            return self.v * 1.0
+
+    for n in cm.names:
+        cm.ci_fns[n] = Fixed(ci[n])
+    assert identity_ci_error(cm, 5, ["linear1", "linear2"], {"hidden": 2}) == {
+        "linear1": 0,
+        "linear2": 0,
+        "hidden": 0,
+    }
+    cm.ci_fns["linear1"] = Fixed(torch.ones(5, 5))  # every subcomponent on everywhere: 20 errors
+    assert identity_ci_error(cm, 5, ["linear1"], {})["linear1"] == 20
+
+
+def test_importance_minimality_p_annealing():
+    assert annealed_p(0.0, 2.0, 0.5, 0.2, 0.8) == 2.0
+    assert annealed_p(0.5, 2.0, 0.5, 0.2, 0.8) == pytest.approx(1.25)
+    assert annealed_p(0.9, 2.0, 0.5, 0.2, 0.8) == 0.5
+    assert annealed_p(0.9, 2.0, None, 0.2, 0.8) == 2.0
+
+
+def test_short_spd_run_reduces_faithfulness():
+    tms = random_tms(seed=3)
+    data_fn = lambda b, g: sparse_features(b, 5, 0.05, g)
+    losses = [
+        Faithfulness(1.0),
+        StochasticRecon(1.0),
+        StochasticReconLayerwise(1.0),
+        ImportanceMinimality(3e-3),
+    ]
+    d = decompose(
+        tms,
+        {"linear1": 10, "linear2": 10},
+        data_fn,
+        losses,
+        steps=300,
+        batch_size=128,
+        lr=3e-3,
+        warmup_steps=0,
+        use_delta=False,
+        log_every=10,
+        progress=False,
+    )
+    f = d.history["faithfulness"]
+    assert f[-1] < 0.1 * f[0]
+    assert d.history["stochastic_recon"][-1] < d.history["stochastic_recon"][0]
+    assert torch.allclose(d.model.target_weight("linear1"), tms.W)  # the target stayed frozen
+
+
+def test_adversarial_attack_beats_random_masks():
+    tms = random_tms(seed=4)
+    cm = exact_tms_components(tms)
+    set_ci(cm, -10.0)  # g = 0 everywhere: every subcomponent may be ablated
+    x = sparse_features(256, 5, 0.3, torch.Generator().manual_seed(5))
+    rand = random_mask_loss(cm, x, "mse", n_samples=8)
+    hist = adversarial_attack(cm, x, n_steps=20, step_size=0.1, output_loss="mse", use_delta=False)
+    assert len(hist) == 21
+    assert hist[-1] >= rand and hist[-1] > hist[0]
+    # with the true importances (g = 1 on every component) no mask can hurt: the attack finds nothing
+    set_ci(cm, 10.0)
+    assert adversarial_attack(cm, x, n_steps=5, use_delta=False)[-1] < 1e-10
+
+
+def test_persistent_pgd_increases_loss_and_trains():
+    from circuitbook.decomposition import PersistentPGDRecon, Step
+
+    tms = random_tms(seed=6)
+    cm = exact_tms_components(tms)
+    x = sparse_features(128, 5, 0.3, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        target_out, inputs = cm.run_with_inputs(x)
+    ci = cm.causal_importances(inputs)
+    pgd = PersistentPGDRecon(n_ascent=1, routing=False)
+    s = Step(cm, x, target_out, ci, None, 0.0)
+    first = float(pgd(s))
+    for _ in range(10):
+        last = pgd(s)
+    assert float(last) >= first  # the persistent adversary only gets stronger on a fixed batch
+    assert all(((r >= 0) & (r <= 1)).all() for r in pgd.sources.values())
+    last.backward()
+    assert cm.ci_fns["linear1"].W1.grad is not None  # gradients reach the importance functions
+
+
+def test_resid_mlp_shapes_and_names():
+    model = ResidMLP(100, 1000, 50)
+    x = torch.zeros(3, 100)
+    assert model(x).shape == (3, 100)
+    assert torch.allclose(model.W_E.norm(dim=-1), torch.ones(100))
+    cm = ComponentModel(model, {"mlp_in": 100, "mlp_out": 100})
+    assert cm.component("mlp_in").U.shape == (50, 100) and cm.component("mlp_in").V.shape == (1000, 100)
+    with pytest.raises(ValueError):
+        ComponentModel(model, {"W_E": 10})
