@@ -1,0 +1,731 @@
+"""Bridges: explaining a dense model with a weight-sparse one (Gao et al. 2025, section "Bridges").
+
+A sparse model is trained beside a frozen dense one. At every sublayer boundary of the residual
+stream (before each attention block and before each MLP block) a *bridge* joins the two streams:
+
+    encoder  dense -> sparse:  h = AbsTopK(W_enc x + b_enc)      (a sparse residual, k = afrac * width)
+    decoder  sparse -> dense:  x = W_dec h + b_dec
+
+and the training asks that the two models can swap halves at any site:
+
+    dense prefix -> encoder -> sparse suffix    should give the dense model's output    (kl_d2s)
+    sparse prefix -> decoder -> dense suffix    should give the dense model's output    (kl_s2d)
+
+plus NMSE both ways at every site and the sparse model's own language-modelling loss. Once trained, a
+sparse channel can be read as a direction in the dense model: change the channel, decode the change, add
+it to the dense residual stream and watch the dense model's output move (`steer`).
+
+Pieces:
+    bridge_sites(model)                                   the sites: blocks.{l}.hook_resid_pre / hook_resid_mid
+    run_prefix(model, tokens, site) -> resid              partial forward passes of the GPT, hooks included
+    run_suffix(model, resid, site, tokens) -> logits
+    run_with_resids(model, tokens, sites) -> logits, {site: resid}   one pass, differentiable
+    Bridge(sites, d_dense, d_sparse, afrac)               encoders and decoders, one pair per site
+    hybrid_dense_to_sparse / hybrid_sparse_to_dense       the two hybrid passes
+    nmse, kl_div, entropy                                 the measures
+    SparseLM, NMSEDenseToSparse, NMSESparseToDense,
+    KLDenseToSparse, KLSparseToDense, default_losses()    the losses, each an object with its coefficient
+    BridgeTrainConfig, train_bridged(...)                 the training loop (dense frozen), checkpoints, resume
+    hybrid_kl_per_site(...)                               evaluation, with the dense entropy for scale
+    class_means, contrast_channels, steer, steer_control  interventions through the decoder
+
+The paper publishes no bridge code; every choice below that it leaves open is the book's and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from circuitbook.artifacts import load_tensors, save_tensors
+from circuitbook.models.gpt import GPT, AbsTopK, Block, lm_loss
+from circuitbook.sparsity import WeightSparsifier, clip_grad_rms_, sharkfin
+from circuitbook.train import _load_opt, _opt_tensors, get_batch, val_batches
+
+# ----------------------------------------------------------------------------- sites
+
+_SITE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
+
+
+def bridge_sites(model: GPT | int) -> list[str]:
+    """Every sublayer boundary, in forward order: before each attention block (`blocks.{l}.hook_resid_pre`)
+    and before each MLP block (`blocks.{l}.hook_resid_mid`). Accepts a GPT or its number of layers."""
+    n_layers = model if isinstance(model, int) else model.cfg.n_layers
+    return [f"blocks.{l}.hook_resid_{k}" for l in range(n_layers) for k in ("pre", "mid")]
+
+
+def _steps(model: GPT) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The GPT's blocks cut at every residual hook: [(site, fn)], where fn carries the residual from the
+    previous site to this one and ends with the site's HookPoint. Order: pre0, mid0, post0, pre1, ...
+    Running embed -> every fn -> head is exactly GPT.forward (same modules, same order, same hooks)."""
+    out = []
+    for l, block in enumerate(model.blocks):
+        out.append((f"blocks.{l}.hook_resid_pre", block.hook_resid_pre))
+        out.append((f"blocks.{l}.hook_resid_mid", lambda r, b=block: _attn_half(b, r)))
+        out.append((f"blocks.{l}.hook_resid_post", lambda r, b=block: _mlp_half(b, r)))
+    return out
+
+
+def _attn_half(b: Block, resid: torch.Tensor) -> torch.Tensor:
+    """Block.forward from after hook_resid_pre to hook_resid_mid. resid [batch, pos, d_model]."""
+    attn_in = b.ln1.hook_normalized(b.topk_attn_in(b.ln1(resid)))
+    attn_out = b.hook_attn_out(b.topk_attn_out(b.attn(attn_in)))
+    return b.hook_resid_mid(resid + attn_out)
+
+
+def _mlp_half(b: Block, resid: torch.Tensor) -> torch.Tensor:
+    """Block.forward from after hook_resid_mid to hook_resid_post. resid [batch, pos, d_model]."""
+    mlp_in = b.ln2.hook_normalized(b.topk_mlp_in(b.ln2(resid)))
+    mlp_out = b.hook_mlp_out(b.topk_mlp_out(b.mlp(mlp_in)))
+    return b.hook_resid_post(resid + mlp_out)
+
+
+def _site_index(model: GPT, site: str) -> int:
+    m = _SITE.match(site)
+    if m is None or int(m.group(1)) >= model.cfg.n_layers:
+        raise ValueError(f"{site!r} is not a residual site of this model; bridge sites are {bridge_sites(model)}")
+    return 3 * int(m.group(1)) + ("pre", "mid", "post").index(m.group(2))
+
+
+def _embed(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [batch, pos] -> the residual stream before block 0, [batch, pos, d_model]."""
+    T = tokens.shape[1]
+    if T > model.cfg.n_ctx:
+        raise ValueError(f"sequence of {T} tokens exceeds n_ctx={model.cfg.n_ctx}")
+    resid = model.hook_embed(model.embed(tokens))
+    if model.pos_embed is not None:
+        resid = resid + model.hook_pos_embed(model.pos_embed(torch.arange(T, device=tokens.device)))[None]
+    return resid
+
+
+def _head(model: GPT, resid: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+    """Final norm, unembedding and (if the model has one) the bigram table. -> logits [batch, pos, vocab]."""
+    logits = model.unembed(model.ln_final.hook_normalized(model.ln_final(resid)))
+    if model.bigram is not None:
+        if tokens is None:
+            raise ValueError("this model adds a bigram table to its logits: run_suffix needs the tokens")
+        logits = logits + model.bigram(tokens)
+    return logits
+
+
+def run_prefix(model: GPT, tokens: torch.Tensor, site: str) -> torch.Tensor:
+    """The residual stream at `site`: tokens [batch, pos] -> resid [batch, pos, d_model].
+
+    The site's own HookPoint belongs to the prefix (a hook there changes what is returned); positions are
+    added here, once, at the embedding. Gradients flow (wrap in torch.no_grad() when not needed)."""
+    stop = _site_index(model, site)
+    resid = _embed(model, tokens)
+    for _, fn in _steps(model)[: stop + 1]:
+        resid = fn(resid)
+    return resid
+
+
+def run_suffix(model: GPT, resid: torch.Tensor, site: str, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Continue from the residual stream at `site` to the logits: resid [batch, pos, d_model] -> logits
+    [batch, pos, vocab]. The attention mask is causal over resid's `pos` (no positions are added again:
+    they are already in resid). `tokens` [batch, pos] is needed only by a model with a bigram table."""
+    if resid.shape[1] > model.cfg.n_ctx:
+        raise ValueError(f"sequence of {resid.shape[1]} positions exceeds n_ctx={model.cfg.n_ctx}")
+    start = _site_index(model, site)
+    for _, fn in _steps(model)[start + 1 :]:
+        resid = fn(resid)
+    return _head(model, resid, tokens)
+
+
+def run_with_resids(
+    model: GPT, tokens: torch.Tensor, sites: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass that also returns the residual stream at each of `sites` (differentiable, unlike
+    run_with_cache). -> (logits [batch, pos, vocab], {site: resid [batch, pos, d_model]})."""
+    want = set(sites)
+    resids = {}
+    resid = _embed(model, tokens)
+    for name, fn in _steps(model):
+        resid = fn(resid)
+        if name in want:
+            resids[name] = resid
+    missing = want - set(resids)
+    if missing:
+        raise ValueError(f"unknown sites {sorted(missing)}")
+    return _head(model, resid, tokens), resids
+
+
+# ----------------------------------------------------------------------------- the bridge
+
+
+def _key(site: str) -> str:
+    return site.replace(".", "__")  # nn.ModuleDict keys may not contain dots
+
+
+class Bridge(nn.Module):
+    """One encoder (dense -> sparse: Linear + AbsTopK) and one decoder (sparse -> dense: Linear) per site.
+
+    afrac: the encoder keeps k = round(afrac * d_sparse) entries per position (the paper's AbsTopK;
+    afrac = 1 turns it off). Parameter names: `enc.<site with __ for .>.weight`, `dec.<...>.weight`.
+    """
+
+    def __init__(self, sites: Sequence[str], d_dense: int, d_sparse: int, afrac: float = 0.25, bias: bool = True):
+        super().__init__()
+        self.sites = list(sites)
+        self.d_dense, self.d_sparse, self.afrac = d_dense, d_sparse, afrac
+        self.enc = nn.ModuleDict({_key(s): nn.Linear(d_dense, d_sparse, bias=bias) for s in self.sites})
+        self.dec = nn.ModuleDict({_key(s): nn.Linear(d_sparse, d_dense, bias=bias) for s in self.sites})
+        self.topk = AbsTopK(d_sparse, afrac, 1, enabled=afrac < 1)
+
+    @classmethod
+    def for_models(cls, dense: GPT, sparse: GPT, afrac: float = 0.25, sites: Sequence[str] | None = None) -> Bridge:
+        """A bridge at every site (or `sites`) between two GPTs with the same number of layers."""
+        if dense.cfg.n_layers != sparse.cfg.n_layers:
+            raise ValueError(f"layer counts differ: dense {dense.cfg.n_layers}, sparse {sparse.cfg.n_layers}")
+        return cls(sites or bridge_sites(dense), dense.cfg.d_model, sparse.cfg.d_model, afrac)
+
+    @classmethod
+    def identity(cls, sites: Sequence[str], d_model: int) -> Bridge:
+        """Encoder and decoder are the identity and AbsTopK is off: two copies of one model, bridged."""
+        b = cls(sites, d_model, d_model, afrac=1.0)
+        with torch.no_grad():
+            for lin in [*b.enc.values(), *b.dec.values()]:
+                lin.weight.copy_(torch.eye(d_model))
+                lin.bias.zero_()
+        return b
+
+    def encode(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """Dense residual x [..., d_dense] -> sparse residual [..., d_sparse] with k nonzeros."""
+        return self.topk(self.enc[_key(site)](x))
+
+    def decode(self, site: str, h: torch.Tensor) -> torch.Tensor:
+        """Sparse residual h [..., d_sparse] -> dense residual [..., d_dense]."""
+        return self.dec[_key(site)](h)
+
+    def decoder_matrix(self, site: str) -> torch.Tensor:
+        """W_dec [d_dense, d_sparse]: column c is the dense direction of sparse channel c."""
+        return self.dec[_key(site)].weight
+
+
+def hybrid_dense_to_sparse(
+    dense: GPT, sparse: GPT, bridge: Bridge, tokens: torch.Tensor, site: str, dense_resid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Dense prefix -> encoder -> sparse suffix: tokens [batch, pos] -> logits [batch, pos, vocab].
+    Pass `dense_resid` (the dense stream at `site`) to skip the prefix."""
+    x = run_prefix(dense, tokens, site) if dense_resid is None else dense_resid
+    return run_suffix(sparse, bridge.encode(site, x), site, tokens)
+
+
+def hybrid_sparse_to_dense(
+    dense: GPT, sparse: GPT, bridge: Bridge, tokens: torch.Tensor, site: str, sparse_resid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sparse prefix -> decoder -> dense suffix: tokens [batch, pos] -> logits [batch, pos, vocab].
+    Pass `sparse_resid` (the sparse stream at `site`) to skip the prefix."""
+    h = run_prefix(sparse, tokens, site) if sparse_resid is None else sparse_resid
+    return run_suffix(dense, bridge.decode(site, h), site, tokens)
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def nmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Normalized mean squared error of `pred` against `target`, both [..., d]:
+
+        NMSE = sum_n ||pred_n - target_n||^2 / sum_n ||target_n - mean(target)||^2
+
+    where n runs over every vector (all leading dims: batch and positions) and mean(target) [d] is the one
+    mean vector over them. So predicting the mean gives exactly 1, predicting the target exactly gives 0.
+    It is a ratio of sums (not a mean of per-token ratios), and it does not change when pred and target
+    are scaled together. Gradients flow through both arguments (a scalar tensor)."""
+    t = target.reshape(-1, target.shape[-1])  # [N, d]
+    p = pred.reshape(-1, pred.shape[-1])  # [N, d]
+    return (p - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def kl_div(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) = sum_v p_v (log p_v - log q_v), with P = softmax(logits_p), Q = softmax(logits_q),
+    averaged over every position: [..., vocab] x2 -> scalar, in nats."""
+    return _kl_from_logp(logits_p.log_softmax(-1), logits_q)
+
+
+def _kl_from_logp(logp: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """kl_div with P given as log-probabilities (computed once per step and shared by every site)."""
+    return (logp.exp() * (logp - logits_q.log_softmax(-1))).sum(-1).mean()
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of softmax(logits) over every position, in nats: [..., vocab] -> scalar."""
+    lp = logits.log_softmax(-1)
+    return -(lp.exp() * lp).sum(-1).mean()
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@dataclass
+class BridgeRun:
+    """Everything one training step computes once and the losses share. The dense side is detached."""
+
+    dense: GPT
+    sparse: GPT
+    bridge: Bridge
+    tokens: torch.Tensor  # [batch, pos]
+    dense_logits: torch.Tensor  # [batch, pos, vocab], no grad
+    dense_logp: torch.Tensor  # [batch, pos, vocab] log-probabilities of the dense output, no grad
+    dense_resids: dict[str, torch.Tensor]  # site -> [batch, pos, d_dense], no grad
+    sparse_logits: torch.Tensor  # [batch, pos, vocab]
+    sparse_resids: dict[str, torch.Tensor]  # site -> [batch, pos, d_sparse]
+    kl_sites: list[str]  # the sites the KL losses use this step (all, or a sample)
+
+    @classmethod
+    def make(cls, dense: GPT, sparse: GPT, bridge: Bridge, tokens: torch.Tensor, kl_sites=None) -> BridgeRun:
+        with torch.no_grad():
+            dl, dr = run_with_resids(dense, tokens, bridge.sites)
+        sl, sr = run_with_resids(sparse, tokens, bridge.sites)
+        return cls(dense, sparse, bridge, tokens, dl, dl.log_softmax(-1), dr, sl, sr, list(kl_sites or bridge.sites))
+
+
+@dataclass
+class SparseLM:
+    """The sparse model's own next-token loss."""
+
+    coeff: float = 1.0
+    name: str = "sparse_lm"
+
+    def __call__(self, run: BridgeRun) -> torch.Tensor:
+        return lm_loss(run.sparse_logits, run.tokens)
+
+
+@dataclass
+class NMSEDenseToSparse:
+    """Mean over sites of NMSE(encoder(dense resid), sparse resid). Trains the encoder and the sparse
+    model (the target is the sparse model's stream; NMSE is scale-free, so shrinking it gains nothing)."""
+
+    coeff: float = 1.0
+    name: str = "nmse_d2s"
+
+    def __call__(self, run: BridgeRun) -> torch.Tensor:
+        b = run.bridge
+        return torch.stack([nmse(b.encode(s, run.dense_resids[s]), run.sparse_resids[s]) for s in b.sites]).mean()
+
+
+@dataclass
+class NMSESparseToDense:
+    """Mean over sites of NMSE(decoder(sparse resid), dense resid). Trains the decoder and the sparse model."""
+
+    coeff: float = 1.0
+    name: str = "nmse_s2d"
+
+    def __call__(self, run: BridgeRun) -> torch.Tensor:
+        b = run.bridge
+        return torch.stack([nmse(b.decode(s, run.sparse_resids[s]), run.dense_resids[s]) for s in b.sites]).mean()
+
+
+@dataclass
+class KLDenseToSparse:
+    """Mean over `run.kl_sites` of KL(dense output || sparse suffix run on the encoded dense stream)."""
+
+    coeff: float = 1.0
+    name: str = "kl_d2s"
+
+    def __call__(self, run: BridgeRun) -> torch.Tensor:
+        kls = [
+            _kl_from_logp(run.dense_logp, hybrid_dense_to_sparse(run.dense, run.sparse, run.bridge, run.tokens, s,
+                                                            dense_resid=run.dense_resids[s]))
+            for s in run.kl_sites
+        ]
+        return torch.stack(kls).mean()
+
+
+@dataclass
+class KLSparseToDense:
+    """Mean over `run.kl_sites` of KL(dense output || dense suffix run on the decoded sparse stream).
+    The dense weights are frozen, but gradients flow through its suffix to the decoder and the sparse prefix."""
+
+    coeff: float = 1.0
+    name: str = "kl_s2d"
+
+    def __call__(self, run: BridgeRun) -> torch.Tensor:
+        kls = [
+            _kl_from_logp(run.dense_logp, hybrid_sparse_to_dense(run.dense, run.sparse, run.bridge, run.tokens, s,
+                                                            sparse_resid=run.sparse_resids[s]))
+            for s in run.kl_sites
+        ]
+        return torch.stack(kls).mean()
+
+
+BridgeLoss = SparseLM | NMSEDenseToSparse | NMSESparseToDense | KLDenseToSparse | KLSparseToDense
+
+
+def default_losses(
+    lm: float = 1.0, nmse_d2s: float = 1.0, nmse_s2d: float = 1.0, kl_d2s: float = 1.0, kl_s2d: float = 1.0
+) -> list[BridgeLoss]:
+    """The paper's five terms. Its coefficients are not published; 1 each is the book's default."""
+    return [SparseLM(lm), NMSEDenseToSparse(nmse_d2s), NMSESparseToDense(nmse_s2d), KLDenseToSparse(kl_d2s),
+            KLSparseToDense(kl_s2d)]
+
+
+def compute_losses(run: BridgeRun, losses: Sequence[BridgeLoss]) -> tuple[torch.Tensor, dict[str, float]]:
+    """-> (sum of coeff * loss, {name: unweighted value}). A loss with coefficient 0 is skipped."""
+    terms, values = [], {}
+    for loss in losses:
+        if loss.coeff == 0:
+            continue
+        v = loss(run)
+        terms.append(loss.coeff * v)
+        values[loss.name] = float(v.detach())
+    total = torch.stack(terms).sum()
+    values["total"] = float(total.detach())
+    return total, values
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class BridgeTrainConfig:
+    """Settings of `train_bridged`. The sparse side follows chapter 2: AdamW(0.9, 0.95, wd 0.1, eps 0.1),
+    sharkfin LR (times 1/sqrt(kept fraction) when a sparsifier is given), gradient RMS clipped to 1."""
+
+    steps: int
+    batch_size: int = 32
+    n_ctx: int = 128
+    lr: float = 3e-3  # sparse model's base LR
+    bridge_lr: float = 3e-3  # encoders' and decoders' base LR (same sharkfin shape, no 1/sqrt(kept))
+    bridge_eps: float = 1e-8  # plain Adam eps for the bridge (eps 0.1 is a sparse-weights device)
+    bridge_weight_decay: float = 0.0
+    warmup: float = 0.01
+    clip_rms: float = 1.0  # sparse model and bridge are each clipped to this gradient RMS
+    kl_sites_per_step: int | None = None  # sample this many sites for the KL terms each step (None: all)
+    eval_every: int = 200
+    eval_batches: int = 8
+    ckpt_every: int = 200
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _kl_sites(sites: list[str], step: int, n: int | None, seed: int) -> list[str]:
+    """All sites, or n of them drawn from (seed, step) alone (so a resumed run draws the same ones)."""
+    if n is None or n >= len(sites):
+        return sites
+    idx = np.random.default_rng([seed, step, 1]).choice(len(sites), size=n, replace=False)
+    return [sites[i] for i in sorted(idx)]
+
+
+@torch.no_grad()
+def evaluate_bridged(
+    dense: GPT, sparse: GPT, bridge: Bridge, batches: list[torch.Tensor], losses: Sequence[BridgeLoss]
+) -> dict[str, float]:
+    """Each loss (unweighted, every site) averaged over `batches`, prefixed `val_`."""
+    was = sparse.training, bridge.training
+    sparse.eval()
+    bridge.eval()
+    acc: dict[str, float] = {}
+    n = 0
+    for b in batches:
+        _, vals = compute_losses(BridgeRun.make(dense, sparse, bridge, b), losses)
+        for k, v in vals.items():
+            acc[k] = acc.get(k, 0.0) + v * b.shape[0]
+        n += b.shape[0]
+    sparse.train(was[0])
+    bridge.train(was[1])
+    return {f"val_{k}": v / n for k, v in acc.items()}
+
+
+def train_bridged(
+    dense: GPT,
+    sparse: GPT,
+    bridge: Bridge,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    cfg: BridgeTrainConfig,
+    sparsifier: WeightSparsifier | None = None,
+    losses: Sequence[BridgeLoss] | None = None,
+    ckpt_dir: Path | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `sparse` and `bridge` together against the frozen `dense` model; resume from
+    `ckpt_dir/latest.safetensors` if it exists.
+
+    Each step: one dense pass (no grad) and one sparse pass record the residual stream at every site;
+    `losses` (default: `default_losses()`) are summed with their coefficients; the sparse model's and the
+    bridge's gradients are each clipped to RMS `cfg.clip_rms`; AdamW steps; then `sparsifier.step(step)`
+    projects the sparse weights (chapter 2). The dense model's weights are never changed.
+    stop_at simulates an interruption (stops after that step, leaving a checkpoint).
+    Returns {"history": [rows], "tokens_per_s": float}; rows with "val_*" keys hold evaluations
+    (the first row, step 0, evaluates the untrained pair).
+    """
+    losses = list(losses or default_losses())
+    if dense.cfg.n_layers != sparse.cfg.n_layers:
+        raise ValueError("dense and sparse models must have the same number of layers")
+    sparse_params = [p for p in sparse.parameters() if p.requires_grad]
+    bridge_params = [p for p in bridge.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [
+            {"params": sparse_params, "eps": 0.1, "weight_decay": 0.1},  # = sparsity.sparse_adamw
+            {"params": bridge_params, "eps": cfg.bridge_eps, "weight_decay": cfg.bridge_weight_decay},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    history: list[dict] = []
+    start = 0
+    latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
+    if latest is not None and latest.exists():
+        tensors, meta = load_tensors(latest)
+        sparse.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")})
+        bridge.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("bridge.")})
+        _load_opt(opt, tensors, meta)
+        start, history = meta["step"], meta["history"]
+    dev = next(sparse.parameters()).device
+    val = [b.to(dev) for b in val_batches(val_tokens, cfg.eval_batches, cfg.batch_size, cfg.n_ctx)]
+
+    def checkpoint(step: int) -> None:
+        if latest is None:
+            return
+        ot, om = _opt_tensors(opt)
+        st = {f"sparse.{k}": v for k, v in sparse.state_dict().items()}
+        bt = {f"bridge.{k}": v for k, v in bridge.state_dict().items()}
+        save_tensors(latest, {**st, **bt, **ot}, {"step": step, "history": history, "config": cfg.to_dict(), **om})
+
+    frozen = [(p, p.requires_grad) for p in dense.parameters()]
+    dense_was_training = dense.training
+    for p, _ in frozen:
+        p.requires_grad_(False)  # gradients still flow *through* the dense suffix to the decoder
+    dense.eval()
+    try:
+        if start == 0:
+            history.append({"step": 0, **evaluate_bridged(dense, sparse, bridge, val, losses)})
+        sparse.train()
+        bridge.train()
+        t0, tokens_seen = time.perf_counter(), 0
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="bridges")
+        for step in bar:
+            base = sharkfin(step, cfg.steps, warmup=cfg.warmup)
+            kept = sparsifier.schedule(step) if sparsifier is not None else 1.0
+            opt.param_groups[0]["lr"] = cfg.lr * base / math.sqrt(kept)
+            opt.param_groups[1]["lr"] = cfg.bridge_lr * base
+            batch = get_batch(train_tokens, step, cfg.batch_size, cfg.n_ctx, cfg.seed).to(dev)
+            kl_sites = _kl_sites(bridge.sites, step, cfg.kl_sites_per_step, cfg.seed)
+            total, vals = compute_losses(BridgeRun.make(dense, sparse, bridge, batch, kl_sites), losses)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            g_sparse = clip_grad_rms_(sparse_params, cfg.clip_rms)
+            g_bridge = clip_grad_rms_(bridge_params, cfg.clip_rms)
+            opt.step()
+            if sparsifier is not None:
+                sparsifier.step(step)
+            tokens_seen += batch.numel()
+            done = step + 1
+            row = {"step": done, **vals, "lr": opt.param_groups[0]["lr"], "kept": kept,
+                   "grad_rms_sparse": g_sparse, "grad_rms_bridge": g_bridge}
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                row.update(evaluate_bridged(dense, sparse, bridge, val, losses))
+                bar.set_postfix(total=f"{vals['total']:.3f}", val=f"{row['val_total']:.3f}")
+            history.append(row)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
+                checkpoint(done)
+            if stop_at is not None and done >= stop_at:
+                break
+        bar.close()
+        dt = time.perf_counter() - t0
+    finally:
+        for p, rg in frozen:
+            p.requires_grad_(rg)
+        dense.train(dense_was_training)
+    sparse.eval()
+    bridge.eval()
+    return {"history": history, "tokens_per_s": tokens_seen / dt if dt > 0 else float("nan")}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def hybrid_kl_per_site(
+    dense: GPT,
+    sparse: GPT,
+    bridge: Bridge,
+    batches: torch.Tensor | list[torch.Tensor],
+    sites: Sequence[str] | None = None,
+) -> list[dict]:
+    """Per site: KL of each hybrid pass from the dense output, and NMSE each way, averaged over `batches`
+    ([batch, pos] token tensors). Each row also carries the dense model's mean output entropy (the KL's
+    natural scale: a KL far below it means the hybrid keeps most of what the dense model predicts) and
+    the KL of the whole sparse model from the dense one. -> [{"site", "kl_d2s", "kl_s2d", "nmse_d2s",
+    "nmse_s2d", "dense_entropy", "sparse_kl"}], one row per site, in forward order."""
+    batches = [batches] if torch.is_tensor(batches) else list(batches)
+    sites = list(sites or bridge.sites)
+    sums: dict[str, dict[str, float]] = {s: {} for s in sites}
+    ent = skl = 0.0
+    n = 0
+    for b in batches:
+        dl, dr = run_with_resids(dense, b, sites)
+        sl, sr = run_with_resids(sparse, b, sites)
+        w = b.shape[0]
+        ent += float(entropy(dl)) * w
+        skl += float(kl_div(dl, sl)) * w
+        for s in sites:
+            vals = {
+                "kl_d2s": kl_div(dl, hybrid_dense_to_sparse(dense, sparse, bridge, b, s, dense_resid=dr[s])),
+                "kl_s2d": kl_div(dl, hybrid_sparse_to_dense(dense, sparse, bridge, b, s, sparse_resid=sr[s])),
+                "nmse_d2s": nmse(bridge.encode(s, dr[s]), sr[s]),
+                "nmse_s2d": nmse(bridge.decode(s, sr[s]), dr[s]),
+            }
+            for k, v in vals.items():
+                sums[s][k] = sums[s].get(k, 0.0) + float(v) * w
+        n += w
+    return [{"site": s, **{k: v / n for k, v in sums[s].items()}, "dense_entropy": ent / n, "sparse_kl": skl / n}
+            for s in sites]
+
+
+# ----------------------------------------------------------------------------- interventions
+
+
+def _last(tokens: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """Readout position per prompt [batch]: `at`, or the last position."""
+    return at if at is not None else torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
+
+
+@torch.no_grad()
+def sparse_activations(
+    site: str,
+    tokens: torch.Tensor,
+    at: torch.Tensor | None = None,
+    sparse: GPT | None = None,
+    dense: GPT | None = None,
+    bridge: Bridge | None = None,
+) -> torch.Tensor:
+    """The sparse residual at `site`, at one position per prompt (`at` [batch], default the last):
+    the sparse model's own stream (pass `sparse`), or the encoded dense stream (pass `dense` and
+    `bridge`: the sparse view of the dense model). -> [batch, d_sparse]."""
+    if sparse is not None:
+        h = run_prefix(sparse, tokens, site)
+    elif dense is not None and bridge is not None:
+        h = bridge.encode(site, run_prefix(dense, tokens, site))
+    else:
+        raise ValueError("pass `sparse`, or `dense` and `bridge`")
+    return h[torch.arange(tokens.shape[0]), _last(tokens, at)]
+
+
+def class_means(
+    site: str,
+    tokens_a: torch.Tensor,
+    tokens_b: torch.Tensor,
+    at_a: torch.Tensor | None = None,
+    at_b: torch.Tensor | None = None,
+    **source,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean sparse residual [d_sparse] at `site` over prompts of class A and of class B (readout at `at_*`,
+    default the last position). `source`: sparse=... or dense=..., bridge=... (see sparse_activations)."""
+    return (sparse_activations(site, tokens_a, at_a, **source).mean(0),
+            sparse_activations(site, tokens_b, at_b, **source).mean(0))
+
+
+def contrast_channels(mean_a: torch.Tensor, mean_b: torch.Tensor, k: int = 5) -> list[int]:
+    """The k sparse channels whose class means differ most, |mean_b - mean_a|, largest first."""
+    return (mean_b - mean_a).abs().topk(k).indices.tolist()
+
+
+@torch.no_grad()
+def run_dense_with_delta(
+    dense: GPT, tokens: torch.Tensor, site: str, delta: torch.Tensor, at: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Add delta [d_dense] to the dense residual stream at `site` (at position `at` [batch] of each prompt;
+    None: every position) and run the dense suffix. -> logits [batch, pos, vocab]."""
+    x = run_prefix(dense, tokens, site).clone()  # [batch, pos, d_dense]
+    if at is None:
+        x = x + delta
+    else:
+        x[torch.arange(tokens.shape[0]), at] += delta
+    return run_suffix(dense, x, site, tokens)
+
+
+@dataclass
+class Steering:
+    """The result of one intervention. probs [batch, n_targets] at the readout position."""
+
+    probs: torch.Tensor
+    channel: int
+    delta: float  # the change of the sparse channel
+    delta_norm: float  # ||dense-space change||
+
+
+def _steer_vector(bridge: Bridge, site: str, channel: int, delta: float) -> torch.Tensor:
+    """decoder(h + delta e_c) - decoder(h) = delta * W_dec[:, c] exactly (the decoder is affine). -> [d_dense]."""
+    return delta * bridge.decoder_matrix(site)[:, channel].detach()
+
+
+def _readout(dense: GPT, tokens, site, vec, at, readout, targets) -> torch.Tensor:
+    logits = run_dense_with_delta(dense, tokens, site, vec, at)
+    probs = logits[torch.arange(tokens.shape[0]), _last(tokens, readout)].softmax(-1)  # [batch, vocab]
+    return probs[:, torch.as_tensor(targets)]
+
+
+@torch.no_grad()
+def steer(
+    dense: GPT,
+    bridge: Bridge,
+    tokens: torch.Tensor,
+    site: str,
+    channel: int,
+    value_from: float,
+    value_to: float,
+    strength: float,
+    targets: Sequence[int],
+    at: torch.Tensor | None = None,
+    readout: torch.Tensor | None = None,
+) -> Steering:
+    """Move sparse channel `channel` at `site` from its class-A value towards its class-B value and let the
+    dense model respond: delta = strength * (value_to - value_from) (strength in [0, 1]: 0 changes nothing,
+    1 moves the whole way), decoded as delta * W_dec[:, channel] (equal to decoder(h + delta) - decoder(h)
+    for every h, since the decoder is affine), added to the dense residual at `site` at positions `at`
+    ([batch]; default the last position; pass `at=...` explicitly for padded prompts), then the dense suffix
+    runs. Returns the dense probabilities of `targets` (token ids) at `readout` (default: `at`)."""
+    delta = float(strength) * (float(value_to) - float(value_from))
+    vec = _steer_vector(bridge, site, channel, delta)
+    at = _last(tokens, at)
+    probs = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
+    return Steering(probs, channel, delta, float(vec.norm()))
+
+
+@torch.no_grad()
+def steer_control(
+    dense: GPT,
+    bridge: Bridge,
+    tokens: torch.Tensor,
+    site: str,
+    channel: int,
+    value_from: float,
+    value_to: float,
+    strength: float,
+    targets: Sequence[int],
+    at: torch.Tensor | None = None,
+    readout: torch.Tensor | None = None,
+    seed: int = 0,
+) -> Steering:
+    """The control for `steer`: a random other channel c' (seeded; one with a nonzero decoder column),
+    moved along its own decoder direction by a dense-space change of the same norm as `steer`'s,
+    ||delta' W_dec[:, c']|| = ||delta W_dec[:, channel]||, with the same sign convention. If the real
+    channel's effect is specific, the control's is much smaller."""
+    W = bridge.decoder_matrix(site).detach()  # [d_dense, d_sparse]
+    norms = W.norm(dim=0)  # [d_sparse]
+    choices = [c for c in range(W.shape[1]) if c != channel and norms[c] > 0]
+    g = torch.Generator().manual_seed(seed)
+    c2 = choices[int(torch.randint(len(choices), (1,), generator=g))]
+    delta = float(strength) * (float(value_to) - float(value_from))
+    target_norm = abs(delta) * float(norms[channel])
+    delta2 = math.copysign(target_norm / float(norms[c2]), delta) if delta != 0 else 0.0
+    vec = _steer_vector(bridge, site, c2, delta2)
+    at = _last(tokens, at)
+    probs = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
+    return Steering(probs, c2, delta2, float(vec.norm()))

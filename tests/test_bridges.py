@@ -1,0 +1,219 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from circuitbook.bridges import (
+    Bridge,
+    BridgeTrainConfig,
+    bridge_sites,
+    class_means,
+    default_losses,
+    hybrid_dense_to_sparse,
+    hybrid_kl_per_site,
+    hybrid_sparse_to_dense,
+    kl_div,
+    nmse,
+    run_prefix,
+    run_suffix,
+    run_with_resids,
+    steer,
+    steer_control,
+    train_bridged,
+)
+from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig
+from circuitbook.sparsity import WeightSparsifier, kept_fraction
+
+SMALL = dict(vocab_size=40, n_ctx=16, d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+
+
+def every_option(norm: str = "rms", seed: int = 0, **kw) -> GPT:
+    """A tiny GPT with every option on; bigram table and sink logits random so that they matter."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(**{**SMALL, **kw}, norm=norm, positions="learned", attn_sink=True,
+                    abstopk_sites=ABSTOPK_PAPER_SITES, bigram=True, init_std=0.2)
+    m = GPT(cfg).eval()
+    with torch.no_grad():
+        m.bigram.weight.normal_(0, 0.5)
+        for b in m.blocks:
+            b.attn.sink.normal_(0, 1)
+            b.ln1.w.uniform_(0.5, 1.5)
+    return m
+
+
+def test_sites_are_the_sublayer_boundaries():
+    m = every_option()
+    assert bridge_sites(m) == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid",
+                               "blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid"]
+    assert set(bridge_sites(m)) <= set(m.hook_names)  # named with the model's hook names
+    with pytest.raises(ValueError):
+        run_prefix(m, torch.zeros(1, 3, dtype=torch.long), "blocks.5.hook_resid_pre")
+
+
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+def test_suffix_of_prefix_is_the_model_at_every_site(norm):
+    m = every_option(norm)
+    tokens = torch.randint(0, 40, (3, 11))
+    with torch.no_grad():
+        full = m(tokens)
+        _, cache = m.run_with_cache(tokens)
+        sites = [*bridge_sites(m), "blocks.1.hook_resid_post", "blocks.0.hook_resid_post"]
+        for site in sites:
+            resid = run_prefix(m, tokens, site)
+            assert torch.equal(resid, cache[site]), site
+            assert torch.allclose(run_suffix(m, resid, site, tokens), full, atol=1e-6), site
+        logits, resids = run_with_resids(m, tokens, sites)
+        assert torch.allclose(logits, full, atol=1e-6)
+        assert all(torch.equal(resids[s], cache[s]) for s in sites)
+    with pytest.raises(ValueError, match="bigram"):
+        run_suffix(m, resid, sites[0])  # a bigram model needs the tokens
+
+
+def test_suffix_changes_when_the_residual_changes_and_hooks_fire():
+    m = every_option()
+    tokens = torch.randint(0, 40, (2, 9))
+    site = "blocks.1.hook_resid_pre"
+    with torch.no_grad():
+        r = run_prefix(m, tokens, site)
+        r2 = r.clone()
+        r2[:, 5] += 3.0
+        a, b = run_suffix(m, r, site, tokens), run_suffix(m, r2, site, tokens)
+        assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)  # causal: earlier positions untouched
+        assert not torch.allclose(a[:, 5:], b[:, 5:])
+        seen = []
+        m.add_hook("blocks.1.hook_resid_mid", lambda act, hook: seen.append(hook.name))
+        run_suffix(m, r, site, tokens)
+        m.reset_hooks()
+    assert seen == ["blocks.1.hook_resid_mid"]
+
+
+def test_identity_bridge_between_copies_gives_zero_kl_at_every_site():
+    dense = every_option()
+    sparse = copy.deepcopy(dense)
+    bridge = Bridge.identity(bridge_sites(dense), dense.cfg.d_model)
+    tokens = torch.randint(0, 40, (3, 12))
+    with torch.no_grad():
+        ref = dense(tokens)
+        for site in bridge.sites:
+            assert kl_div(ref, hybrid_dense_to_sparse(dense, sparse, bridge, tokens, site)) < 1e-6
+            assert kl_div(ref, hybrid_sparse_to_dense(dense, sparse, bridge, tokens, site)) < 1e-6
+        rows = hybrid_kl_per_site(dense, sparse, bridge, tokens)
+    assert [r["site"] for r in rows] == bridge.sites
+    for r in rows:
+        assert max(r["kl_d2s"], r["kl_s2d"], r["nmse_d2s"], r["nmse_s2d"], r["sparse_kl"]) < 1e-6
+        assert r["dense_entropy"] > 0.1
+
+
+def test_random_bridge_hybrids_run_with_finite_positive_kl():
+    dense = every_option(seed=0)
+    sparse = every_option(seed=1, d_model=24, d_mlp=48)  # a different width: the bridge maps 16 <-> 24
+    torch.manual_seed(2)
+    bridge = Bridge.for_models(dense, sparse, afrac=0.25)
+    tokens = torch.randint(0, 40, (2, 10))
+    with torch.no_grad():
+        ref = dense(tokens)
+        for site in bridge.sites:
+            h = bridge.encode(site, run_prefix(dense, tokens, site))
+            assert h.shape == (2, 10, 24) and ((h != 0).sum(-1) == 6).all()  # AbsTopK: k = 24 / 4
+            for hyb in (hybrid_dense_to_sparse, hybrid_sparse_to_dense):
+                kl = float(kl_div(ref, hyb(dense, sparse, bridge, tokens, site)))
+                assert math.isfinite(kl) and kl > 1e-4, (site, hyb.__name__)
+
+
+def test_nmse_definition():
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3)
+    assert float(nmse(x, x)) == 0.0
+    mean = x.reshape(-1, 3).mean(0).expand_as(x)
+    assert float(nmse(mean, x)) == pytest.approx(1.0, abs=1e-6)
+    # by hand: targets (0,0), (2,0), (1,3): mean (1,1); sum ||t - mean||^2 = 2 + 2 + 4 = 8
+    t = torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 3.0]])
+    p = torch.tensor([[1.0, 0.0], [2.0, 2.0], [1.0, 3.0]])  # squared errors 1 + 4 + 0 = 5
+    assert float(nmse(p, t)) == pytest.approx(5 / 8)
+    assert float(nmse(10 * p, 10 * t)) == pytest.approx(5 / 8)  # scale-free
+    assert float(nmse(p[None], t[None])) == pytest.approx(5 / 8)  # leading dims all pooled
+
+
+def test_kl_is_zero_for_equal_and_matches_by_hand():
+    p = torch.tensor([[0.0, math.log(3.0)]])  # P = (1/4, 3/4)
+    q = torch.zeros(1, 2)  # Q = (1/2, 1/2)
+    assert float(kl_div(p, p)) == 0.0
+    assert float(kl_div(p, q)) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-6)
+
+
+def _stream(n: int = 3000, seed: int = 0) -> np.ndarray:
+    """A learnable token stream: a noisy cycle through 40 tokens."""
+    rng = np.random.default_rng(seed)
+    x = (np.arange(n) * 7 + rng.integers(0, 3, n)) % 40
+    return x.astype(np.uint16)
+
+
+def _pair():
+    torch.manual_seed(0)
+    dense = GPT(GPTConfig(**SMALL, init_std=0.2)).eval()
+    torch.manual_seed(1)
+    sparse = GPT(GPTConfig(**SMALL, abstopk_sites=("mlp.hook_post",)))
+    torch.manual_seed(2)
+    return dense, sparse, Bridge.for_models(dense, sparse, afrac=0.5)
+
+
+def test_train_bridged_reduces_the_bridge_losses_and_leaves_dense_alone():
+    dense, sparse, bridge = _pair()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    cfg = BridgeTrainConfig(steps=30, batch_size=4, n_ctx=12, lr=1e-2, bridge_lr=1e-2, eval_every=30,
+                            eval_batches=2, kl_sites_per_step=2)
+    sp = WeightSparsifier(sparse, lambda s: kept_fraction(s, cfg.steps, target=0.25), min_per_row=2)
+    out = train_bridged(dense, sparse, bridge, _stream(), _stream(seed=1), cfg, sparsifier=sp, progress=False)
+    h = out["history"]
+    first, last = h[0], h[-1]
+    assert first["step"] == 0 and last["step"] == 30
+    for k in ("val_nmse_d2s", "val_nmse_s2d", "val_kl_d2s", "val_kl_s2d", "val_sparse_lm", "val_total"):
+        assert last[k] < first[k], k
+    assert all(k in h[5] for k in ("nmse_d2s", "kl_s2d", "sparse_lm", "lr", "kept"))
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in before.items())  # dense frozen
+    assert all(p.requires_grad for p in dense.parameters())  # and given back as it was
+    w = sparse.blocks[0].mlp.W_in.weight
+    assert int((w != 0).sum()) == sp.expected_nonzeros(29)["blocks.0.mlp.W_in.weight"]  # weight-sparse
+
+
+def test_train_bridged_resumes_exactly(tmp_path):
+    cfg = BridgeTrainConfig(steps=6, batch_size=2, n_ctx=8, eval_every=3, eval_batches=1, ckpt_every=2,
+                            kl_sites_per_step=1)
+    stream, val = _stream(500), _stream(500, seed=1)
+    dense, sparse, bridge = _pair()
+    ref = train_bridged(dense, sparse, bridge, stream, val, cfg, progress=False)
+    dense2, sparse2, bridge2 = _pair()
+    train_bridged(dense2, sparse2, bridge2, stream, val, cfg, ckpt_dir=tmp_path, stop_at=3, progress=False)
+    dense3, sparse3, bridge3 = _pair()  # a fresh process: weights come from the checkpoint
+    out = train_bridged(dense3, sparse3, bridge3, stream, val, cfg, ckpt_dir=tmp_path, progress=False)
+    assert [r["step"] for r in out["history"]] == [r["step"] for r in ref["history"]]
+    for a, b in zip([sparse, bridge], [sparse3, bridge3]):
+        for (k, v), v3 in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(v, v3, atol=1e-6), k
+
+
+def test_steering_through_the_decoder():
+    dense, sparse, bridge = _pair()
+    tokens = torch.randint(0, 40, (4, 9))
+    site, targets = "blocks.1.hook_resid_pre", [3, 5]
+    ma, mb = class_means(site, tokens[:2], tokens[2:], sparse=sparse)
+    assert ma.shape == (dense.cfg.d_model,)
+    c = int((mb - ma).abs().argmax())
+    s0 = steer(dense, bridge, tokens, site, c, ma[c], mb[c], 0.0, targets)
+    base = dense(tokens)[:, -1].softmax(-1)[:, targets]
+    assert torch.allclose(s0.probs, base, atol=1e-6)  # strength 0 changes nothing
+    s1 = steer(dense, bridge, tokens, site, c, 0.0, 20.0, 1.0, targets)
+    assert not torch.allclose(s1.probs, base, atol=1e-4)
+    # the decoded change is the decoder column times the channel change
+    col = bridge.decoder_matrix(site)[:, c].detach()
+    assert s1.delta == 20.0 and s1.delta_norm == pytest.approx(20 * float(col.norm()), rel=1e-5)
+    ctl = steer_control(dense, bridge, tokens, site, c, 0.0, 20.0, 1.0, targets, seed=0)
+    assert ctl.channel != c and ctl.delta_norm == pytest.approx(s1.delta_norm, rel=1e-5)
+
+
+def test_default_losses_have_names_and_coefficients():
+    ls = default_losses(kl_s2d=0.5)
+    assert [l.name for l in ls] == ["sparse_lm", "nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d"]
+    assert ls[-1].coeff == 0.5
