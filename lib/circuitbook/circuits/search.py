@@ -1,0 +1,81 @@
+"""Hyperparameter search for learned pruning (the paper used CARBS, 32 iterations; we use Optuna).
+
+Each trial prunes with sampled (k_coef, lr, temperature, init noise scale, init noise bias) and
+scores the circuit by its size at the target loss: the number of kept nodes, or, if the target was
+missed, the total node count plus the loss (so any success beats any failure). The first trial is
+the paper's search centre; a seeded TPE sampler makes the search repeatable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import optuna
+from torch import Tensor
+
+from circuitbook.circuits.circuit import Circuit
+from circuitbook.circuits.nodes import NodeSet
+from circuitbook.circuits.prune import PruneConfig, prune
+from circuitbook.config import Profile, pick
+from circuitbook.data.tasks import TaskBatch
+
+# name -> (low, high), all sampled log-uniformly around the paper's centres
+SPACE: dict[str, tuple[float, float]] = {
+    "k_coef": (1e-5, 1e-3),
+    "lr": (1e-3, 1e-2),
+    "temperature": (0.3, 3.0),
+    "init_noise_scale": (1e-3, 1e-1),
+    "init_noise_bias": (1e-2, 5e-1),
+}
+
+
+@dataclass
+class SearchResult:
+    config: PruneConfig  # the best trial's hyperparameters
+    circuit: Circuit  # the best trial's circuit
+    trials: list[dict]  # one row per trial: params, n_nodes, loss, objective
+    study: optuna.Study
+
+
+def n_trials_for(profile: str | Profile) -> int:
+    return pick(profile, ci=3, full=32)
+
+
+def objective_value(circuit: Circuit) -> float:
+    """Smaller is better: kept nodes if the target is met, else total nodes + loss."""
+    return float(circuit.n_nodes) if circuit.reached else float(len(circuit.nodes)) + circuit.loss
+
+
+def search(
+    model,
+    batch: TaskBatch,
+    means: dict[str, Tensor],
+    base: PruneConfig | None = None,
+    n_trials: int = 32,
+    nodes: NodeSet | None = None,
+    seed: int = 0,
+    space: dict[str, tuple[float, float]] | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Search pruning hyperparameters (steps, batch size and target come from `base`)."""
+    base = base or PruneConfig()
+    nodes = nodes or NodeSet.from_model(model)
+    space = space or SPACE
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial({k: getattr(base, k) for k in space})  # start at the centre
+    circuits: dict[int, Circuit] = {}
+    rows: list[dict] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {k: trial.suggest_float(k, lo, hi, log=True) for k, (lo, hi) in space.items()}
+        circuit = prune(model, batch, means, replace(base, **params), nodes, progress=False)
+        value = objective_value(circuit)
+        circuits[trial.number] = circuit
+        rows.append({"trial": trial.number, **params, "n_nodes": circuit.n_nodes, "loss": circuit.loss,
+                     "objective": value})
+        return value
+
+    study.optimize(objective, n_trials=n_trials, show_progress_bar=progress)
+    best = study.best_trial
+    return SearchResult(replace(base, **best.params), circuits[best.number], rows, study)
