@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from circuitbook.models.gpt import GPT, GPTConfig
@@ -38,3 +39,14 @@ def test_training_reduces_loss_and_batches_are_deterministic():
                                                eval_batches=1), progress=False)
     h = out["history"]
     assert h[-1]["val_loss"] < 0.5 * np.log(64)  # a periodic sequence is easy to predict
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    _run(tmp_path, stop_at=13)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**CFG))
+    toks = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
+    other = TrainConfig(steps=30, batch_size=4, n_ctx=16, lr=5e-3, eval_every=10, eval_batches=1, ckpt_every=7)
+    with pytest.warns(UserWarning, match="another config"):
+        out = train(model, toks, toks, other, ckpt_dir=tmp_path, progress=False)
+    assert out["history"][0]["step"] == 1  # started from scratch

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,6 +162,9 @@ def train(
     kept: dict[int, dict[str, torch.Tensor]] = {}
     start = 0
     latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
+    if latest is not None and latest.exists() and load_tensors(latest)[1]["config"] != cfg.to_dict():
+        warnings.warn(f"{latest} was written by a run with another config; starting from scratch", stacklevel=2)
+        latest.unlink()
     if latest is not None and latest.exists():
         tensors, meta = load_tensors(latest)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -1,0 +1,47 @@
+"""Train (or load) the shipped artifacts of a chapter in the background: `python scripts/train_models.py ch2`.
+
+Everything goes through circuitbook.zoo, exactly as the notebooks call it, so a notebook run afterwards
+only loads. Runs resume from data/scratch/ after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from circuitbook import zoo
+
+
+def ch1(profile: str) -> None:
+    zoo.dense_baseline(profile)
+
+
+def ch2(profile: str, widths: list[int] | None = None, fractions: list[float] | None = None) -> None:
+    for d in widths or zoo.sparse_widths(profile):
+        for kept in fractions or zoo.SPARSE_FRACTIONS:
+            t0 = time.time()
+            _, meta = zoo.sparse_model(profile, kept, d)
+            print(f"sparse d={d} kept={kept}: val {meta['metrics']['history'][-1]['val_loss']:.3f} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+
+
+def ch2_clip(profile: str) -> None:
+    for clip in ("none", "rms"):
+        zoo.sparse_model(profile, zoo.clip_demo(profile)["kept"], zoo.clip_demo(profile)["d_model"], clip=clip)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["ch1", "ch2", "ch2_clip"])
+    ap.add_argument("--profile", default="full")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--widths", type=int, nargs="*")
+    ap.add_argument("--fractions", type=float, nargs="*")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.what == "ch2":
+        ch2(a.profile, a.widths, a.fractions)
+    else:
+        globals()[a.what](a.profile)
