@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from circuitbook.artifacts import load_tensors, save_tensors
 from circuitbook.models.gpt import GPT, AbsTopK, Block, lm_loss
 from circuitbook.sparsity import WeightSparsifier, clip_grad_rms_, sharkfin
-from circuitbook.train import _load_opt, _opt_tensors, get_batch, val_batches
+from circuitbook.train import get_batch, load_optimizer, optimizer_tensors, val_batches
 
 # ----------------------------------------------------------------------------- sites
 
@@ -484,7 +484,7 @@ def train_bridged(
         tensors, meta = load_tensors(latest)
         sparse.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")})
         bridge.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("bridge.")})
-        _load_opt(opt, tensors, meta)
+        load_optimizer(opt, tensors, meta)
         start, history = meta["step"], meta["history"]
     dev = next(sparse.parameters()).device
     val = [b.to(dev) for b in val_batches(val_tokens, cfg.eval_batches, cfg.batch_size, cfg.n_ctx)]
@@ -492,7 +492,7 @@ def train_bridged(
     def checkpoint(step: int) -> None:
         if latest is None:
             return
-        ot, om = _opt_tensors(opt)
+        ot, om = optimizer_tensors(opt)
         st = {f"sparse.{k}": v for k, v in sparse.state_dict().items()}
         bt = {f"bridge.{k}": v for k, v in bridge.state_dict().items()}
         save_tensors(latest, {**st, **bt, **ot}, {"step": step, "history": history, "config": cfg.to_dict(), **om})

@@ -107,7 +107,8 @@ def clip_gradients(params: list[torch.Tensor], mode: str, value: float) -> float
     raise ValueError(f"clip must be 'norm', 'rms', 'rms_normalize' or 'none', got {mode!r}")
 
 
-def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state as flat tensors (for safetensors) plus its JSON-able param groups."""
     sd = opt.state_dict()
     tensors = {}
     for idx, st in sd["state"].items():
@@ -116,7 +117,8 @@ def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], d
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Inverse of `optimizer_tensors`."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("opt."):
@@ -168,7 +170,7 @@ def train(
     if latest is not None and latest.exists():
         tensors, meta = load_tensors(latest)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_opt(opt, tensors, meta)
+        load_optimizer(opt, tensors, meta)
         start, history = meta["step"], meta["history"]
         for s in meta["kept"]:
             kept[s] = load_tensors(Path(ckpt_dir) / f"kept_{s}.safetensors")[0]
@@ -177,7 +179,7 @@ def train(
     def checkpoint(step: int) -> None:
         if latest is None:
             return
-        ot, om = _opt_tensors(opt)
+        ot, om = optimizer_tensors(opt)
         mt = {f"model.{k}": v for k, v in model.state_dict().items()}
         meta = {"step": step, "history": history, "kept": sorted(kept), "config": cfg.to_dict(), **om}
         save_tensors(latest, {**mt, **ot}, meta)
