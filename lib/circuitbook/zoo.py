@@ -140,6 +140,8 @@ def _fit_gpt(prof: Profile, name: str, gcfg: GPTConfig, tcfg: TrainConfig, confi
     out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
                 eval_fn=task_eval_fn(sets), progress=progress, **train_kw, **hooks)
     for step, sd in out["kept"].items():  # checkpoints along training (chapter 7 follows features across them)
+        if step == tcfg.steps:
+            continue  # the final checkpoint is the artifact itself
         artifacts.save_tensors(
             artifacts.artifact_path(f"{name}_step{step}", prof), _half(sd),
             {"name": f"{name}_step{step}", "profile": prof.name, "config": config, "step": step},
@@ -257,12 +259,14 @@ def dense_checkpoints(profile: str | Profile, seed: int = 0) -> dict[int, GPT]:
     prof = get_profile(profile)
     gcfg, tcfg = dense_configs(prof)
     name = f"dense_baseline{_suffix(seed)}"
-    if not all(artifacts.exists(f"{name}_step{s}", prof) for s in tcfg.keep_steps):
+    earlier = [s for s in tcfg.keep_steps if s != tcfg.steps]
+    if not all(artifacts.exists(f"{name}_step{s}", prof) for s in earlier):
         dense_baseline(prof, seed, retrain=True)
     out = {}
-    for s in tcfg.keep_steps:
+    for s in earlier:
         tensors, _ = artifacts.load_tensors(artifacts.artifact_path(f"{name}_step{s}", prof))
         out[s] = gpt_from_state(tensors, gcfg).eval()
+    out[tcfg.steps] = dense_baseline(prof, seed)[0]
     return out
 
 
