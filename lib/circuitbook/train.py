@@ -94,12 +94,12 @@ class TrainConfig:
 
 
 def clip_gradients(params: list[torch.Tensor], mode: str, value: float) -> float:
-    """Clip in place; return the pre-clip global L2 norm ("norm") or global RMS ("rms", "rms_normalize").
+    """Clip in place; return the pre-clip global L2 norm ("norm") or global RMS (the other modes).
 
     "rms" scales the gradient down to RMS `value` when it is larger; "rms_normalize" scales it to exactly
     RMS `value` every step (the weight-sparse recipe, see chapter 2)."""
-    if mode == "none":
-        return float("nan")
+    if mode == "none":  # measure only
+        return clip_grad_rms_(params, float("inf"))
     if mode in ("rms", "rms_normalize"):
         return clip_grad_rms_(params, value, normalize=mode == "rms_normalize")
     if mode == "norm":
