@@ -88,3 +88,18 @@ def csr_inference_speedup(model: GPT, batch_size: int = 8, repeats: int = 5) -> 
         ts.append(best_time(lambda: csr(tokens), 1))
     d, s = min(td), min(ts)
     return {"dense_s": d, "csr_s": s, "speedup": d / s}
+
+
+@torch.no_grad()
+def csr_linear_speedup(linear: torch.nn.Linear, kept: float, n_tokens: int = 1024, repeats: int = 5) -> dict:
+    """One Linear layer alone: dense over CSR forward time after keeping `kept` of its weights (no row floor)."""
+    from circuitbook.sparsity import CSRLinear, n_kept, project_
+
+    lin = torch.nn.Linear(linear.in_features, linear.out_features)
+    lin.load_state_dict(linear.state_dict())
+    project_(lin.weight.data, n_kept(kept, lin.weight.numel()))
+    csr = CSRLinear(lin)
+    x = torch.randn(n_tokens, lin.in_features)
+    d = best_time(lambda: lin(x), repeats)
+    s = best_time(lambda: csr(x), repeats)
+    return {"dense_s": d, "csr_s": s, "speedup": d / s}
