@@ -11,27 +11,15 @@ Prints times and ratios. Usage: python scripts/bench_sparsity.py [--tokens 2048]
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from circuitbook.bench import best_time
 from circuitbook.sparsity import CSRLinear, WeightSparsifier, clip_grad_rms_, sparse_adamw
 
 FRACS = {"1/64": 1 / 64, "1/256": 1 / 256}
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of `repeats` runs after one warm-up run, in seconds."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 @torch.no_grad()
