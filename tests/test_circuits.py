@@ -333,3 +333,21 @@ def test_drawings_and_top_activations():
     rows = ex[("blocks.0.mlp.hook_post", 2)]
     assert len(rows) == 3 and rows[0]["value"] >= rows[1]["value"] >= rows[2]["value"]
     assert len(rows[0]["tokens"]) == len(rows[0]["acts"]) <= 4 and rows[0]["acts"][-1] == rows[0]["value"]
+
+
+def test_smallest_circuit_searches_within_the_masks_nodes_when_loss_is_not_monotone():
+    from circuitbook.circuits.prune import smallest_circuit
+
+    scores = torch.cat([torch.linspace(1.0, 0.1, 10), -torch.linspace(0.1, 1.0, 90)])  # the mask keeps 10
+
+    def loss(k: int) -> float:  # good from 5 to 10 nodes, hurt by rejected nodes, good again near all
+        return 1.0 if k < 5 else 0.1 if k <= 10 else 0.1 if k >= 90 else 0.5
+
+    k, trace = smallest_circuit(loss, scores, target=0.15)
+    assert k == 5
+    assert max(trace) == 10  # never looked past the mask's own nodes
+    # a plain bisection over every node is misled by the non-monotone loss
+    assert bisect_smallest(loss, 100, 0.15)[0] >= 90
+    # and when the mask's nodes miss the target, the search falls back to the full range
+    k_all, _ = smallest_circuit(lambda k: 1.0 if k < 95 else 0.1, scores, target=0.15)
+    assert k_all == 95

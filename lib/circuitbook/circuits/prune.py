@@ -147,6 +147,26 @@ def bisect_smallest(loss_at: Callable[[int], float], n: int, target: float) -> t
     return hi, seen
 
 
+def smallest_circuit(loss_at: Callable[[int], float], scores: Tensor, target: float) -> tuple[int, dict[int, float]]:
+    """Bisect the number of top-scored nodes kept, within the nodes the mask itself keeps (score > 0)
+    when those already reach `target`, else over all nodes.
+
+    Past the mask's own nodes the loss need not fall as k grows (adding nodes the mask rejected can hurt),
+    and a bisection over every node can then end at thousands of nodes. Returns (k, {k: loss}).
+    """
+    seen: dict[int, float] = {}
+
+    def f(k: int) -> float:
+        if k not in seen:
+            seen[k] = float(loss_at(k))
+        return seen[k]
+
+    n_all, n_mask = len(scores), int((scores > 0).sum())
+    n = n_mask if 0 < n_mask < n_all and f(n_mask) <= target else n_all
+    k, _ = bisect_smallest(f, n, target)
+    return k, seen
+
+
 # ---------------------------------------------------------------- 3. logit calibration
 
 
@@ -193,8 +213,8 @@ def circuit_from_scores(
     method: str = "learned",
     info: dict | None = None,
 ) -> Circuit:
-    """Bisect the number of top-scored nodes to the smallest circuit reaching `target_loss` on `batch`,
-    then fit its logit scale and shift."""
+    """Bisect the number of top-scored nodes to the smallest circuit reaching `target_loss` on `batch`
+    (`smallest_circuit`), then fit its logit scale and shift."""
     dev = _device(model)
 
     def diff_at(k: int) -> Tensor:
@@ -202,7 +222,7 @@ def circuit_from_scores(
         return masked_logit_diff(model, batch, masks, means)  # [batch]
 
     with frozen(model):
-        k, trace = bisect_smallest(lambda k: float(F.softplus(-diff_at(k)).mean()), len(nodes), target_loss)
+        k, trace = smallest_circuit(lambda k: float(F.softplus(-diff_at(k)).mean()), scores, target_loss)
         diff = diff_at(k)
     scale, shift, cal = fit_logit_calibration(diff, batch.correct, batch.wrong, lbfgs_steps)
     info = {**(info or {}), "bisection": {str(i): trace[i] for i in sorted(trace)}}
