@@ -41,8 +41,10 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -q tests
 
+# nbval re-executes the committed notebooks; their results files go to a scratch dir, not data/results.
 nbval: venv
-	cd notebooks && ../$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(notdir $(NOTEBOOKS))
+	cd notebooks && CIRCUITBOOK_RESULTS=$$(mktemp -d) ../$(PY) -m pytest -q -p no:cacheprovider --nbval-lax \
+	  $(notdir $(NOTEBOOKS))
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/

@@ -12,7 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CIRCUITBOOK_DATA", REPO / "data"))
-RESULTS = DATA / "results"
+RESULTS = Path(os.environ.get("CIRCUITBOOK_RESULTS", DATA / "results"))  # nbval writes elsewhere
 
 
 @dataclass(frozen=True)
