@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from circuitbook.results import format_claim
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 
@@ -18,12 +20,9 @@ def table() -> str:
             continue
         r = json.loads(f.read_text())
         for c in r["claims"]:
-            m = c["measured"]
-            m = f"{m:.4g}" if isinstance(m, float) else m
-            holds = {True: "yes", False: "**no**", None: "(report)"}[c["holds"]]
-            paper = c["paper"] if c["paper"] is not None else "–"
-            target = c["target"] or "–"
-            rows.append(f"| {r['chapter']} | `{c['id']}`: {c['claim']} | {paper} | {target} | {m} | {holds} |")
+            f = format_claim(c)
+            rows.append(f"| {r['chapter']} | `{c['id']}`: {c['claim']} | {f['paper']} | {f['target']} | "
+                        f"{f['measured']} | {f['holds']} |")
     return "\n".join(rows)
 
 

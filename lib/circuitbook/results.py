@@ -49,17 +49,23 @@ def load_results(chapter: str, profile: str = "full") -> dict:
     return json.loads((RESULTS / f"{chapter}{suffix}.json").read_text())
 
 
+def format_claim(c: dict) -> dict[str, str]:
+    """A claim's cells as table text: measured to 4 significant digits, holds as yes / **no** / (report)."""
+    m = c["measured"]
+    return {
+        "measured": f"{m:.4g}" if isinstance(m, float) else str(m),
+        "holds": {True: "yes", False: "**no**", None: "(report)"}[c["holds"]],
+        "paper": "–" if c["paper"] is None else str(c["paper"]),
+        "target": c["target"] or "–",
+    }
+
+
 def claims_markdown(results: dict) -> str:
     """A markdown table of one chapter's claims: claim, paper, target, measured, holds."""
     rows = ["| id | claim | paper | target | measured | holds |", "|---|---|---|---|---|---|"]
     for c in results["claims"]:
-        holds = {True: "yes", False: "**no**", None: "(report)"}[c["holds"]]
-        m = c["measured"]
-        m = f"{m:.4g}" if isinstance(m, float) else m
-        rows.append(
-            f"| `{c['id']}` | {c['claim']} | {c['paper'] if c['paper'] is not None else '–'} | "
-            f"{c['target'] or '–'} | {m} | {holds} |"
-        )
+        f = format_claim(c)
+        rows.append(f"| `{c['id']}` | {c['claim']} | {f['paper']} | {f['target']} | {f['measured']} | {f['holds']} |")
     return "\n".join(rows)
 
 

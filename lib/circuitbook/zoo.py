@@ -17,7 +17,7 @@ import torch
 from circuitbook import artifacts
 from circuitbook.config import DATA, Profile, get_profile, pick, seed_everything
 from circuitbook.data.corpus import load_corpus
-from circuitbook.data.tasks import TASKS, encode_examples, evaluate_task, sample_examples
+from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, kept_fraction, sharkfin, sparse_adamw, total_l0
@@ -87,8 +87,6 @@ def task_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> Task
 
 def task_eval_fn(sets: TaskSets, n: int = 200):
     """An eval_fn for `train`: held-out accuracy of each task on the first n test prompts."""
-    from circuitbook.data.tasks import TaskBatch
-
     small = {t: TaskBatch(*(getattr(b, f)[:n] for f in ("tokens", "last", "correct", "wrong", "labels")))
              for t, b in sets.test.items()}
 
@@ -129,16 +127,13 @@ def _half(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def _fit_gpt(prof: Profile, name: str, gcfg: GPTConfig, tcfg: TrainConfig, config: dict, progress: bool, **train_kw):
-    """Train a GPT on the profile's corpus (resumable from data/scratch), keeping checkpoints as artifacts."""
+def _fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dict, progress: bool, **train_kw):
+    """Train `model` on the profile's corpus (resumable from data/scratch), keeping checkpoints as artifacts."""
     tok = tokenizer(prof)
     streams = token_streams(prof, tok)
     sets = task_sets(prof, tok, tcfg.seed)
-    seed_everything(tcfg.seed)
-    model = GPT(gcfg)
-    hooks = {k: f(model) for k, f in train_kw.pop("make", {}).items()}  # callbacks that need the model
     out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
-                eval_fn=task_eval_fn(sets), progress=progress, **train_kw, **hooks)
+                eval_fn=task_eval_fn(sets), progress=progress, **train_kw)
     for step, sd in out["kept"].items():  # checkpoints along training (chapter 7 follows features across them)
         if step == tcfg.steps:
             continue  # the final checkpoint is the artifact itself
@@ -160,7 +155,8 @@ def dense_baseline(
     config = {"model": gcfg.to_dict(), "train": tcfg.to_dict()}
 
     def fit():
-        model, metrics = _fit_gpt(prof, name, gcfg, tcfg, config, progress, lr_schedule=cosine_schedule())
+        seed_everything(seed)
+        model, metrics = _fit_gpt(prof, name, GPT(gcfg), tcfg, config, progress, lr_schedule=cosine_schedule())
         return _half(model.state_dict()), metrics
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
@@ -234,19 +230,15 @@ def sparse_model(
     kept_fn = partial(kept_fraction, target=kept)
 
     def fit():
-        sparsifier = {}
-
-        def make_after_step(model):
-            sparsifier["s"] = WeightSparsifier(model, lambda s: kept_fn(s, tcfg.steps), min_per_row=4)
-            return sparsifier["s"].step
-
+        seed_everything(seed)
+        model = GPT(gcfg)
+        sparsifier = WeightSparsifier(model, lambda s: kept_fn(s, tcfg.steps), min_per_row=4)
         model, metrics = _fit_gpt(
-            prof, name, gcfg, tcfg, config, progress,
+            prof, name, model, tcfg, config, progress, after_step=sparsifier.step,
             lr_schedule=partial(sharkfin, kept=kept_fn), optimizer=lambda ps: sparse_adamw(ps, tcfg.lr),
-            make={"after_step": make_after_step},
         )
-        names = sparsifier["s"].names
-        metrics |= {"l0": total_l0(model, names), "n_sparsified": sum(model.get_parameter(n).numel() for n in names)}
+        metrics |= {"l0": total_l0(model, sparsifier.names),
+                    "n_sparsified": sum(model.get_parameter(n).numel() for n in sparsifier.names)}
         return artifacts.pack_sparse(model.state_dict()), metrics
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
