@@ -32,9 +32,33 @@ def ch2_clip(profile: str) -> None:
         zoo.sparse_model(profile, zoo.clip_demo(profile)["kept"], zoo.clip_demo(profile)["d_model"], clip=clip)
 
 
+def ch3(profile: str) -> None:
+    """Circuit searches for the three tasks (chapter 3's circuits)."""
+    for task in zoo.CIRCUIT_TASKS:
+        t0 = time.time()
+        r = zoo.circuit_search(profile, task)
+        print(f"{task}: {r.circuit.summary()} ({time.time() - t0:.0f}s)", flush=True)
+
+
+def ch3_frontier(profile: str) -> None:
+    """The quote task pruned with the base settings (`prune_config`) on the dense baseline and on every model
+    of the chapter-2 family: the frontier, and the dense-vs-sparse comparison."""
+    from circuitbook.circuits import prune_config
+
+    quote, cfg = zoo.CIRCUIT_TASKS[0], prune_config(profile)
+    models = {"dense_baseline": lambda: zoo.dense_baseline(profile)[0]}
+    for d in sorted(zoo.sparse_widths(profile), reverse=True):
+        for kept in zoo.SPARSE_FRACTIONS:
+            models[zoo.sparse_name(kept, d)] = lambda kept=kept, d=d: zoo.sparse_model(profile, kept, d)[0]
+    for name, load in models.items():
+        t0 = time.time()
+        c = zoo.pruned_circuit(profile, load().float(), name, quote, cfg)
+        print(f"{name}: {c.summary()} ({time.time() - t0:.0f}s)", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["ch1", "ch2", "ch2_clip"])
+    ap.add_argument("what", choices=["ch1", "ch2", "ch2_clip", "ch3", "ch3_frontier"])
     ap.add_argument("--profile", default="full")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--widths", type=int, nargs="*")

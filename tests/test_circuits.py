@@ -165,6 +165,15 @@ def test_logit_calibration_lowers_the_loss():
     assert after < before and scale > 1 and set(shift) == {3, 4}
 
 
+def test_logit_calibration_stays_finite_when_every_prompt_is_already_right():
+    diff = torch.tensor([2.0, 3.0, 1.5, 2.5])  # separable: without the ridge the scale runs off to infinity
+    correct, wrong = torch.tensor([3, 3, 4, 4]), torch.tensor([4, 4, 3, 3])
+    scale, _, after = fit_logit_calibration(diff, correct, wrong, steps=50)
+    assert 1 < scale < 20 and after > 1e-4
+    free, _, after_free = fit_logit_calibration(diff, correct, wrong, steps=50, ridge=0.0)
+    assert free > scale and after_free < after
+
+
 # ---------------------------------------------------------------- edges
 
 
@@ -315,6 +324,19 @@ def test_search_runs_and_returns_the_best_trial(task):
     res = search(model, batch, means, base, n_trials=2, seed=0, progress=False)
     assert len(res.trials) == 2 and res.trials[0]["k_coef"] == base.k_coef  # starts at the centre
     assert res.circuit.n_nodes == min(r["n_nodes"] for r in res.trials if r["loss"] <= 0.6)
+
+
+def test_cached_search_round_trips_and_the_loss_curve_agrees_with_the_circuit(task, tmp_data):
+    from circuitbook.circuits import cached_search, size_loss_curve
+
+    model, nodes, batch, means, _ = task
+    base = PruneConfig(steps=15, batch_size=16, target_loss=0.6, lbfgs_steps=2)
+    a = cached_search("search_test", "ci", model, batch, means, base, n_trials=2, progress=False)
+    b = cached_search("search_test", "ci", model, batch, means, base, n_trials=2, progress=False)
+    assert b.study is None and b.trials == a.trials and b.config == a.config
+    assert torch.equal(a.circuit.kept, b.circuit.kept) and b.circuit.loss == a.circuit.loss
+    curve = size_loss_curve(model, batch, means, nodes, b.circuit.scores, [b.circuit.n_nodes, len(nodes)])
+    assert curve[b.circuit.n_nodes] == pytest.approx(b.circuit.loss, rel=1e-5)
 
 
 def test_drawings_and_top_activations():

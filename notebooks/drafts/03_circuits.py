@@ -12,27 +12,6 @@
 # ---
 
 # %% [markdown]
-# > **DRAFT (not executed by CI; not in `_toc.yml`).** Written from exploratory runs; numbers in
-# > the prose are from `notebooks/drafts/03_circuits_findings.md` and must be re-read from the
-# > executed notebook before the chapter ships. Missing or unfinished:
-# >
-# > - the circuits are pruned here with `cached_prune(..., prof)`, which writes `circuit_*`
-# >   artifacts into `data/artifacts/` for the `full` profile: they are not shipped yet (add them to
-# >   the manifest once the settings are final);
-# > - `k_coef` (1e-3 / 3e-3 instead of the library's 1e-4) is an override found by hand, not by
-# >   `search` (the Optuna search, 32 trials, was not run: ~3-5 min per trial on a busy 2-core machine);
-# > - the goal of <= 30 nodes per circuit is not met with these settings (see the findings file);
-# > - helpers defined inline below (`string_positions`, `quote_positions`, `bracket_attack_set`)
-# >   belong in `circuitbook` (e.g. `circuitbook.data.tasks` / `circuitbook.circuits`) with tests;
-# > - the set-or-string mechanism section and the bridge to chapter 4 are stubs;
-# > - `bisect_within_mask` is a stop-gap for a library bug (the bisection over all nodes can end at
-# >   thousands of nodes; see the findings file): fix `circuit_from_scores` and delete it;
-# > - the bracket and set-or-string circuits miss <= 30 nodes and bracket misses the held-out 0.15
-# >   (0.158); the corpus sign agreement is 0.83 (goal 0.9): decide the exact claim (findings, section 3);
-# > - the notebook has not been executed end to end (only `string_positions` was run on its own);
-# >   nbval `NBVAL_CHECK_OUTPUT` markers, the `ci` profile path and the 2-core timing claim are unchecked.
-
-# %% [markdown]
 # # 3. Circuits: the smallest part of the model that does the task
 #
 # **What you will learn.** How to cut a trained transformer down to the few neurons and channels
@@ -41,13 +20,16 @@
 # are replaced by their mean activation; a penalty on the number of kept nodes drives the mask
 # down until only the circuit is left. Then we check that the circuit is *sufficient* (alone, it
 # still does the task on prompts it never saw) and *necessary* (without it, the model fails), read
-# its mechanism off the weights, and attack it where the mechanism predicts it should break.
+# its mechanism off the activations, and attack it where the mechanism predicts it should break.
+# The paper published no pruning code; this chapter is an open implementation, built from its
+# description.
 #
 # **What the paper claims.** In weight-sparse models, task circuits are tiny (the quote circuit:
 # 12 nodes, 9 edges) and readable: a layer-0 "quote detector" and "quote-type" classifier, and an
-# attention head that copies the quote type to the end. Learned masks find much smaller circuits
-# than attribution-based pruning, and sparse models' circuits are about 16× smaller than dense
-# models' at matched loss.
+# attention head that copies the quote type to the end. The bracket circuit averages `[` signals
+# with a near-uniform head, and so fails on distractor brackets and on long lists. Learned masks
+# find much smaller circuits than attribution-based pruning, and sparse models' circuits are about
+# 16× smaller than dense models' at matched loss.
 
 # %%
 # Colab only: fetch the book and install its library (does nothing elsewhere).
@@ -66,11 +48,8 @@ if "google.colab" in sys.modules:
 profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy sizes, every code path, minutes
 seed = 0
 retrain = False
-# penalty per kept node, per task (the paper's search centre is 1e-4; see "Choosing the penalty")
-k_coef = {"single_double_quote": 1e-3, "bracket_counting": 1e-3, "set_or_string": 3e-3}
 
 # %%
-import random
 import time
 
 import matplotlib.pyplot as plt
@@ -80,12 +59,31 @@ import torch
 from IPython.display import HTML, display
 
 from circuitbook import get_profile, seed_everything, viz, zoo
-from circuitbook.circuits import (NodeSet, ablation_hooks, all_kept, attribution_prune, cached_mean_activations,
-                                  cached_prune, circuit_alone, circuit_edges, circuit_removed, circuit_size,
-                                  draw_circuit, evaluate_masked, examples_text, node_examples, plotly_circuit,
-                                  prune_config)
+from circuitbook.circuits import (
+    NodeSet,
+    ablation_hooks,
+    all_kept,
+    attribution_prune,
+    circuit_alone,
+    circuit_edges,
+    circuit_removed,
+    circuit_size,
+    draw_circuit,
+    evaluate_masked,
+    examples_html,
+    examples_text,
+    heaviside,
+    node_examples,
+    plotly_circuit,
+    prune_config,
+    size_loss_curve,
+    top_k_kept,
+)
+from circuitbook.circuits.draw import short_site
+from circuitbook.data.attacks import bracket_attack_examples, bracket_length_sweep
 from circuitbook.data.corpus import EOT, load_corpus
-from circuitbook.data.tasks import Example, TaskBatch, encode_examples, evaluate_task
+from circuitbook.data.strings import IN_DOUBLE, IN_SINGLE, IN_TRIPLE, string_windows
+from circuitbook.data.tasks import TaskBatch, encode_examples, evaluate_task, last_occurrence
 from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
@@ -93,116 +91,151 @@ seed_everything(seed)
 torch.set_num_threads(2)
 viz.setup()
 
-QUOTE, BRACKET, SOS = "single_double_quote", "bracket_counting", "set_or_string"
+QUOTE, BRACKET, SOS = zoo.CIRCUIT_TASKS
+
+# %% [markdown]
+# ## The model and the tasks
+#
+# The weight-sparse model chosen in chapter 2 (d_model 128, 4 layers, 1 in 16 weights kept), and
+# three of the book's binary tasks: close a string with the quote that opened it, close a list with
+# `]` or `]]` by its nesting depth, and continue `current` with `.` (a set) or ` +=` (a string).
 
 # %%
 model, _ = zoo.the_sparse_model(prof, seed=seed)
 model = model.float().eval()
+model_name = zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], model.cfg.d_model, seed=seed)
 tok = zoo.tokenizer(prof)
 streams = zoo.token_streams(prof, tok)
 sets = zoo.task_sets(prof, tok, seed)
-print(model.cfg)
-for t in (QUOTE, BRACKET, SOS):
-    print(f"{t:22s} held-out accuracy of the whole model {evaluate_task(model, sets.test[t])['acc']:.3f}")
+for t in zoo.CIRCUIT_TASKS:
+    print(f"{t:20s} example prompt ending: {sets.examples[t][0].prompt[-40:]!r} -> {sets.examples[t][0].correct!r}")
+    print(f"{'':20s} held-out accuracy of the whole model {evaluate_task(model, sets.test[t])['acc']:.3f}")
 
 # %% [markdown]
 # ## Nodes: one vocabulary of locations
 #
-# A node is one channel of one hook site: a residual *read* (after each norm), a q, k or v channel,
-# an attention or MLP *write* to the residual stream, or one MLP neuron. The same string that names
-# the hook names the node set, so pruning needs no bookkeeping of its own.
+# A node is one channel of one hook site: a residual *read* (the output of each norm), a q, k or v
+# channel, an attention or MLP *write* to the residual stream, or one MLP neuron. The string that
+# names the hook names the node's site, so masks, caches and drawings all speak the same language.
 
 # %%
 nodes = NodeSet.from_model(model)
-by_kind = pd.Series({s: w for s, w in zip(nodes.sites, nodes.widths)}).groupby(
-    lambda s: nodes.kind(s)).sum()
-print(f"{len(nodes):,} nodes in {len(nodes.sites)} sites")
+by_kind = pd.Series(dict(zip(nodes.sites, nodes.widths))).groupby(lambda s: nodes.kind(s)).sum()
+print(f"{len(nodes):,} nodes in {len(nodes.sites)} sites, e.g. {nodes.sites[:3]}")
 display(by_kind.to_frame("nodes"))
 
 # %% [markdown]
 # ## Mean ablation
 #
 # A pruned node is not set to zero but to its *mean* over the pretraining distribution, so the rest
-# of the model sees a typical value rather than an impossible one. A mask of all ones is the model
-# itself; a mask of all zeros leaves nothing that depends on the prompt, and the task falls to chance.
+# of the model sees a typical value rather than an impossible one. A mask of all ones must be the
+# model itself; a mask of all zeros leaves nothing that depends on the prompt, and the task falls
+# to chance (loss ln 2 = 0.693, accuracy about 0.5).
 
 # %%
-means = cached_mean_activations("means_the_sparse_model", prof, model, streams["train"], nodes, retrain=retrain)
+means = zoo.circuit_means(prof, model, model_name, seed)
 quote_test = sets.test[QUOTE]
 ones = all_kept(nodes)
 zeros = {s: torch.zeros_like(m) for s, m in ones.items()}
-print("all kept   ", evaluate_masked(model, quote_test, ones, means))
+with torch.no_grad():
+    same = torch.allclose(model(quote_test.tokens), model.run_with_hooks(
+        quote_test.tokens, fwd_hooks=ablation_hooks(ones, means)), atol=1e-5)
+print("all kept   ", evaluate_masked(model, quote_test, ones, means), "identical logits:", same)
 print("all ablated", evaluate_masked(model, quote_test, zeros, means))
 
 # %% [markdown]
 # ## Learned masks
 #
-# One score per node, clamped to [-1, 1]; the forward pass keeps the node when its score is
-# positive (a Heaviside step) and the backward pass pretends the step was a sigmoid. The loss is the
-# task's binary cross-entropy plus `k_coef` times the number of kept nodes. After training, the
-# nodes are ranked by score and the number kept is bisected to the smallest circuit that reaches the
-# target loss 0.15 on the training prompts.
+# One score per node, clamped to [-1, 1]. The forward pass keeps the node when its score is
+# positive (a Heaviside step); the backward pass pretends the step was a sigmoid with a
+# temperature, so that a node just below or above zero still learns which way to go:
 #
-# **Choosing the penalty.** At the paper's search centre, k_coef = 1e-4, our 5,760-node model ends
-# with a ~100-node quote circuit whose task loss (~0.005) is far *below* the target: the penalty is
-# too weak to trade loss for size. Ten times larger (1e-3) roughly halves the circuit; set-or-string
-# needs 3e-3. The paper
-# searched these settings with CARBS; `circuitbook.circuits.search` does the same with Optuna.
+# $$ g(s) = \mathbb{1}[s > 0], \qquad \frac{\partial g}{\partial s} := \frac{1}{T}\,\sigma(s/T)\,(1-\sigma(s/T)). $$
+#
+# The loss is the task's binary cross-entropy (over the two candidate tokens) plus `k_coef` times
+# the number of kept nodes.
 
 # %%
-PRUNE = {t: prune_config(prof, k_coef=k, seed=seed) for t, k in k_coef.items()}
-
-
-def bisect_within_mask(model, c, batch, means):
-    """TODO(lib): move into `circuit_from_scores`. The library bisects k over [0, all nodes]; the loss is not
-    monotone in k (keeping the top 2,880 bracket nodes, most with negative scores, is *worse* than keeping the
-    81 the mask kept), so the bisection can end at thousands of nodes. Bisect inside the mask's own kept set."""
-    import torch.nn.functional as F
-    from circuitbook.circuits import Circuit, bisect_smallest, fit_logit_calibration, masked_logit_diff, top_k_kept
-
-    n_pos = int((c.scores > 0).sum())
-    if c.n_nodes <= n_pos:
-        return c
-    diff_at = lambda k: masked_logit_diff(model, batch, c.nodes.split(top_k_kept(c.scores, k).float()), means)
-    k, trace = bisect_smallest(lambda k: float(F.softplus(-diff_at(k)).mean()), n_pos, c.target_loss)
-    diff = diff_at(k)
-    a, b, cal = fit_logit_calibration(diff, batch.correct, batch.wrong)
-    info = {**c.info, "bisection_within_mask": {str(i): v for i, v in sorted(trace.items())}}
-    return Circuit(c.nodes, top_k_kept(c.scores, k), c.scores, c.target_loss, float(F.softplus(-diff).mean()),
-                   cal, a, b, c.method, info)
-
-
-circuits, timings = {}, {}
-for t in (QUOTE, BRACKET, SOS):
-    start = time.time()
-    c = cached_prune(f"circuit_{t}_sparse", prof, model, sets.train[t], means, PRUNE[t], nodes, retrain=retrain)
-    circuits[t] = bisect_within_mask(model, c, sets.train[t], means)
-    timings[t] = time.time() - start
-    print(circuits[t].summary(), f"({timings[t]:.0f} s; the library's bisection gave {c.n_nodes} nodes)")
-
-# %%
-fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
-for ax, (t, c) in zip(axes, circuits.items()):
-    h = pd.DataFrame(c.info["history"])
-    ax.plot(h["step"], h["n_kept"], color="C0")
-    ax.set(yscale="log", xlabel="mask step", ylabel="kept nodes", title=t)
-    ax2 = ax.twinx()
-    ax2.plot(h["step"], h["task_loss"], color="C1", alpha=0.6)
-    ax2.set_ylabel("task loss", color="C1")
+s = torch.linspace(-1, 1, 201, requires_grad=True)
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+for T in (0.3, 1.0, 3.0):
+    s.grad = None
+    g = heaviside(s, T)
+    g.sum().backward()
+    axes[1].plot(s.detach(), s.grad, label=f"T = {T}")
+axes[0].plot(s.detach(), g.detach())
+axes[0].set(title="forward: Heaviside", xlabel="score")
+axes[1].set(title="backward: sigmoid surrogate", xlabel="score")
+axes[1].legend()
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The bisection on the number of top-scored nodes: the loss is not monotone near the edge (one
-# late node can carry the task), which is why the circuit's size is read from the bisection, not
-# from the mask's own count.
+# ## Pruning, and searching its settings
+#
+# After training, the nodes are ranked by score and the number kept is bisected to the smallest
+# top-ranked set whose loss reaches the target. Two details matter at our scale:
+#
+# - **The target.** The paper's target is a task loss of 0.15. The mask is trained, and the
+#   bisection run, on 400 train prompts; the circuit is then judged on 400 held-out ones. We bisect
+#   to 0.12 on the train prompts so that the held-out loss lands under 0.15.
+# - **Where to bisect.** Past the nodes the mask itself kept (score > 0) the loss need not fall as
+#   more nodes are added: half a path is worse than none. `smallest_circuit` bisects within the
+#   mask's own nodes when they reach the target, and over all nodes only when they do not.
+#
+# The paper searched `k_coef`, the learning rate, the temperature and the initialisation with CARBS
+# (32 iterations); we use Optuna's TPE sampler, with fewer trials (below), starting from k_coef
+# 1e-3 (at the paper's centre, 1e-4, our 5,760-node model keeps about 100 nodes at a loss far below
+# the target: the penalty is too weak to trade loss for size). Each trial trains a mask and bisects;
+# its score is the circuit's node count. The full-profile searches ship as artifacts
+# (`scripts/train_models.py ch3` makes them).
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.4))
+base = prune_config(prof, seed=seed)
+print(base)
+searches, timings = {}, {}
+for t in zoo.CIRCUIT_TASKS:
+    start = time.time()
+    searches[t] = zoo.circuit_search(prof, t, seed, retrain=retrain)
+    timings[t] = time.time() - start
+circuits = {t: r.circuit for t, r in searches.items()}
+trials = pd.concat({t: pd.DataFrame(r.trials).set_index("trial") for t, r in searches.items()})
+display(trials.round(4))
 for t, c in circuits.items():
-    tr = sorted((int(k), v) for k, v in c.info["bisection"].items())
-    ax.plot(*zip(*tr), "o-", label=f"{t}: {c.n_nodes} nodes")
-ax.axhline(0.15, color="k", ls="--", lw=1)
+    print(f"{t:20s} best: {c.summary()}  (k_coef {searches[t].config.k_coef:.2g}, lr {searches[t].config.lr:.2g})")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+for i, t in enumerate(zoo.CIRCUIT_TASKS):
+    tr = trials.loc[t]
+    ok = tr["loss"] <= base.target_loss
+    axes[0].scatter(tr.loc[ok, "k_coef"], tr.loc[ok, "n_nodes"], color=f"C{i}", label=t)
+    axes[0].scatter(tr.loc[~ok, "k_coef"], tr.loc[~ok, "n_nodes"], color=f"C{i}", marker="x")
+    h = pd.DataFrame(circuits[t].info["history"])
+    axes[1].plot(h["step"], h["n_kept"], color=f"C{i}", label=f"{t} (kept nodes)")
+axes[0].set(xscale="log", yscale="log", xlabel="k_coef", ylabel="circuit nodes", title="search trials (x: target missed)")
+axes[0].legend(fontsize=8)
+axes[1].set(yscale="log", xlabel="mask training step", ylabel="nodes the mask keeps", title="the best trial's mask")
+axes[1].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The bisection walks the curve of task loss against the number of top-scored nodes kept. The
+# curve is not monotone near its edge: one late node can carry the task, which is why a circuit's
+# size is read off the bisection, not off the mask's own count.
+
+# %%
+curves = {}
+for t, c in circuits.items():
+    n_mask = max(int((c.scores > 0).sum()), c.n_nodes)
+    sizes = sorted({*np.unique(np.geomspace(1, max(n_mask, 2), 24).astype(int)).tolist(), c.n_nodes, n_mask})
+    curves[t] = size_loss_curve(model, sets.train[t], means, nodes, c.scores, sizes)
+fig, ax = plt.subplots(figsize=(7, 3.4))
+for i, (t, cv) in enumerate(curves.items()):
+    ax.plot(list(cv), list(cv.values()), "o-", ms=3, color=f"C{i}", label=f"{t}: {circuits[t].n_nodes} nodes")
+    ax.plot([circuits[t].n_nodes], [cv[circuits[t].n_nodes]], "k*", ms=10)
+ax.axhline(base.target_loss, color="k", ls="--", lw=1)
 ax.set(xscale="log", yscale="log", xlabel="top-scored nodes kept", ylabel="task loss (train prompts)")
 ax.legend(fontsize=8)
 plt.show()
@@ -211,8 +244,10 @@ plt.show()
 # ## Sufficient and necessary
 #
 # On the *held-out* prompts: the circuit alone (everything else mean-ablated) should still reach
-# the target loss, and the model without the circuit (its nodes mean-ablated) should fall toward
-# chance.
+# the paper's target loss of 0.15, and the model without the circuit (its nodes mean-ablated, the
+# rest intact) should fall toward chance. Size is counted in nodes and in edges, the nonzero weights
+# between kept nodes (the paper's headline metric; `circuitbook.circuits.edges` spells out the
+# convention).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -221,16 +256,16 @@ for t, c in circuits.items():
     size = circuit_size(model, c)
     alone, removed = circuit_alone(model, c, sets.test[t], means), circuit_removed(model, c, sets.test[t], means)
     rows.append({"task": t, "nodes": size["nodes"], "edges": size["edges"], "alone loss": alone["loss"],
-                 "alone acc": alone["acc"], "removed acc": removed["acc"], "prune s": timings[t]})
+                 "alone acc": alone["acc"], "removed acc": removed["acc"]})
 table = pd.DataFrame(rows).set_index("task")
 display(table.round(3))
 
 # %% [markdown]
 # ## The quote circuit
 #
-# Nodes are coloured by kind; edges are the nonzero weights between kept nodes (red positive,
-# blue negative, grey the residual stream). Hover over a node in the interactive version to see
-# where it fires most in the corpus.
+# Nodes are coloured by kind, columns are sites in forward order; edges are the nonzero weights
+# between kept nodes (red positive, blue negative, grey the residual stream's identity). In the
+# interactive version, hover over a node to see the corpus tokens where it is largest.
 
 # %%
 qc = circuits[QUOTE]
@@ -238,264 +273,379 @@ draw_circuit(model, qc)
 plt.show()
 examples = node_examples(model, qc, streams["val"], tok, k=4)
 plotly_circuit(model, qc, hover={n: examples_text(e) for n, e in examples.items()}, title="quote circuit").show()
-
+print("kept nodes per site:", {short_site(s): len(ch) for s, ch in qc.by_site().items()})
 
 # %% [markdown]
 # ### Which node knows the quote type?
 #
 # For every node of the circuit, its value at the opening quote and at the last token of each
-# held-out prompt, split by the quote that opened the string. A *quote-type* node is one whose sign
-# separates `'` from `"`.
+# held-out prompt, split by the quote that opened the string. A *quote detector* is positive at
+# both quotes; a *quote-type* node is one whose sign separates `'` from `"`.
 
 # %%
-def quote_positions(batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position of the opening quote token, 1 if it is a double quote) for each quote-task prompt."""
-    sq, dq = tok.single_token(" '"), tok.single_token(' "')
-    pos = torch.tensor([max(i for i in range(int(l) + 1) if int(row[i]) in (sq, dq))
-                        for row, l in zip(batch.tokens, batch.last)])
-    return pos, (batch.tokens[torch.arange(len(pos)), pos] == dq).long()
-
-
-openpos, is_double = quote_positions(quote_test)
+quote_ids = sorted({int(i) for i in torch.cat([quote_test.correct, quote_test.wrong])})
+openpos = last_occurrence(quote_test, quote_ids)
+is_double = (quote_test.correct == tok.single_token('"')).long()
+ar = torch.arange(len(openpos))
 with torch.no_grad():
     _, cache = model.run_with_cache(quote_test.tokens)
-ar = torch.arange(len(openpos))
+
+
+def sign_separation(v: torch.Tensor, double: torch.Tensor) -> float:
+    """Fraction of prompts on the majority side of zero for their quote type (0.5 = no signal, 1 = perfect)."""
+    s, d = v[double == 0], v[double == 1]
+    return max(float(((s > 0).float().mean() + (d < 0).float().mean()) / 2),
+               float(((s < 0).float().mean() + (d > 0).float().mean()) / 2))
+
+
 rows = []
 for site, ch in qc.node_list():
     a = cache[site].reshape(len(ar), quote_test.tokens.shape[1], -1)[..., ch]
     row = {"node": nodes.label(site, ch)}
     for where, pos in (("open", openpos), ("last", quote_test.last)):
         v = a[ar, pos]
-        s, d = v[is_double == 0], v[is_double == 1]
-        row[f"{where}: mean '"], row[f'{where}: mean "'] = float(s.mean()), float(d.mean())
-        row[f"{where}: sign separates"] = max(float(((s > 0).float().mean() + (d < 0).float().mean()) / 2),
-                                              float(((s < 0).float().mean() + (d > 0).float().mean()) / 2))
+        row[f"{where}: mean '"] = float(v[is_double == 0].mean())
+        row[f'{where}: mean "'] = float(v[is_double == 1].mean())
+        row[f"{where}: sign separates"] = sign_separation(v, is_double)
     rows.append(row)
 quote_nodes = pd.DataFrame(rows).set_index("node")
-display(quote_nodes.round(3))
-# the quote-type node: the best separating node that is not the final read (which sums everything before it)
-qtype_node = quote_nodes[~quote_nodes.index.str.startswith("final")]["last: sign separates"].idxmax()
-print("best quote-type node at the last token:", qtype_node, f"({quote_nodes.loc[qtype_node, 'last: sign separates']:.3f})")
+display(quote_nodes.sort_values("last: sign separates", ascending=False).head(30).round(3))
+# the quote-type node: the best separating node at the last token that is not the final read
+candidates = quote_nodes[~quote_nodes.index.str.startswith("final")]
+qtype_node = candidates["last: sign separates"].idxmax()
+print(f"quote-type node: {qtype_node} (sign separates ' from \" on {candidates.loc[qtype_node, 'last: sign separates']:.3f}"
+      " of held-out prompts at the last token)")
+detectors = quote_nodes[(quote_nodes["open: mean '"] > 0) & (quote_nodes['open: mean "'] > 0)]
+print("positive at both opening quotes (detector candidates):", list(detectors.index))
 
 # %% [markdown]
 # ### The head that carries it to the end
 #
-# The circuit's q/k/v channels belong to one or two heads. How much of the last token's attention
+# The circuit's q, k and v channels belong to a few heads. How much of the last token's attention
 # goes to the opening quote, in the whole model and in the circuit alone?
 
 # %%
-heads = sorted({(nodes.layer(s), ch // nodes.d_head) for s, ch in qc.node_list() if nodes.kind(s) in ("q", "k", "v")})
+d_head = model.cfg.d_head
+heads = sorted({(nodes.layer(s), ch // d_head) for s, ch in qc.node_list() if nodes.kind(s) in ("q", "k", "v")})
 with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks(qc.masks(), means)):
     _, circ_cache = model.run_with_cache(quote_test.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+head_rows = []
 for l, h in heads:
-    full = cache[f"blocks.{l}.attn.hook_pattern"][ar, h, quote_test.last, openpos].mean()
-    circ = circ_cache[f"blocks.{l}.attn.hook_pattern"][ar, h, quote_test.last, openpos].mean()
-    print(f"L{l} head {h}: attention last -> opening quote {full:.3f} (whole model), {circ:.3f} (circuit alone)")
-
+    key = f"blocks.{l}.attn.hook_pattern"
+    head_rows.append({"head": f"L{l}h{h}",
+                      "q/k/v nodes": sum(1 for s, ch in qc.node_list() if nodes.kind(s) in ("q", "k", "v")
+                                         and nodes.layer(s) == l and ch // d_head == h),
+                      "attn last->quote (model)": float(cache[key][ar, h, quote_test.last, openpos].mean()),
+                      "attn last->quote (circuit)": float(circ_cache[key][ar, h, quote_test.last, openpos].mean())})
+display(pd.DataFrame(head_rows).set_index("head").round(3))
 
 # %% [markdown]
 # ### Does the sign hold on real code?
 #
-# The task prompts are generated; the corpus has real Python strings, with prefixes, triple quotes
-# and f-strings. Python's own tokenizer finds every string literal; for every token *inside* one,
-# does the quote-type node's sign agree with the quote that opened it? (Triple-quoted docstrings are
-# counted apart: `"""` is a token of its own, and the circuit's quote detector does not fire on it.)
+# The task prompts are generated; the corpus has real Python strings, with prefixes, escapes and
+# f-strings. Python's own tokenizer finds every literal (`circuitbook.data.strings`); for every
+# token inside a one-line literal, does the quote-type node's sign agree with the quote that opened
+# it? A value of exactly zero (AbsTopK silenced the channel) counts as a miss. Triple-quoted
+# docstrings are counted apart: `"""` is a token of its own.
 
 # %%
-def string_positions(n_windows: int = 400, max_chars: int = 800_000):
-    """Windows [W, n_ctx] of validation-corpus tokens and labels [W, n_ctx]: 0 outside strings, 1 / 2 inside a
-    '- / "-quoted literal (content tokens only), 3 / 4 the token holding the opening ' / "."""
-    import io
-    import tokenize
-
-    def spans(src):
-        starts = np.cumsum([0] + [len(x) for x in src.splitlines(keepends=True)])
-        off = lambda rc: int(starts[rc[0] - 1] + rc[1])
-        out, stack = [], []
-        try:
-            for t in tokenize.generate_tokens(io.StringIO(src).readline):
-                kind = tokenize.tok_name[t.type]
-                if kind == "STRING":
-                    i = next(j for j, ch in enumerate(t.string) if ch in "'\"")
-                    q = t.string[i]
-                    n = 3 if t.string[i:i + 3] == q * 3 else 1
-                    a, b = off(t.start), off(t.end)
-                    out.append((a + i, a + i + n, b - n, q))
-                elif kind == "FSTRING_START":  # Python >= 3.12 splits f-strings into parts
-                    q, ce = t.string[-1], off(t.end)
-                    stack.append((ce - (3 if t.string.endswith(q * 3) else 1), ce, q))
-                elif kind == "FSTRING_END" and stack:
-                    qpos, ce, q = stack.pop()
-                    out.append((qpos, ce, off(t.start), q))
-        except (tokenize.TokenError, SyntaxError):
-            pass
-        return out
-
-    n_ctx = model.cfg.n_ctx
-    windows, labels = [], []
-    for doc in load_corpus(prof)["val"][:max_chars].split(EOT):
-        enc = tok.tok.encode(doc)
-        lab = np.zeros(len(enc.ids), dtype=np.int64)
-        sp = spans(doc)
-        for k, (a, b) in enumerate(enc.offsets):
-            for qpos, cs, ce, q in sp:
-                if cs <= a < b <= ce:
-                    lab[k] = (1 if q == "'" else 2) if cs - qpos == 1 else 5  # 5: triple-quoted (docstrings)
-                elif a <= qpos < b:
-                    lab[k] = 3 if q == "'" else 4
-        for i in range(0, len(enc.ids) - n_ctx + 1, n_ctx):
-            windows.append(enc.ids[i:i + n_ctx])
-            labels.append(lab[i:i + n_ctx])
-        if len(windows) >= n_windows:
-            break
-    return torch.tensor(windows[:n_windows]), torch.tensor(np.stack(labels[:n_windows]))
-
-
-W, L = string_positions()
+docs = load_corpus(prof)["val"].split(EOT)
+n_windows = 400 if prof.name == "full" else 40
+W, L = string_windows(docs, tok, model.cfg.n_ctx, n_windows)
 site, ch = next(n for n in qc.node_list() if nodes.label(*n) == qtype_node)
 with torch.no_grad():
     _, cc = model.run_with_cache(W, names_filter=site)
 a = cc[site].reshape(*W.shape, -1)[..., ch]
-sign_single = 1 if quote_nodes.loc[qtype_node, "last: mean '"] > quote_nodes.loc[qtype_node, 'last: mean "'] else -1
-inside_s, inside_d = a[L == 1], a[L == 2]
-agree_single = float((torch.sign(inside_s) == sign_single).float().mean())
-agree_double = float((torch.sign(inside_d) == -sign_single).float().mean())
-corpus_agreement = float(((torch.sign(inside_s) == sign_single).sum() + (torch.sign(inside_d) == -sign_single).sum())
-                         / (len(inside_s) + len(inside_d)))
-zero_frac = float(((inside_s == 0).sum() + (inside_d == 0).sum()) / (len(inside_s) + len(inside_d)))
-print(f"{qtype_node} on {len(inside_s)} tokens inside '-strings and {len(inside_d)} inside \"-strings: "
-      f"sign agreement {corpus_agreement:.3f} (' {agree_single:.3f}, \" {agree_double:.3f}; "
-      f"{zero_frac:.1%} exactly zero after AbsTopK); inside docstrings {int((L == 5).sum())} tokens")
+single_sign = 1.0 if quote_nodes.loc[qtype_node, "last: mean '"] > quote_nodes.loc[qtype_node, 'last: mean "'] else -1.0
+agree = {"'": torch.sign(a[L == IN_SINGLE]) == single_sign, '"': torch.sign(a[L == IN_DOUBLE]) == -single_sign}
+n_in = sum(len(v) for v in agree.values())
+corpus_agreement = float(sum(v.sum() for v in agree.values()) / max(n_in, 1))
+inside = torch.cat([a[L == IN_SINGLE], a[L == IN_DOUBLE]])
+nonzero_agreement = float(sum(v.sum() for v in agree.values()) / max(int((inside != 0).sum()), 1))
+triple = a[L == IN_TRIPLE]
+print(f"{qtype_node} on {n_in} tokens inside one-line strings ({len(agree[chr(39)])} in ', {len(agree[chr(34)])} in \") "
+      f"of {len(W)} windows: sign agreement {corpus_agreement:.3f} (' {float(agree[chr(39)].float().mean()):.3f}, "
+      f"\" {float(agree[chr(34)].float().mean()):.3f}); {float((inside == 0).float().mean()):.1%} exactly zero; "
+      f"among nonzero values {nonzero_agreement:.3f}")
+print(f"inside docstrings ({len(triple)} tokens): positive on {float((triple > 0).float().mean()):.3f}, "
+      f"negative on {float((triple < 0).float().mean()):.3f}")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3))
+bins = np.linspace(float(a.min()), float(a.max()), 50)
+ax.hist(a[L == IN_SINGLE].numpy(), bins, alpha=0.6, density=True, label="inside '...'")
+ax.hist(a[L == IN_DOUBLE].numpy(), bins, alpha=0.6, density=True, label='inside "..."')
+ax.hist(a[L == 0].numpy(), bins, alpha=0.3, density=True, label="outside strings", color="grey")
+ax.set(xlabel=qtype_node, ylabel="density", title="the quote-type node on the validation corpus")
+ax.legend(fontsize=8)
+plt.show()
 
 # %% [markdown]
 # ## Bracket counting, and how to break it
 #
-# TODO(prose): describe the circuit once its mechanism is read (the tokenizer makes `[[` one token,
-# so depth 2 can be read off a single embedding; a head averaging `[` embeddings over the context
-# is the paper's mechanism). The mechanism predicts two failures: a distractor list earlier in the
-# function, and very long lists.
+# The paper's bracket circuit reads `[` from the embedding into a few residual channels and lets a
+# head with near-uniform attention average them: the mean encodes the nesting depth. Our tokenizer
+# makes `[[` a single token, so depth 2 can be read from one token's embedding. Below: the circuit,
+# then its heads' attention, then the two attacks the averaging mechanism predicts.
 
 # %%
 bc = circuits[BRACKET]
 draw_circuit(model, bc)
 plt.show()
+bt = sets.test[BRACKET]
+bheads = sorted({(nodes.layer(s), ch // d_head) for s, ch in bc.node_list() if nodes.kind(s) in ("q", "k", "v")})
+bracket_ids = [i for i in range(len(tok.tok.get_vocab())) if "[" in tok.decode([i])]
+with torch.no_grad():
+    _, bcache = model.run_with_cache(bt.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+rows = []
+for l, h in bheads:
+    p = bcache[f"blocks.{l}.attn.hook_pattern"][torch.arange(len(bt.last)), h, bt.last]  # [batch, key]
+    on_bracket = torch.isin(bt.tokens, torch.tensor(bracket_ids)).float()
+    ent = -(p.clamp_min(1e-9).log() * p).sum(-1)
+    rows.append({"head": f"L{l}h{h}", "attn to sink (pos 0)": float(p[:, 0].mean()),
+                 "attn to [-tokens": float((p * on_bracket).sum(-1).mean()),
+                 "entropy / log(len)": float((ent / (bt.last + 1).float().log()).mean())})
+display(pd.DataFrame(rows).set_index("head").round(3))
 
+# %% [markdown]
+# **The attacks.** *Distractor*: a closed nested list `[[…], […]]` on an earlier line (a closed flat
+# list is also tried; it carries no `[[`). *Long lists*: 20–30 elements at depth 1, 4–6 groups of
+# 4–6 at depth 2, which dilute an averaged signal. All prompts come from the held-out split.
 
-def bracket_attack_set(kind: str, n: int = 200, seed: int = 123) -> list[Example]:
-    """Bracket prompts, normal or attacked: 'distractor' puts a closed nested list `[[..], [..]]` on a line
-    before the prompt's list, 'flat' three closed flat lists, 'long' makes the open list 20-30 elements (or 4-6
-    groups of 4-6). (Our tokenizer makes `[[` one token, so the nested distractor is the one that bites.)"""
-    from circuitbook.data.tasks import NAMES, _elems, _filler, _header
-
-    rng = random.Random(f"{kind}/{seed}")
-    out = []
-    for i in range(n):
-        label = i % 2
-        ctx = _filler(rng, "    ", rng.randint(0, 3))
-        ctx += [f"    {rng.choice(NAMES)} = [{', '.join(_elems(rng, rng.randint(1, 3)))}]"
-                for _ in range(3 if kind == "flat" else 0)]
-        ctx += [f"    {rng.choice(NAMES)} = [[{', '.join(_elems(rng, 2))}], [{', '.join(_elems(rng, 2))}]]"
-                for _ in range(1 if kind == "distractor" else 0)]
-        long = kind == "long"
-        if label == 0:
-            body = "[" + ", ".join(_elems(rng, rng.randint(*((20, 30) if long else (1, 6)))))
-        else:
-            groups = [", ".join(_elems(rng, rng.randint(*((4, 6) if long else (1, 3)))))
-                      for _ in range(rng.randint(*((4, 6) if long else (1, 3))))]
-            body = "[[" + "], [".join(groups)
-        prompt = "\n".join([_header(rng), *ctx, f"    {rng.choice(NAMES)} = {body}"])
-        out.append(Example(prompt, *(("]", "]]") if label == 0 else ("]]", "]")), label, BRACKET))
-    return out
-
-
+# %%
+# NBVAL_CHECK_OUTPUT
+n_attack = 200 if prof.name == "full" else 40
 attacks = {}
 for kind in ("normal", "flat", "distractor", "long"):
-    b = encode_examples(bracket_attack_set(kind), tok)
-    depth1 = TaskBatch(*(getattr(b, f)[b.labels == 0] for f in ("tokens", "last", "correct", "wrong", "labels")))
-    attacks[kind] = {"model acc": evaluate_task(model, b)["acc"], "model acc, depth 1": evaluate_task(model, depth1)["acc"],
+    exs = [e for e in bracket_attack_examples(kind, n_attack, seed=123 + seed)
+           if len(tok.encode(e.prompt)) <= model.cfg.n_ctx]
+    b = encode_examples(exs, tok)
+    d1 = TaskBatch(*(getattr(b, f)[b.labels == 0] for f in ("tokens", "last", "correct", "wrong", "labels")))
+    attacks[kind] = {"prompts": len(exs), "model acc": evaluate_task(model, b)["acc"],
+                     "model acc, depth 1": evaluate_task(model, d1)["acc"],
                      "circuit acc": circuit_alone(model, bc, b, means)["acc"]}
 attacks = pd.DataFrame(attacks).T
 display(attacks.round(3))
+distractor_drop = attacks.loc["normal", "model acc"] - attacks.loc["distractor", "model acc"]
+long_drop = attacks.loc["normal", "model acc"] - attacks.loc["long", "model acc"]
+print(f"accuracy drop: distractor {distractor_drop:.3f} (depth-1 prompts "
+      f"{attacks.loc['normal', 'model acc, depth 1'] - attacks.loc['distractor', 'model acc, depth 1']:.3f}), "
+      f"long lists {long_drop:.3f}")
+
+# %% [markdown]
+# **The depth signal against list length.** For depth-1 lists of exactly n elements: the model's
+# accuracy, and the value at the last token of each attention write the circuit keeps (the heads'
+# output into the residual stream, where an average would live).
+
+# %%
+lengths = [1, 2, 4, 6, 8, 12, 16, 20, 25, 30] if prof.name == "full" else [1, 4, 12]
+sweep = bracket_length_sweep(lengths, n=40 if prof.name == "full" else 8, seed=seed)
+writes = [(s, ch) for s, ch in bc.node_list() if s.endswith("hook_attn_out")]
+rows = []
+for n_items, exs in sweep.items():
+    exs = [e for e in exs if len(tok.encode(e.prompt)) <= model.cfg.n_ctx]
+    if not exs:
+        continue
+    b = encode_examples(exs, tok)
+    with torch.no_grad():
+        _, sc = model.run_with_cache(b.tokens, names_filter=lambda n: n.endswith("hook_attn_out"))
+    row = {"elements": n_items, "acc": evaluate_task(model, b)["acc"]}
+    for s, ch in writes:
+        row[nodes.label(s, ch)] = float(sc[s][torch.arange(len(b.last)), b.last, ch].mean())
+    rows.append(row)
+sweep_df = pd.DataFrame(rows).set_index("elements")
+fig, ax = plt.subplots(figsize=(7, 3.2))
+for col in sweep_df.columns[1:]:
+    ax.plot(sweep_df.index, sweep_df[col], "o-", ms=3, label=col)
+ax.set(xlabel="elements in the open depth-1 list", ylabel="value at the last token")
+ax2 = ax.twinx()
+ax2.plot(sweep_df.index, sweep_df["acc"], "k--", label="model accuracy")
+ax2.set(ylabel="accuracy", ylim=(0, 1.05))
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1))
+plt.tight_layout()
+plt.show()
+display(sweep_df.round(3))
 
 # %% [markdown]
 # ## Set or string
 #
-# TODO: the paper's two hops (a head copies `current` into the `set()` / `""` token; a later head
-# attends from the last `current` back to it). Check which heads of our circuit do this.
+# The paper's set-or-string circuit takes two hops: one head copies what `current` was set to
+# (`set()` or `""`) onto the `current` token of that line, and a later head attends from the last
+# `current` back to it. Here is ours, and where its heads look from the last token.
 
 # %%
-sc = circuits[SOS]
-draw_circuit(model, sc)
+sc_ = circuits[SOS]
+draw_circuit(model, sc_)
 plt.show()
+st = sets.test[SOS]
+cur = tok.encode("\n    current")[-1]
+first_cur = torch.tensor([int((row == cur).nonzero()[0, 0]) if (row == cur).any() else 0 for row in st.tokens])
+sheads = sorted({(nodes.layer(s), ch // d_head) for s, ch in sc_.node_list() if nodes.kind(s) in ("q", "k", "v")})
+with torch.no_grad():
+    _, scache = model.run_with_cache(st.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+rows = []
+for l, h in sheads:
+    p = scache[f"blocks.{l}.attn.hook_pattern"][torch.arange(len(st.last)), h, st.last]  # [batch, key]
+    ar_s = torch.arange(len(st.last))
+    rows.append({"head": f"L{l}h{h}", "attn last -> first `current`": float(p[ar_s, first_cur].mean()),
+                 "attn last -> its initialiser": float(p[ar_s, (first_cur + 2).clamp_max(p.shape[1] - 1)].mean()),
+                 "attn to sink": float(p[:, 0].mean())})
+display(pd.DataFrame(rows).set_index("head").round(3))
 
 # %% [markdown]
 # ## Learned masks against attribution
 #
-# The baseline ranks nodes by |activation × gradient| and keeps the top ones, with the same
-# bisection and the same mean ablation. Size is measured in edges (the paper's headline metric).
+# The baseline ranks nodes by |activation × gradient| of the task loss and keeps the top ones, with
+# the same mean ablation and the same bisection to the same target. Size in edges.
 
 # %%
-attr = attribution_prune(model, sets.train[QUOTE], means, nodes)
-attr_size, learned_size = circuit_size(model, attr), circuit_size(model, qc)
-attr_ratio = attr_size["edges"] / max(learned_size["edges"], 1)
-print(attr.summary())
-print(f"attribution: {attr_size['nodes']} nodes, {attr_size['edges']} edges; learned: {learned_size['nodes']} nodes, "
-      f"{learned_size['edges']} edges -> ratio {attr_ratio:.1f}")
+# NBVAL_CHECK_OUTPUT
+rows = []
+for t, c in circuits.items():
+    attr = attribution_prune(model, sets.train[t], means, nodes, target_loss=base.target_loss)
+    a_size, l_size = circuit_size(model, attr), circuit_size(model, c)
+    rows.append({"task": t, "attribution nodes": a_size["nodes"], "attribution edges": a_size["edges"],
+                 "learned nodes": l_size["nodes"], "learned edges": l_size["edges"],
+                 "attribution loss": attr.loss, "edge ratio": a_size["edges"] / max(l_size["edges"], 1)})
+attr_table = pd.DataFrame(rows).set_index("task")
+display(attr_table.round(3))
+attr_ratio = float(attr_table.loc[QUOTE, "edge ratio"])
 
 # %% [markdown]
 # ## Sparse against dense
 #
-# The same pruning on the chapter-1 dense baseline (same width, depth and node count).
+# The same pruning on the chapter-1 dense baseline (same width, depth and node count), at the same
+# target loss. For a fair comparison neither side is searched: both use the base settings
+# (`prune_config`), which is also the search's first trial.
 
 # %%
-dense, _ = zoo.dense_baseline(prof, seed=seed)
-dense = dense.float().eval()
-dense_nodes = NodeSet.from_model(dense)
-dense_means = cached_mean_activations("means_dense_baseline", prof, dense, streams["train"], dense_nodes,
-                                      retrain=retrain)
-dc = cached_prune(f"circuit_{QUOTE}_dense", prof, dense, sets.train[QUOTE], dense_means, PRUNE[QUOTE], dense_nodes,
-                  retrain=retrain)
-dc = bisect_within_mask(dense, dc, sets.train[QUOTE], dense_means)
-dense_size = circuit_size(dense, dc)
-dense_ratio = dense_size["edges"] / max(learned_size["edges"], 1)
-print(dc.summary())
-print(f"dense: {dense_size['nodes']} nodes, {dense_size['edges']} edges; sparse: {learned_size['edges']} edges "
-      f"-> ratio {dense_ratio:.1f}")
+# NBVAL_CHECK_OUTPUT
+dense = zoo.dense_baseline(prof, seed=seed)[0].float().eval()
+dense_name = "dense_baseline" if seed == 0 else f"dense_baseline_s{seed}"
+dc = zoo.pruned_circuit(prof, dense, dense_name, QUOTE, base, seed)
+qc_base = zoo.pruned_circuit(prof, model, model_name, QUOTE, base, seed)
+dense_means = zoo.circuit_means(prof, dense, dense_name, seed)
+dense_size, sparse_size = circuit_size(dense, dc), circuit_size(model, qc_base)
+dense_alone = circuit_alone(dense, dc, sets.test[QUOTE], dense_means)
+dense_ratio = dense_size["edges"] / max(sparse_size["edges"], 1)
+print(dc.summary(), f"held-out loss alone {dense_alone['loss']:.3f}")
+print(f"dense: {dense_size['nodes']} nodes, {dense_size['edges']} edges; sparse (same settings): "
+      f"{sparse_size['nodes']} nodes, {sparse_size['edges']} edges -> edge ratio {dense_ratio:.1f} "
+      f"(against the searched sparse circuit: {dense_size['edges'] / max(circuit_size(model, qc)['edges'], 1):.1f})")
+
+# %%
+draw_circuit(dense, dc, labels=False)
+plt.show()
+
+# %% [markdown]
+# ## The capability-interpretability frontier
+#
+# Every model of the chapter-2 family, pruned for the quote task with the base settings: circuit
+# size against the model's pretraining loss. The paper finds that sparser models (at a given
+# width) have smaller circuits but a worse loss, and that wider sparse models push the frontier
+# out.
+
+# %%
+rows = []
+for d in zoo.sparse_widths(prof):
+    for kept in zoo.SPARSE_FRACTIONS:
+        name = zoo.sparse_name(kept, d, seed=seed)
+        m, meta = zoo.sparse_model(prof, kept, d, seed=seed)
+        m = m.float().eval()
+        c = zoo.pruned_circuit(prof, m, name, QUOTE, base, seed)
+        rows.append({"model": name, "d_model": d, "kept": kept, "val loss": meta["metrics"]["history"][-1]["val_loss"],
+                     "edges": circuit_size(m, c)["edges"], "nodes": c.n_nodes, "reached": c.reached})
+dense_meta = zoo.dense_baseline(prof, seed=seed)[1]
+rows.append({"model": "dense baseline", "d_model": dense.cfg.d_model, "kept": 1.0,
+             "val loss": dense_meta["metrics"]["history"][-1]["val_loss"], "edges": dense_size["edges"],
+             "nodes": dc.n_nodes, "reached": dc.reached})
+frontier = pd.DataFrame(rows).set_index("model")
+display(frontier.round(3))
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+for i, (d, g) in enumerate(frontier[frontier["kept"] < 1].groupby("d_model")):
+    ax.plot(g["val loss"], g["edges"], "o-", color=f"C{i}", label=f"sparse, d_model {d}")
+    for name, r in g.iterrows():
+        ax.annotate(f"1/{round(1 / r['kept'])}", (r["val loss"], r["edges"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+dr = frontier.loc["dense baseline"]
+ax.plot([dr["val loss"]], [dr["edges"]], "ks", label="dense baseline")
+ax.set(yscale="log", xlabel="pretraining loss (val, nats/token)", ylabel="quote circuit edges",
+       title="capability vs interpretability")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## Explore: a task and a target loss
+#
+# Pick a task and a target loss; the circuit is the smallest top-scored set on the loss curve above
+# that reaches it (read off the precomputed curve, so it is instant). In the static book the widget
+# shows its first setting.
+
+# %%
+import ipywidgets as widgets  # noqa: E402
+
+
+def show_circuit(task: str = QUOTE, target: float = 0.15):
+    c, cv = circuits[task], curves[task]
+    ok = [k for k, v in cv.items() if v <= target]
+    if not ok:
+        print(f"no size on the curve reaches {target} (best {min(cv.values()):.3f})")
+        return
+    k = min(ok)
+    sub = type(c)(c.nodes, top_k_kept(c.scores, k), c.scores, target, cv[k], method=c.method)
+    size = circuit_size(model, sub)
+    print(f"{task}: {k} nodes, {size['edges']} edges, train loss {cv[k]:.3f}")
+    draw_circuit(model, sub, labels=k <= 60)
+    plt.show()
+
+
+widgets.interact(show_circuit, task=list(zoo.CIRCUIT_TASKS),
+                 target=widgets.FloatSlider(value=0.15, min=0.02, max=0.5, step=0.01));
+
+# %% [markdown]
+# ## Top activating examples
+#
+# Every node of the quote circuit on the validation corpus: the contexts where it is largest, the
+# token it fires on last, shaded by its value.
+
+# %%
+html_rows = [examples_html(ex, nodes.label(*n)) for n, ex in list(examples.items())[:12]]
+display(HTML("<hr>".join(html_rows)))
 
 # %% [markdown]
 # ## Claims
+#
+# Measured above, against the paper. `alone loss` is uncalibrated: the fitted logit scale and shift
+# (stored with each circuit) are reported in the artifacts but not used for sufficiency.
 
 # %%
 claims = []
 for t, r in table.iterrows():
     claims += [
-        Claim(f"{t}_circuit_nodes", f"nodes in the learned {t} circuit (sparse model)", int(r["nodes"]),
-              paper="12 (quote)" if t == QUOTE else None, target="<= 30", holds=r["nodes"] <= 30),
-        Claim(f"{t}_circuit_edges", f"edges in the learned {t} circuit", int(r["edges"]),
-              paper="9 (quote)" if t == QUOTE else None, target="report"),
-        Claim(f"{t}_sufficient", f"{t}: held-out task loss of the circuit alone", round(r["alone loss"], 4),
-              target="<= 0.15", holds=r["alone loss"] <= 0.15),
-        Claim(f"{t}_necessary", f"{t}: held-out accuracy with the circuit ablated", round(r["removed acc"], 4),
-              target="<= 0.6", holds=r["removed acc"] <= 0.6),
+        Claim(f"circuit_nodes_{t}", f"nodes in the learned {t} circuit (sparse model)", int(r["nodes"]),
+              paper="12 (quote)" if t == QUOTE else ("7 (simplified)" if t == BRACKET else None), target="<= 30",
+              holds=bool(r["nodes"] <= 30)),
+        Claim(f"circuit_edges_{t}", f"edges in the learned {t} circuit", int(r["edges"]),
+              paper="9 (quote)" if t == QUOTE else ("4 (simplified)" if t == BRACKET else None), target="report"),
+        Claim(f"circuit_sufficient_{t}", f"{t}: held-out task loss of the circuit alone", round(float(r["alone loss"]), 4),
+              paper="reaches 0.15", target="<= 0.15", holds=bool(r["alone loss"] <= 0.15)),
+        Claim(f"circuit_necessary_{t}", f"{t}: held-out accuracy with the circuit ablated",
+              round(float(r["removed acc"]), 4), paper="destroyed", target="<= 0.6", holds=bool(r["removed acc"] <= 0.6)),
     ]
 claims += [
-    Claim("quote_type_corpus_sign_agreement", "quote-type node's sign agrees with the enclosing string's quote "
-          "(tokens inside strings, validation corpus)", round(corpus_agreement, 4), target=">= 0.9",
-          holds=corpus_agreement >= 0.9),
-    Claim("bracket_distractor_acc_drop", "accuracy drop of the model with distractor lists before the list",
-          round(attacks.loc["normal", "model acc"] - attacks.loc["distractor", "model acc"], 4),
-          paper="fails (predicted by the mechanism)", target=">= 0.3",
-          holds=attacks.loc["normal", "model acc"] - attacks.loc["distractor", "model acc"] >= 0.3),
-    Claim("bracket_long_acc_drop", "accuracy drop of the model on long lists",
-          round(attacks.loc["normal", "model acc"] - attacks.loc["long", "model acc"], 4),
-          paper="fails (predicted by the mechanism)", target=">= 0.3",
-          holds=attacks.loc["normal", "model acc"] - attacks.loc["long", "model acc"] >= 0.3),
-    Claim("dense_over_sparse_edges", "quote circuit edges, dense baseline over sparse model", round(dense_ratio, 3),
+    Claim("sparse_vs_dense_circuit_ratio", "quote circuit edges, dense baseline over sparse model", round(dense_ratio, 3),
           paper="~16", target=">= 4", holds=dense_ratio >= 4),
-    Claim("attribution_over_learned_edges", "quote circuit edges, attribution pruning over learned masks",
+    Claim("learned_vs_attribution_ratio", "quote circuit edges, attribution pruning over learned masks",
           round(attr_ratio, 3), paper="learned much smaller", target=">= 3", holds=attr_ratio >= 3),
-    Claim("prune_seconds_per_task", "wall time to prune one task (full sparse model)", round(max(timings.values()), 1),
-          target="<= 300 on 2 cores", holds=max(timings.values()) <= 300),
+    Claim("quote_type_sign_agreement", "quote-type node's sign agrees with the enclosing one-line string's quote "
+          "(validation corpus, zero counts as a miss)", round(corpus_agreement, 4), paper="monosemantic",
+          target=">= 0.9", holds=corpus_agreement >= 0.9),
+    Claim("quote_type_sign_agreement_nonzero", "the same among nonzero values", round(nonzero_agreement, 4),
+          target="report"),
+    Claim("bracket_distractor_acc_drop", "model accuracy drop with a closed nested list before the list",
+          round(float(distractor_drop), 4), paper="fails (predicted)", target=">= 0.3", holds=distractor_drop >= 0.3),
+    Claim("bracket_long_list_acc_drop", "model accuracy drop on long lists", round(float(long_drop), 4),
+          paper="fails (predicted)", target=">= 0.3", holds=long_drop >= 0.3),
 ]
 results = write_results("03_circuits", prof, claims)
 claims_table(results)
@@ -504,4 +654,4 @@ claims_table(results)
 # ## What is next
 #
 # Chapter 4 trains bridges between the dense baseline and this sparse model, and uses the
-# quote-type channel found here to steer the dense model.
+# quote-type node found here to steer the dense model.

