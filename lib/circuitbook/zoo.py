@@ -309,3 +309,57 @@ def pruned_circuit(profile: str | Profile, model: GPT, name: str, task: str, cfg
     means = circuit_means(prof, model, name, seed)
     return cached_prune(f"circuit_{task}_{name}", prof, model, sets.train[task], means, cfg,
                         NodeSet.from_model(model), retrain, progress)
+
+
+# ---------------------------------------------------------------- chapter 4: bridges
+
+
+def bridge_configs(profile: str | Profile):
+    """The bridged sparse model (chapter 2's recipe at the chosen width and sparsity) and its training settings.
+    Full: the KL terms use 2 of the 8 sites per step (drawn from the step), which halves the step time."""
+    from circuitbook.bridges import BridgeTrainConfig
+
+    prof = get_profile(profile)
+    d = THE_SPARSE_MODEL["d_model"] if prof.name == "full" else sparse_widths(prof)[-1]
+    gcfg, tcfg = sparse_configs(prof, THE_SPARSE_MODEL["kept"], d)
+    bcfg = BridgeTrainConfig(
+        steps=tcfg.steps, batch_size=tcfg.batch_size, n_ctx=tcfg.n_ctx, lr=tcfg.lr, bridge_lr=3e-3,
+        kl_sites_per_step=pick(prof, ci=None, full=2), eval_every=pick(prof, ci=20, full=150),
+        eval_batches=pick(prof, ci=2, full=8), ckpt_every=pick(prof, ci=20, full=50),
+        extra={"kept_fraction": THE_SPARSE_MODEL["kept"], "min_per_row": 4},
+    )
+    return gcfg, bcfg
+
+
+def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
+    """The dense baseline (frozen), a weight-sparse model trained beside it, and the bridges between them
+    (artifact `bridged_sparse`; resumable from data/scratch). Returns (dense, sparse, bridge, meta)."""
+    from circuitbook.bridges import Bridge, train_bridged
+
+    prof = get_profile(profile)
+    dense = dense_baseline(prof, seed)[0].float()
+    gcfg, bcfg = bridge_configs(prof)
+    bcfg.seed = seed
+    kept = bcfg.extra["kept_fraction"]
+    name = f"bridged_sparse{_suffix(seed)}"
+    config = {"model": gcfg.to_dict(), "train": bcfg.to_dict(), "dense": dense_configs(prof)[0].to_dict()}
+
+    def fit():
+        seed_everything(seed)
+        sparse = GPT(gcfg)
+        bridge = Bridge.for_models(dense, sparse)
+        sparsifier = WeightSparsifier(sparse, lambda s: kept_fraction(s, bcfg.steps, target=kept), min_per_row=4)
+        streams = token_streams(prof)
+        out = train_bridged(dense, sparse, bridge, streams["train"], streams["val"], bcfg, sparsifier,
+                            ckpt_dir=scratch_dir(prof, name), progress=progress)
+        tensors = {**{f"sparse.{k}": v for k, v in artifacts.pack_sparse(sparse.state_dict()).items()},
+                   **{f"bridge.{k}": v for k, v in _half(bridge.state_dict()).items()}}
+        return tensors, {"history": _thin(out["history"]), "tokens_per_s": out["tokens_per_s"],
+                         "l0": total_l0(sparse, sparsifier.names)}
+
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    packed = {k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")}
+    sparse = gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval()
+    bridge = Bridge.for_models(dense, sparse)
+    bridge.load_state_dict({k[7:]: v.float() for k, v in tensors.items() if k.startswith("bridge.")})
+    return dense.eval(), sparse, bridge.eval(), meta
