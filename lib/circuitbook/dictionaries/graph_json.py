@@ -10,7 +10,8 @@ The JSON (what circuit-tracer's graph viewer reads) is one object:
 
 Node kinds (feature_type) and ids follow circuit-tracer: transcoder features are
 "cross layer transcoder" (the viewer's name for any transcoder feature) with id
-"{layer}_{feature}_{pos}"; errors "mlp reconstruction error", id "0_{layer}_{pos}"; input
+"{layer}_{feature}_{pos}"; errors "mlp reconstruction error", id "{layer}_error_{pos}" (circuit-tracer's
+"0_{layer}_{pos}" collides with feature `layer` of layer 0; its forks use ours); input
 embeddings (text or image tokens) "embedding", id "E_{token_id}_{pos}", layer "E"; logits
 "logit", id "{n_layers+1}_{vocab_idx}_{pos}".
 
@@ -69,7 +70,7 @@ def feature_node(
 
 def error_node(layer: int, pos: int, clerp: str = "") -> dict:
     """The transcoder's error (true MLP output - reconstruction) at one layer and position."""
-    return _node(f"0_{layer}_{pos}", -1, str(layer), pos, ERROR, f"{layer}_{pos}-0", clerp=clerp)
+    return _node(f"{layer}_error_{pos}", -1, str(layer), pos, ERROR, f"{layer}_{pos}-0", clerp=clerp)
 
 
 def embedding_node(pos: int, token_id: int, clerp: str = "") -> dict:
@@ -306,3 +307,86 @@ def save_graph_json(obj: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
     return path
+
+
+# ---- supernodes and an interactive view ------------------------------------------------------------
+
+
+def merge_supernodes(obj: dict[str, Any], supernodes: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """A copy of the graph with each group [name, node_id, node_id, ...] (circuit-tracer's qParams format)
+    merged into one node "S_{name}": links into or out of a member are summed per (source, target), links
+    inside a group are dropped. The groups are kept in qParams.supernodes, as the viewer stores them."""
+    member: dict[str, str] = {}
+    for group in supernodes:
+        name, *ids = group
+        for i in ids:
+            member[i] = f"S_{name}"
+    nodes = {n["node_id"]: n for n in obj["nodes"]}
+    out_nodes = [n for n in obj["nodes"] if n["node_id"] not in member]
+    for group in supernodes:
+        name, *ids = group
+        ms = [nodes[i] for i in ids if i in nodes]
+        if not ms:
+            continue
+        layers = [_layer_num(m["layer"]) for m in ms]
+        acts = [m.get("activation") or 0.0 for m in ms]
+        out_nodes.append(_node(f"S_{name}", -1, str(round(sum(layers) / len(layers))),
+                               round(sum(m["ctx_idx"] for m in ms) / len(ms)), "supernode", f"S_{name}",
+                               clerp=f"{name} ({len(ms)} nodes)", activation=float(sum(acts)),
+                               influence=max((m.get("influence") or 0.0) for m in ms)))
+    weights: dict[tuple[str, str], float] = {}
+    for link in obj["links"]:
+        s, t = member.get(link["source"], link["source"]), member.get(link["target"], link["target"])
+        if s != t:
+            weights[(s, t)] = weights.get((s, t), 0.0) + float(link["weight"])
+    q = dict(obj["qParams"], supernodes=[list(g) for g in supernodes])
+    return {**obj, "qParams": q, "nodes": out_nodes,
+            "links": [{"source": s, "target": t, "weight": w} for (s, t), w in weights.items()]}
+
+
+def _layer_num(layer: str) -> float:
+    return -1.0 if layer == "E" else float(layer)
+
+
+def plot_graph(obj: dict[str, Any], max_links: int = 400, title: str = ""):
+    """An interactive plotly view of a graph JSON: x = token position, y = layer (inputs at the bottom,
+    logits at the top); links blue (excitatory) or red (inhibitory), width by |weight| (the strongest
+    `max_links` only); hover shows each node's id, label, activation and influence. Returns the figure."""
+    import plotly.graph_objects as go
+
+    nodes = obj["nodes"]
+    where = {}
+    for n in nodes:  # spread nodes that share a (position, layer) cell a little sideways
+        key = (n["ctx_idx"], _layer_num(n["layer"]))
+        k = sum(1 for v in where.values() if v[2] == key)
+        where[n["node_id"]] = (key[0] + 0.12 * k, key[1], key)
+    links = sorted(obj["links"], key=lambda l: -abs(l["weight"]))[:max_links]
+    wmax = max((abs(l["weight"]) for l in links), default=1.0) or 1.0
+    fig = go.Figure()
+    for sign, colour in ((1, "rgba(40,90,200,{a})"), (-1, "rgba(200,50,40,{a})")):
+        for lo, hi, width in ((0.0, 0.1, 0.5), (0.1, 0.4, 1.5), (0.4, 1.01, 3.5)):
+            xs, ys = [], []
+            for l in links:
+                r = abs(l["weight"]) / wmax
+                if (l["weight"] >= 0) == (sign > 0) and lo <= r < hi and l["source"] in where and l["target"] in where:
+                    (x0, y0, _), (x1, y1, _) = where[l["source"]], where[l["target"]]
+                    xs += [x0, x1, None]
+                    ys += [y0, y1, None]
+            if xs:
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                         line={"width": width, "color": colour.format(a=0.3 + 0.5 * hi)}))
+    symbols = {FEATURE: "circle", ERROR: "diamond", EMBEDDING: "square", LOGIT: "triangle-up", "supernode": "star"}
+    for kind, symbol in symbols.items():
+        ns = [n for n in nodes if n["feature_type"] == kind]
+        if not ns:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[where[n["node_id"]][0] for n in ns], y=[where[n["node_id"]][1] for n in ns], mode="markers",
+            name=kind, marker={"symbol": symbol, "size": [14 if kind == "supernode" else 9 for _ in ns]},
+            text=[f"{n['node_id']}<br>{n.get('clerp', '')}<br>activation {n.get('activation')}<br>"
+                  f"influence {n.get('influence')}" for n in ns], hoverinfo="text"))
+    tokens = obj["metadata"].get("prompt_tokens", [])
+    fig.update_layout(title=title or obj["metadata"].get("slug", ""), height=500, template="plotly_white",
+                      xaxis={"title": "position", "tickvals": list(range(len(tokens))), "ticktext": tokens},
+                      yaxis={"title": "layer (E = inputs)"})
+    return fig

@@ -1,0 +1,482 @@
+"""A tiny vision-language model: a ViT whose patch grid is pooled into a few soft tokens that the
+book's GPT reads as a prefix before the text.
+
+    image [B, 3, H, W]
+      -> patches (P x P, a linear map each) + learned positions        vit.hook_patch_embed
+      -> n pre-norm blocks with full (bidirectional) attention          vit.blocks.{l}.attn.hook_pattern, ...
+      -> final norm                                                     vit.hook_out        [B, gh*gw, d_vit]
+      -> average-pool each `pool` x `pool` square of patches   projector.hook_pooled        [B, n_img, d_vit]
+      -> projector MLP (LLaVA-style) into the GPT's width      projector.hook_image_tokens  [B, n_img, d_model]
+    GPT input = [image tokens ; text token embeddings] + positions     lm.hook_embed, lm.blocks.{l}....
+    logits over the text positions only                                [B, T, vocab]
+
+The ViT's blocks are the GPT's own `Block` with the causal mask switched off, so the two towers
+share one vocabulary of locations (`vit.blocks.1.attn.hook_pattern` and `lm.blocks.1.attn.hook_pattern`)
+and one implementation. Pooled image token j covers the patches of square j (row-major over the
+grid of squares), which `dictionaries.rollout.rollout_heatmaps(block=pool)` mirrors.
+
+Hook names are the VLM's: the GPT inside answers to `lm.blocks.{l}...` in caches, even when run on
+its own (a HookPoint has one name); `lm.hooks(...)` still takes its own names (`blocks.{l}...`).
+
+Language-model positions: the image prefix takes positions 0 .. n_img-1 and the text starts at n_img;
+a text-only batch (`images=None`) starts at 0, exactly as the plain GPT. Attribution graphs and
+feature interventions index the language model's positions (prefix included).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from circuitbook.artifacts import load_tensors, save_tensors
+from circuitbook.models.gpt import GPT, Block, GPTConfig, Norm, lm_loss
+from circuitbook.train import clip_gradients, cosine_schedule, get_batch, load_optimizer, optimizer_tensors
+
+
+@dataclass
+class VLMConfig:
+    image_size: int = 32
+    patch_size: int = 4  # 32 / 4 = an 8 x 8 patch grid
+    vit_d_model: int = 64
+    vit_layers: int = 4
+    vit_heads: int = 4
+    vit_d_head: int = 16
+    vit_d_mlp: int = 256
+    vit_norm: str = "layer"
+    pool: int = 2  # pool x pool patches -> one image token: 8x8 patches -> 4x4 = 16 image tokens
+    lm: GPTConfig = field(default_factory=GPTConfig)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lm, dict):
+            self.lm = GPTConfig(**{**self.lm, "abstopk_sites": tuple(self.lm.get("abstopk_sites", ()))})
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.grid % self.pool:
+            raise ValueError(f"patch grid {self.grid} is not a multiple of pool {self.pool}")
+        if self.lm.bigram:
+            raise ValueError("the VLM's language model cannot have a bigram table (image tokens have no id)")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def n_img(self) -> int:
+        """Image tokens the language model reads."""
+        return (self.grid // self.pool) ** 2
+
+    def vit_block_config(self) -> GPTConfig:
+        """The GPTConfig the ViT's blocks are built from (vocab and bias settings are unused there)."""
+        return GPTConfig(vocab_size=1, n_ctx=self.n_patches, d_model=self.vit_d_model, n_layers=self.vit_layers,
+                         n_heads=self.vit_heads, d_head=self.vit_d_head, d_mlp=self.vit_d_mlp, norm=self.vit_norm,
+                         positions="none", init_std=self.lm.init_std)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+class ViT(nn.Module):
+    """Patch embedding, learned positions, pre-norm blocks with bidirectional attention, final norm."""
+
+    def __init__(self, cfg: VLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        bcfg = cfg.vit_block_config()
+        P, d = cfg.patch_size, cfg.vit_d_model
+        self.patch_embed = nn.Linear(3 * P * P, d)
+        self.hook_patch_embed = HookPoint()  # [batch, patch, d_vit]
+        self.pos_embed = nn.Parameter(torch.zeros(cfg.n_patches, d))
+        self.hook_pos_embed = HookPoint()  # [patch, d_vit]
+        self.blocks = nn.ModuleList([Block(bcfg) for _ in range(cfg.vit_layers)])
+        for block in self.blocks:
+            block.attn.mask.fill_(True)  # every patch sees every patch
+        self.ln_final = Norm(bcfg)
+        self.hook_out = HookPoint()  # [batch, patch, d_vit]
+        std = cfg.lm.init_std
+        for name, p in self.named_parameters():
+            if name.endswith(".w"):
+                continue
+            if name.endswith("bias") or name.endswith(".b"):
+                nn.init.zeros_(p)
+            elif name.endswith("W_O.weight") or name.endswith("W_out.weight"):
+                nn.init.normal_(p, std=std / math.sqrt(2 * cfg.vit_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def patchify(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, gh*gw, 3*P*P], patches row-major over the grid."""
+        B, C, H, W = images.shape
+        P = self.cfg.patch_size
+        x = images.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(B, (H // P) * (W // P), C * P * P)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] in [0, 1] -> patch features [B, gh*gw, d_vit]."""
+        if images.shape[-1] != self.cfg.image_size or images.shape[-2] != self.cfg.image_size:
+            raise ValueError(f"expected {self.cfg.image_size}px images, got {tuple(images.shape[-2:])}")
+        x = self.hook_patch_embed(self.patch_embed(self.patchify(images - 0.5)))
+        x = x + self.hook_pos_embed(self.pos_embed)[None]
+        for block in self.blocks:
+            x = block(x)
+        return self.hook_out(self.ln_final.hook_normalized(self.ln_final(x)))
+
+
+class Projector(nn.Module):
+    """Average-pool `pool` x `pool` squares of patches, then a two-layer MLP into the GPT's width."""
+
+    def __init__(self, cfg: VLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.hook_pooled = HookPoint()  # [batch, n_img, d_vit]
+        self.fc1 = nn.Linear(cfg.vit_d_model, cfg.lm.d_model)
+        self.fc2 = nn.Linear(cfg.lm.d_model, cfg.lm.d_model)
+        self.hook_image_tokens = HookPoint()  # [batch, n_img, d_model]
+        nn.init.normal_(self.fc1.weight, std=1 / math.sqrt(cfg.vit_d_model))
+        nn.init.normal_(self.fc2.weight, std=cfg.lm.init_std)  # image tokens start at the embeddings' scale
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.zeros_(self.fc2.bias)
+
+    def pool(self, x: Tensor) -> Tensor:
+        """[B, gh*gw, d] -> [B, n_img, d]: the mean of each pool x pool square, squares row-major."""
+        B, _, d = x.shape
+        g, p = self.cfg.grid, self.cfg.pool
+        x = x.reshape(B, g // p, p, g // p, p, d).mean(dim=(2, 4))
+        return x.reshape(B, -1, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.hook_pooled(self.pool(x))
+        out = self.fc2(F.gelu(self.fc1(pooled)))
+        return self.hook_image_tokens(out)
+
+
+class VLM(HookedRootModule):
+    """ViT + projector + the book's GPT; forward(images, tokens) -> logits over the text positions."""
+
+    def __init__(self, cfg: VLMConfig, lm: GPT | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.vit = ViT(cfg)
+        self.projector = Projector(cfg)
+        if lm is not None and lm.cfg.to_dict() != cfg.lm.to_dict():
+            raise ValueError("the given GPT's config differs from cfg.lm")
+        self.lm = lm if lm is not None else GPT(cfg.lm)
+        self.setup()
+
+    @property
+    def hook_names(self) -> list[str]:
+        return list(self.hook_dict)
+
+    @property
+    def n_img(self) -> int:
+        return self.cfg.n_img
+
+    def image_tokens(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> the soft tokens the GPT reads, [B, n_img, d_model]."""
+        return self.projector(self.vit(images))
+
+    def lm_input(self, images: Tensor | None, tokens: Tensor) -> Tensor:
+        """The GPT's input residual stream [B, n_img + T, d_model]: image tokens, token embeddings, positions."""
+        lm = self.lm
+        x = lm.hook_embed(lm.embed(tokens))  # [B, T, d]
+        if images is not None:
+            x = torch.cat([self.image_tokens(images), x], dim=1)
+        S = x.shape[1]
+        if S > lm.cfg.n_ctx:
+            raise ValueError(f"{S} positions (image prefix included) exceed the GPT's n_ctx={lm.cfg.n_ctx}")
+        if lm.pos_embed is not None:
+            x = x + lm.hook_pos_embed(lm.pos_embed(torch.arange(S, device=x.device)))[None]
+        return x
+
+    def forward(self, images: Tensor | None, tokens: Tensor, return_type: str = "logits") -> Tensor:
+        """images [B, 3, H, W] (or None: text only), tokens [B, T] -> logits [B, T, vocab] at the text positions.
+
+        return_type="loss": the mean next-token loss over the text (image prefix excluded)."""
+        resid = run_lm(self.lm, self.lm_input(images, tokens))
+        logits = resid[:, resid.shape[1] - tokens.shape[1]:]
+        if return_type == "logits":
+            return logits
+        if return_type == "loss":
+            return lm_loss(logits, tokens)
+        raise ValueError(f"return_type must be 'logits' or 'loss', got {return_type!r}")
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def run_lm(lm: GPT, resid: Tensor) -> Tensor:
+    """Run the GPT's blocks, final norm and unembedding on an input residual [B, S, d] -> logits [B, S, vocab]
+    (no bigram table: it needs token ids)."""
+    for block in lm.blocks:
+        resid = block(resid)
+    return lm.unembed(lm.ln_final.hook_normalized(lm.ln_final(resid)))
+
+
+def vlm_from_state(tensors: dict[str, Tensor], cfg: dict | VLMConfig) -> VLM:
+    """Rebuild a VLM from an artifact's tensors and stored config dict."""
+    cfg = VLMConfig(**cfg) if isinstance(cfg, dict) else cfg
+    model = VLM(cfg)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model
+
+
+@torch.no_grad()
+def mlp_io(
+    model: VLM, images: Tensor | None, tokens: Tensor, layers: Sequence[int], batch_size: int = 64
+) -> tuple[dict[int, Tensor], dict[int, Tensor], int]:
+    """The language model's MLP inputs and outputs, what a transcoder of each layer reads and predicts.
+
+    images [B, 3, H, W] or None (text only), tokens [B, T]. Returns (inputs {layer: [B, S, d]}, outputs
+    {layer: [B, S, d]}, n_prefix): S = n_prefix + T positions, the first n_prefix (n_img, or 0) image tokens.
+    """
+    names = {f"lm.blocks.{la}.ln2.hook_normalized": ("x", la) for la in layers}
+    names |= {f"lm.blocks.{la}.hook_mlp_out": ("y", la) for la in layers}
+    out: dict[str, dict[int, list[Tensor]]] = {"x": {la: [] for la in layers}, "y": {la: [] for la in layers}}
+    was = model.training
+    model.eval()
+    for i in range(0, tokens.shape[0], batch_size):
+        imgs = None if images is None else images[i : i + batch_size]
+        _, cache = model.run_with_cache(imgs, tokens[i : i + batch_size], names_filter=lambda n: n in names)
+        for name, (kind, la) in names.items():
+            out[kind][la].append(cache[name])
+    model.train(was)
+    xs = {la: torch.cat(v) for la, v in out["x"].items()}
+    ys = {la: torch.cat(v) for la, v in out["y"].items()}
+    return xs, ys, 0 if images is None else model.n_img
+
+
+@torch.no_grad()
+def vit_patterns(model: VLM, images: Tensor) -> Tensor:
+    """Every ViT attention pattern, first layer first: [L, B, heads, patches, patches] (for rollout)."""
+    L = model.cfg.vit_layers
+    names = [f"vit.blocks.{la}.attn.hook_pattern" for la in range(L)]
+    _, cache = model.run_with_cache(images, torch.zeros(images.shape[0], 1, dtype=torch.long, device=images.device),
+                                    names_filter=lambda n: n in names)
+    return torch.stack([cache[n] for n in names])
+
+
+# ---------------------------------------------------------------- image-text data
+
+
+class Encoder(Protocol):
+    eot_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass
+class ImageTextPairs:
+    """Captioned images, tokenised. tokens are padded with EOT after the caption's own EOT."""
+
+    images: Tensor  # [N, 3, H, W] float in [0, 1]
+    tokens: Tensor  # [N, T] long: prompt, " answer", EOT, padding
+    loss_mask: Tensor  # [N, T] bool: True where tokens[:, j] is a training target (predicted at j - 1)
+    answer_pos: Tensor  # [N] long: text position whose next-token logits predict the answer's first token
+    answer_ids: Tensor  # [N] long: the answer's first token
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, idx: Tensor | np.ndarray | Sequence[int]) -> ImageTextPairs:
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return ImageTextPairs(self.images[idx], self.tokens[idx], self.loss_mask[idx], self.answer_pos[idx],
+                              self.answer_ids[idx])
+
+
+def encode_pairs(
+    images: Tensor, prompts: Sequence[str], answers: Sequence[str], tok: Encoder, n_text: int
+) -> ImageTextPairs:
+    """Tokenise `prompt + " " + answer` + EOT, padded (with EOT, masked out) or cut to n_text tokens.
+
+    Targets are every caption token after the first, and the closing EOT."""
+    N = len(prompts)
+    tokens = torch.full((N, n_text), tok.eot_id, dtype=torch.long)
+    mask = torch.zeros(N, n_text, dtype=torch.bool)
+    answer_pos = torch.zeros(N, dtype=torch.long)
+    answer_ids = torch.zeros(N, dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        pid, aid = tok.encode(p), tok.encode(" " + a)
+        ids = (pid + aid + [tok.eot_id])[:n_text]
+        if len(pid) + 1 > n_text:
+            raise ValueError(f"prompt {p!r} has {len(pid)} tokens; n_text={n_text} leaves no room for the answer")
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        mask[i, 1 : len(ids)] = True
+        answer_pos[i], answer_ids[i] = len(pid) - 1, aid[0]
+    return ImageTextPairs(images.float(), tokens, mask, answer_pos, answer_ids)
+
+
+def encode_scenes(scenes, tok: Encoder, n_text: int) -> ImageTextPairs:
+    """`encode_pairs` of a `data.scenes.Scenes` (its images, prompts and answers)."""
+    return encode_pairs(scenes.images, scenes.prompts, scenes.answers, tok, n_text)
+
+
+def pair_loss(model: VLM, pairs: ImageTextPairs, answer_only: bool = False) -> Tensor:
+    """Mean next-token loss over the caption tokens (loss_mask), the image prefix as context; with
+    answer_only, over the answer's tokens and the closing EOT only (the prompt is not a target)."""
+    logits = model(pairs.images, pairs.tokens)  # [B, T, vocab]
+    m = pairs.loss_mask
+    if answer_only:
+        m = m & (torch.arange(m.shape[1], device=m.device)[None] > pairs.answer_pos[:, None])
+    m = m[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), pairs.tokens[:, 1:].flatten(), reduction="none")
+    return (ce * m.flatten()).sum() / m.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def answer_accuracy(model: VLM, pairs: ImageTextPairs, batch_size: int = 256, images: Tensor | None = None) -> float:
+    """Share of pairs whose answer's first token is the argmax at the answer position.
+    `images` replaces the pairs' images (e.g. shuffled, to check that the answer comes from the picture)."""
+    was = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(pairs), batch_size):
+        b = pairs.batch(range(i, min(i + batch_size, len(pairs))))
+        imgs = b.images if images is None else images[i : i + batch_size]
+        logits = model(imgs, b.tokens)
+        pred = logits[torch.arange(len(b.tokens)), b.answer_pos].argmax(-1)
+        hits += int((pred == b.answer_ids).sum())
+    model.train(was)
+    return hits / max(1, len(pairs))
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class VLMTrainConfig:
+    steps: int
+    batch_size: int = 32  # image-text pairs per step
+    text_batch_size: int = 8  # windows of the text corpus per step (0: none)
+    text_ctx: int = 64
+    text_weight: float = 1.0  # loss = pair loss + text_weight * corpus loss
+    answer_only: bool = False  # pair loss on the answer (and EOT) only, as instruction tuning does
+    lr: float = 2e-3
+    lm_lr_mult: float = 1.0  # the GPT's LR multiplier (below 1 when it starts from a pretrained model)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    clip_value: float = 1.0
+    warmup_frac: float = 0.05
+    eval_every: int = 200
+    ckpt_every: int = 200
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def pair_batch(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of the pairs of step `step`; they depend only on (seed, step)."""
+    return np.random.default_rng([seed, step, 7]).integers(0, n, size=batch_size)
+
+
+def _optimizer(model: VLM, cfg: VLMTrainConfig) -> torch.optim.AdamW:
+    groups: dict[tuple[bool, bool], list[Tensor]] = {}
+    for name, p in model.named_parameters():
+        groups.setdefault((name.startswith("lm."), p.dim() >= 2), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                     "lr_mult": cfg.lm_lr_mult if is_lm else 1.0}
+                    for (is_lm, decay), ps in sorted(groups.items())]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def train_vlm(
+    model: VLM,
+    pairs: ImageTextPairs,
+    cfg: VLMTrainConfig,
+    text_tokens: np.ndarray | None = None,
+    val_pairs: ImageTextPairs | None = None,
+    ckpt_dir: Path | None = None,
+    eval_fn: Callable[[VLM], dict[str, float]] | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on image-text pairs mixed with corpus windows; resume from `ckpt_dir/latest` if it exists.
+
+    Each step: `batch_size` pairs (indices from (seed, step)) and `text_batch_size` corpus windows
+    (`train.get_batch`, seed + 1), AdamW with a warmup-cosine schedule, global-norm clipping, as the
+    book's one training loop; checkpoints hold weights, optimizer state and history, so an interrupted
+    run resumes to the same weights. Returns {"history", "seconds", "pairs_per_s"}.
+    """
+    if cfg.text_batch_size > 0 and text_tokens is None:
+        raise ValueError("text_batch_size > 0 needs text_tokens (or set text_batch_size=0)")
+    opt = _optimizer(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    schedule = cosine_schedule(cfg.warmup_frac)
+    history: list[dict] = []
+    start = 0
+    latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
+    if latest is not None and latest.exists() and load_tensors(latest)[1]["config"] != cfg.to_dict():
+        warnings.warn(f"{latest} was written by a run with another config; starting from scratch", stacklevel=2)
+        latest.unlink()
+    if latest is not None and latest.exists():
+        tensors, meta = load_tensors(latest)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer(opt, tensors, meta)
+        start, history = meta["step"], meta["history"]
+
+    def checkpoint(step: int) -> None:
+        if latest is None:
+            return
+        ot, om = optimizer_tensors(opt)
+        mt = {f"model.{k}": v for k, v in model.state_dict().items()}
+        save_tensors(latest, {**mt, **ot}, {"step": step, "history": history, "config": cfg.to_dict(), **om})
+
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="vlm")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * g["lr_mult"] * schedule(step, cfg.steps)
+        batch = pairs.batch(pair_batch(len(pairs), step, cfg.batch_size, cfg.seed))
+        loss_pairs = pair_loss(model, batch, cfg.answer_only)
+        loss = loss_pairs
+        row = {"step": step + 1, "pair_loss": loss_pairs.item()}
+        if cfg.text_batch_size > 0:
+            text = get_batch(text_tokens, step, cfg.text_batch_size, cfg.text_ctx, cfg.seed + 1)
+            loss_text = lm_loss(model(None, text), text)
+            loss = loss + cfg.text_weight * loss_text
+            row["text_loss"] = loss_text.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        row["grad_norm"] = clip_gradients(params, "norm", cfg.clip_value)
+        opt.step()
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            if val_pairs is not None:
+                with torch.no_grad():
+                    model.eval()
+                    row["val_pair_loss"] = float(pair_loss(model, val_pairs, cfg.answer_only))
+                    model.train()
+                row["val_answer_acc"] = answer_accuracy(model, val_pairs)
+            if eval_fn is not None:
+                row.update(eval_fn(model))
+            bar.set_postfix(loss=f"{loss_pairs.item():.3f}")
+        history.append(row)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
+            checkpoint(done)
+        if stop_at is not None and done >= stop_at:
+            break
+    bar.close()
+    dt = time.perf_counter() - t0
+    n_steps = len(history) - start
+    return {"history": history, "seconds": dt, "pairs_per_s": n_steps * cfg.batch_size / dt if dt > 0 else 0.0}
