@@ -205,7 +205,7 @@ def test_persistent_pgd_increases_loss_and_trains():
     ci = cm.causal_importances(inputs)
     pgd = PersistentPGDRecon(n_ascent=1, routing=False)
     s = Step(cm, x, target_out, ci, None, 0.0)
-    first = float(pgd(s))
+    first = float(pgd(s).detach())
     for _ in range(10):
         last = pgd(s)
     assert float(last) >= first  # the persistent adversary only gets stronger on a fixed batch
@@ -223,3 +223,73 @@ def test_resid_mlp_shapes_and_names():
     assert cm.component("mlp_in").U.shape == (50, 100) and cm.component("mlp_in").V.shape == (1000, 100)
     with pytest.raises(ValueError):
         ComponentModel(model, {"W_E": 10})
+
+
+def test_feature_matches_finds_the_right_subcomponent():
+    from circuitbook.decomposition import feature_matches
+
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(3, 6, generator=g)  # [m, n]
+    perm = torch.randperm(6, generator=g)
+    U, V = W[:, perm], torch.eye(6)[:, perm]  # subcomponent perm⁻¹[j] holds column j
+    best, cos, ratio = feature_matches(U, V, W, "in")
+    assert torch.equal(perm[best], torch.arange(6))
+    assert torch.allclose(cos, torch.ones(6)) and torch.allclose(ratio, torch.ones(6))
+
+
+def tiny_gpt():
+    from circuitbook.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50, n_ctx=16, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32)).eval()
+
+
+def test_lm_component_model_exact_and_edit():
+    from circuitbook.decomposition.lm import LM_CONFIGS, ablation_ce_delta, lm_C, lm_eval
+
+    gpt = tiny_gpt()
+    C = lm_C({**LM_CONFIGS["ci"], "C_attn": 16, "C_mlp": 32})
+    assert len(C) == 6 and C["blocks.0.mlp.W_in"] == 32 and C["blocks.0.attn.W_O"] == 16
+    mods = dict(gpt.named_modules())
+    C = {n: mods[n].in_features for n in C}  # C = d_in, so V = I gives an exact decomposition
+    cm = ComponentModel(gpt, C)
+    for n in cm.names:  # U Vᵀ = W exactly: U = W, V = I (C = d_in for every matrix here)
+        W = cm.target_weight(n).detach()
+        cm.set_from_weights(n, U=W.clone(), V=torch.eye(W.shape[1]))
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(cm.masked_with(x, 1.0), gpt(x), atol=1e-5)
+    set_ci(cm, 10.0)  # g = 1 everywhere: the CI-masked model is the target
+    ev = lm_eval(cm, x)
+    assert ev["ce_masked"] == pytest.approx(ev["ce_target"], abs=1e-5) and ev["kl_masked"] < 1e-8
+    assert ev["alive"] == ev["total"] == sum(C.values()) and ev["l0_per_position"] == sum(C.values())
+    # removing subcomponent c from W_out equals editing the weight by hand
+    name, c = "blocks.0.mlp.W_out", 5
+    delta = ablation_ce_delta(cm, x, name, c)  # [3, 15]
+    edited = tiny_gpt()
+    lin = dict(edited.named_modules())[name]
+    with torch.no_grad():
+        lin.weight[:, c] = 0.0  # u_c v_cᵀ with V = I is column c of W
+    ce = torch.nn.functional.cross_entropy
+    by_hand = ce(edited(x)[:, :-1].transpose(1, 2), x[:, 1:], reduction="none") - ce(
+        gpt(x)[:, :-1].transpose(1, 2), x[:, 1:], reduction="none"
+    )
+    assert torch.allclose(delta, by_hand, atol=1e-5) and delta.abs().max() > 1e-4
+
+
+def test_toy_artifacts_round_trip(tmp_path, monkeypatch):
+    from circuitbook import config
+    from circuitbook.decomposition import toy_decomposition, toy_target
+
+    monkeypatch.setitem(config.PROFILES, "ci", config.Profile("ci", tmp_path, shipped=False))
+    target, meta = toy_target("tms_5_2", "ci", progress=False)
+    d1, m1 = toy_decomposition("tms_5_2", target, "ci", progress=False, steps=20)
+    d2, m2 = toy_decomposition("tms_5_2", target, "ci", progress=False, steps=20)  # loaded, not retrained
+    assert m1["metrics"]["seconds"] == m2["metrics"]["seconds"]
+    x = sparse_features(64, 5, 0.3, torch.Generator().manual_seed(0))
+    _, inputs = d2.model.run_with_inputs(x)
+    _, inputs1 = d1.model.run_with_inputs(x)
+    g1, g2 = d1.model.causal_importances(inputs1).lower, d2.model.causal_importances(inputs).lower
+    assert all(torch.equal(g1[n], g2[n]) for n in g1)
+    assert torch.allclose(d2.model.masked_with(x, 1.0, use_delta=True), target(x), atol=1e-5)
+    with pytest.raises(Exception, match="another config"):  # a changed setting is never silently loaded
+        toy_decomposition("tms_5_2", target, "ci", progress=False, steps=21)

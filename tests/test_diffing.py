@@ -145,6 +145,28 @@ def test_zero_step_finetune_keeps_indices_aligned():
     assert res2.x.min() < 0.999 and res2.y.min() < 0.999
 
 
+def test_packed_dictionaries_and_diff_from_saes():
+    # five aligned dictionaries through the fp16 artifact format: indices and directions survive
+    S = SAE(8, 16, 2, seed=3)
+    saes = {n: S.copy() for n in ("S", "D", "DF", "M", "MF")}
+    with torch.no_grad():  # feature 5 turns on both paths (D -> DF and M -> MF), feature 6 on one only
+        saes["DF"].W_dec[:, 5] = -saes["D"].W_dec[:, 5]
+        saes["MF"].W_dec[:, 5] = -saes["M"].W_dec[:, 5]
+        saes["DF"].W_dec[:, 6] = -saes["D"].W_dec[:, 6]
+    again = df._unpack_saes(df._pack_saes(saes), S.config())
+    assert sorted(again) == sorted(saes)
+    for n in saes:
+        torch.testing.assert_close(again[n].W_dec, saes[n].W_dec, atol=1e-3, rtol=0)
+    acts = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0)) * 3
+    res = df.diff_from_saes(again, acts)
+    assert res.x[5] < -0.99 and res.y[5] < -0.99 and res.x[6] < -0.99 and res.y[6] > 0.99
+    others = torch.ones(16, dtype=torch.bool)
+    others[[5, 6]] = False
+    assert (res.x[others] > 0.999).all() and (res.y[others] > 0.999).all()
+    assert res.region.nonzero().flatten().tolist() == ([5] if res.alive[5] else [])
+    assert res.alive[5]  # with k=2 of 16 on this many points, every feature fires somewhere
+
+
 def test_lower_left_and_enrichment_constructed():
     x = torch.tensor([0.1, 0.5, 0.69, 0.9, 0.2, 0.8, 0.7, 0.3, 1.0, 0.95])
     y = torch.tensor([0.2, 0.6, 0.1, 0.1, 0.9, 0.8, 0.1, 0.69, 1.0, 0.95])
@@ -161,6 +183,21 @@ def test_lower_left_and_enrichment_constructed():
     assert e["ratio"] == pytest.approx(0.5 / 0.3)
     e2 = df.enrichment(labels, region, n_random=5, seed=3)
     assert e2["n_random"] == 5
+
+
+def test_region_threshold_keeps_paper_value_or_takes_quantile():
+    g = torch.Generator().manual_seed(0)
+    alive = torch.ones(1000, dtype=torch.bool)
+    x, y = 0.9 + 0.1 * torch.rand(1000, generator=g), 0.9 + 0.1 * torch.rand(1000, generator=g)
+    assert df.lower_left(x, y, 0.7).sum() == 0
+    t = df.region_threshold(x, y, alive, 0.7, q=0.02)  # nothing below 0.7: about 2% of the features
+    n = int(df.lower_left(x, y, t, alive).sum())
+    assert t > 0.9 and 15 <= n <= 25
+    dead = alive.clone()
+    dead[torch.maximum(x, y).argsort()[:500]] = False  # the quantile is over alive features only
+    assert df.region_threshold(x, y, dead, 0.7, q=0.02) > t
+    x[:100], y[:100] = 0.1, 0.2  # 10% already below 0.7: the paper's threshold stays
+    assert df.region_threshold(x, y, alive, 0.7, q=0.02) == 0.7
 
 
 def test_top_activations_and_labels():

@@ -113,6 +113,22 @@ def lower_left(x: Tensor, y: Tensor, threshold: float = 0.7, mask: Tensor | None
     return r if mask is None else r & mask
 
 
+REGION_QUANTILE = 0.01  # the data-driven lower-left threshold holds at least this share of the alive features
+
+
+def region_threshold(x: Tensor, y: Tensor, alive: Tensor, paper: float = 0.7, q: float = REGION_QUANTILE) -> float:
+    """The lower-left threshold: the paper's 0.7, raised to the q-quantile of max(x, y) over alive features.
+
+    Both cosines < t  <=>  max(x, y) < t, so the quantile puts about a share q of the alive features in the
+    region. It is chosen from the cosines alone (never from labels). When fine-tuning turns features
+    as far as in the paper, 0.7 already holds more than that share and is kept.
+    """
+    m = torch.maximum(x, y)[alive]
+    if m.numel() == 0:
+        return paper
+    return max(paper, float(torch.quantile(m.float(), q)) + 1e-6)
+
+
 def stagewise_diff(
     acts: dict[str, Tensor], cfg: DiffConfig = DiffConfig(), init: SAE | None = None, progress: bool = True
 ) -> DiffResult:
@@ -630,13 +646,18 @@ def diff_configs(profile, seed: int = 0) -> DiffConfig:
 
 
 def diff_from_saes(saes: dict[str, SAE], acts_F: Tensor, threshold: float = 0.7,
-                   history: dict | None = None) -> DiffResult:
-    """The diffing comparison of five aligned dictionaries ("S", "D", "DF", "M", "MF")."""
+                   history: dict | None = None, adaptive: bool = False) -> DiffResult:
+    """The diffing comparison of five aligned dictionaries ("S", "D", "DF", "M", "MF").
+
+    `adaptive`: raise the threshold with `region_threshold` when too few features fall below it.
+    """
     x = decoder_cosine(saes["D"], saes["DF"])
     y = decoder_cosine(saes["M"], saes["MF"])
     alive = ~evaluate(saes["DF"], acts_F)["dead"] | ~evaluate(saes["MF"], acts_F)["dead"]
     cos = {f"{a}-{b}": decoder_cosine(saes[a], saes[b])
            for a, b in (("S", "D"), ("S", "M"), ("S", "DF"), ("S", "MF"), ("DF", "MF"), ("D", "M"))}
+    if adaptive:
+        threshold = region_threshold(x, y, alive, threshold)
     return DiffResult(saes, x, y, lower_left(x, y, threshold, alive), alive, threshold, cos, history or {})
 
 
@@ -651,7 +672,7 @@ def _unpack_saes(tensors: dict[str, Tensor], config: dict) -> dict[str, SAE]:
 
 
 def diff_dictionaries(profile, acts: dict[str, Tensor], seed: int = 0, retrain: bool = False,
-                      progress: bool = True, data_key: str = "") -> DiffResult:
+                      progress: bool = True, data_key: str = "", adaptive: bool = True) -> DiffResult:
     """Stage-wise diffing with shipped dictionaries (artifact `diff_saes`, fp16): trains them if missing.
 
     The stored (fp16) weights are what every later number is computed from, also right after training.
@@ -675,7 +696,8 @@ def diff_dictionaries(profile, acts: dict[str, Tensor], seed: int = 0, retrain: 
         return _pack_saes(res.saes), metrics
 
     tensors, meta = artifacts.load_or_train(f"diff_saes{_suffix(seed)}", prof, fit, config, retrain)
-    return diff_from_saes(_unpack_saes(tensors, sae_cfg), acts["F"], cfg.threshold, meta.get("metrics"))
+    return diff_from_saes(_unpack_saes(tensors, sae_cfg), acts["F"], cfg.threshold, meta.get("metrics"),
+                          adaptive=adaptive)
 
 
 def baseline_from_scratch(profile, acts_mixed: Tensor, seed: int = 0, retrain: bool = False, progress: bool = True,

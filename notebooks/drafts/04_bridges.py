@@ -60,7 +60,6 @@ from IPython.display import display
 
 from circuitbook import get_profile, seed_everything, viz, zoo
 from circuitbook.bridges import (
-    class_means,
     hybrid_kl_per_site,
     sparse_activations,
     steer,
@@ -135,7 +134,8 @@ plt.show()
 tok = zoo.tokenizer(prof)
 sets = zoo.task_sets(prof, tok, seed)
 QUOTE, WHILE = "single_double_quote", "while_return_true"
-task_acc = {t: {"dense": evaluate_task(dense, sets.test[t])["acc"], "sparse": evaluate_task(sparse, sets.test[t])["acc"]}
+task_acc = {t: {"dense": evaluate_task(dense, sets.test[t])["acc"],
+                "sparse": evaluate_task(sparse, sets.test[t])["acc"]}
             for t in (QUOTE, WHILE)}
 display(pd.DataFrame(task_acc).T.round(3))
 

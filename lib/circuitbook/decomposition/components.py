@@ -165,8 +165,9 @@ class ComponentModel(nn.Module):
 
     def masked_with(self, x: torch.Tensor, value: float = 1.0, use_delta: bool = False) -> torch.Tensor:
         """Output with every mask set to `value` (1: all subcomponents kept)."""
-        lead = x.shape[:-1]
-        masks = {n: torch.full((*lead, self.C[n]), value) for n in self.names}
+        with torch.no_grad():
+            _, inputs = self.run_with_inputs(x)  # each layer's input fixes its masks' leading shape
+        masks = {n: torch.full((*inputs[n].shape[:-1], self.C[n]), value) for n in self.names}
         deltas = self.weight_deltas() if use_delta else None
         return self(x, masks=masks, deltas=deltas)
 

@@ -213,7 +213,8 @@ for i, t in enumerate(zoo.CIRCUIT_TASKS):
     axes[0].scatter(tr.loc[~ok, "k_coef"], tr.loc[~ok, "n_nodes"], color=f"C{i}", marker="x")
     h = pd.DataFrame(circuits[t].info["history"])
     axes[1].plot(h["step"], h["n_kept"], color=f"C{i}", label=f"{t} (kept nodes)")
-axes[0].set(xscale="log", yscale="log", xlabel="k_coef", ylabel="circuit nodes", title="search trials (x: target missed)")
+axes[0].set(xscale="log", yscale="log", xlabel="k_coef", ylabel="circuit nodes",
+            title="search trials (x: target missed)")
 axes[0].legend(fontsize=8)
 axes[1].set(yscale="log", xlabel="mask training step", ylabel="nodes the mask keeps", title="the best trial's mask")
 axes[1].legend(fontsize=8)
@@ -259,8 +260,16 @@ for t, c in circuits.items():
                  "alone acc": alone["acc"], "removed acc": removed["acc"]})
 table = pd.DataFrame(rows).set_index("task")
 display(table.round(3))
+print("whole model, held-out loss:", {t: round(evaluate_task(model, sets.test[t])["loss"], 3) for t in circuits})
 
 # %% [markdown]
+# All three circuits are sufficient and necessary: alone they stay under the target on prompts they
+# never saw, and without them the model is at chance. They are not as small as the paper's, though:
+# tens of nodes where the paper's quote circuit has 12. Part of the difference is bookkeeping (our
+# circuits keep the residual reads that feed a head's queries and keys, up to one per embedding
+# channel the head reads), part is the search (6 trials here, 32 in the paper), and part is the
+# model: ours is 16 times narrower, so each channel carries more.
+#
 # ## The quote circuit
 #
 # Nodes are coloured by kind, columns are sites in forward order; edges are the nonzero weights
@@ -283,8 +292,8 @@ print("kept nodes per site:", {short_site(s): len(ch) for s, ch in qc.by_site().
 # both quotes; a *quote-type* node is one whose sign separates `'` from `"`.
 
 # %%
-quote_ids = sorted({int(i) for i in torch.cat([quote_test.correct, quote_test.wrong])})
-openpos = last_occurrence(quote_test, quote_ids)
+quote_ids = [tok.single_token(q) for q in ("'", '"', " '", ' "')]  # a string opens with one of these tokens
+openpos = last_occurrence(quote_test, quote_ids)  # the last quote before the end opens the unclosed string
 is_double = (quote_test.correct == tok.single_token('"')).long()
 ar = torch.arange(len(openpos))
 with torch.no_grad():
@@ -313,7 +322,8 @@ display(quote_nodes.sort_values("last: sign separates", ascending=False).head(30
 # the quote-type node: the best separating node at the last token that is not the final read
 candidates = quote_nodes[~quote_nodes.index.str.startswith("final")]
 qtype_node = candidates["last: sign separates"].idxmax()
-print(f"quote-type node: {qtype_node} (sign separates ' from \" on {candidates.loc[qtype_node, 'last: sign separates']:.3f}"
+best_sep = candidates.loc[qtype_node, "last: sign separates"]
+print(f"quote-type node: {qtype_node} (sign separates ' from \" on {best_sep:.3f}"
       " of held-out prompts at the last token)")
 detectors = quote_nodes[(quote_nodes["open: mean '"] > 0) & (quote_nodes['open: mean "'] > 0)]
 print("positive at both opening quotes (detector candidates):", list(detectors.index))
@@ -338,6 +348,24 @@ for l, h in heads:
                       "attn last->quote (model)": float(cache[key][ar, h, quote_test.last, openpos].mean()),
                       "attn last->quote (circuit)": float(circ_cache[key][ar, h, quote_test.last, openpos].mean())})
 display(pd.DataFrame(head_rows).set_index("head").round(3))
+qtype = next(n for n in qc.node_list() if nodes.label(*n) == qtype_node)  # (site, channel)
+into = [e for e in circuit_edges(model, qc) if e.dst == qtype]
+print(f"weights into the quote-type node {qtype_node}:")
+for e in into:
+    print(f"  {nodes.label(*e.src):18s} --{e.via}--> {e.weight:+.3f}")
+
+# %% [markdown]
+# Read together, the tables give the mechanism. The circuit lives almost entirely in layer 0 and
+# uses one attention head. Its *keys* are large at both kinds of opening quote: they are the quote
+# detector (positive for both quotes, as in the paper), read straight from the embedding. Its
+# *query* at the last token is large and nearly the same for both quote types: a near-constant
+# query, again as in the paper, so the head attends to wherever the detector fired. Its *values*
+# are where the type lives: value channels that are on for one quote and off for the other, which
+# the output matrix W_O maps with opposite signs onto one residual channel. That channel is the
+# quote-type node: its sign at the last token says which quote opened the string. Unlike the
+# paper's model, ours does not compute the type in an MLP at the quote token; the head's OV circuit
+# turns two one-hot value channels into one signed channel. The layer-0 MLP neurons that follow
+# read it and sharpen the final logit difference.
 
 # %% [markdown]
 # ### Does the sign hold on real code?
@@ -352,7 +380,7 @@ display(pd.DataFrame(head_rows).set_index("head").round(3))
 docs = load_corpus(prof)["val"].split(EOT)
 n_windows = 400 if prof.name == "full" else 40
 W, L = string_windows(docs, tok, model.cfg.n_ctx, n_windows)
-site, ch = next(n for n in qc.node_list() if nodes.label(*n) == qtype_node)
+site, ch = qtype
 with torch.no_grad():
     _, cc = model.run_with_cache(W, names_filter=site)
 a = cc[site].reshape(*W.shape, -1)[..., ch]
@@ -363,7 +391,8 @@ corpus_agreement = float(sum(v.sum() for v in agree.values()) / max(n_in, 1))
 inside = torch.cat([a[L == IN_SINGLE], a[L == IN_DOUBLE]])
 nonzero_agreement = float(sum(v.sum() for v in agree.values()) / max(int((inside != 0).sum()), 1))
 triple = a[L == IN_TRIPLE]
-print(f"{qtype_node} on {n_in} tokens inside one-line strings ({len(agree[chr(39)])} in ', {len(agree[chr(34)])} in \") "
+n_s, n_d = len(agree["'"]), len(agree['"'])
+print(f"{qtype_node} on {n_in} tokens inside one-line strings ({n_s} in ', {n_d} in \") "
       f"of {len(W)} windows: sign agreement {corpus_agreement:.3f} (' {float(agree[chr(39)].float().mean()):.3f}, "
       f"\" {float(agree[chr(34)].float().mean()):.3f}); {float((inside == 0).float().mean()):.1%} exactly zero; "
       f"among nonzero values {nonzero_agreement:.3f}")
@@ -379,6 +408,14 @@ ax.hist(a[L == 0].numpy(), bins, alpha=0.3, density=True, label="outside strings
 ax.set(xlabel=qtype_node, ylabel="density", title="the quote-type node on the validation corpus")
 ax.legend(fontsize=8)
 plt.show()
+
+# %% [markdown]
+# On real code the node keeps its meaning, but less cleanly than on the task's prompts: its sign
+# follows the quote type on most tokens inside one-line strings, better inside `"`-strings than
+# inside `'`-strings, and a fraction of its values are exactly zero (AbsTopK silenced the channel on
+# those tokens). Inside docstrings it carries no type (`"""` is a different token, which the
+# detector keys do not fire on). The claims table reports the strict agreement (zeros count as
+# misses) against the goal of 0.9, and the agreement among nonzero values beside it.
 
 # %% [markdown]
 # ## Bracket counting, and how to break it
@@ -428,8 +465,8 @@ attacks = pd.DataFrame(attacks).T
 display(attacks.round(3))
 distractor_drop = attacks.loc["normal", "model acc"] - attacks.loc["distractor", "model acc"]
 long_drop = attacks.loc["normal", "model acc"] - attacks.loc["long", "model acc"]
-print(f"accuracy drop: distractor {distractor_drop:.3f} (depth-1 prompts "
-      f"{attacks.loc['normal', 'model acc, depth 1'] - attacks.loc['distractor', 'model acc, depth 1']:.3f}), "
+distractor_drop1 = attacks.loc["normal", "model acc, depth 1"] - attacks.loc["distractor", "model acc, depth 1"]
+print(f"accuracy drop: distractor {distractor_drop:.3f} (depth-1 prompts {distractor_drop1:.3f}), "
       f"long lists {long_drop:.3f}")
 
 # %% [markdown]
@@ -467,6 +504,15 @@ plt.show()
 display(sweep_df.round(3))
 
 # %% [markdown]
+# The bracket circuit is again one layer-0 head, which spreads its attention over the context and
+# puts a large share of it on bracket tokens; what it writes to the residual stream changes steadily
+# with the length of the open list, and accuracy falls as the list grows, as an averaging mechanism
+# predicts. The distractor breaks the model where the mechanism says it should: a closed `[[` earlier
+# in the function makes depth-1 lists look like depth 2 (the table's depth-1 column), while depth-2
+# prompts, which are right either way, are unaffected. Averaged over both depths each attack costs
+# about a quarter of the accuracy; on the depth-1 prompts the distractor costs more than half.
+
+# %% [markdown]
 # ## Set or string
 #
 # The paper's set-or-string circuit takes two hops: one head copies what `current` was set to
@@ -490,7 +536,19 @@ for l, h in sheads:
     rows.append({"head": f"L{l}h{h}", "attn last -> first `current`": float(p[ar_s, first_cur].mean()),
                  "attn last -> its initialiser": float(p[ar_s, (first_cur + 2).clamp_max(p.shape[1] - 1)].mean()),
                  "attn to sink": float(p[:, 0].mean())})
-display(pd.DataFrame(rows).set_index("head").round(3))
+sos_heads = pd.DataFrame(rows).set_index("head")
+display(sos_heads.round(3))
+hop = sos_heads["attn last -> its initialiser"].idxmax()
+print(f"the head that looks back at `set()` / '\"\"' from the last `current`: {hop} "
+      f"({sos_heads.loc[hop, 'attn last -> its initialiser']:.3f} of its attention)")
+
+# %% [markdown]
+# The set-or-string circuit is the largest of the three and spans all four layers. One later head
+# does the looking back: from the last `current` it attends to the token that initialised it
+# (`set` or `""`) rather than to the first `current`, so in our model the information is fetched
+# from the initialiser directly; the earlier layers' heads and neurons the circuit keeps prepare
+# the query and the value. The paper's two-hop story (copy the type onto `current` first) is not
+# what our circuit does.
 
 # %% [markdown]
 # ## Learned masks against attribution
@@ -510,6 +568,12 @@ for t, c in circuits.items():
 attr_table = pd.DataFrame(rows).set_index("task")
 display(attr_table.round(3))
 attr_ratio = float(attr_table.loc[QUOTE, "edge ratio"])
+
+# %% [markdown]
+# At the same target loss, attribution pruning needs several times more edges than learned masks
+# on the quote task, and orders of magnitude more on the other two: ranking nodes one at a time by a
+# first-order estimate misses that nodes work in groups, which the learned mask sees by ablating
+# them together.
 
 # %% [markdown]
 # ## Sparse against dense
@@ -563,16 +627,30 @@ frontier = pd.DataFrame(rows).set_index("model")
 display(frontier.round(3))
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for i, (d, g) in enumerate(frontier[frontier["kept"] < 1].groupby("d_model")):
-    ax.plot(g["val loss"], g["edges"], "o-", color=f"C{i}", label=f"sparse, d_model {d}")
-    for name, r in g.iterrows():
+    ok = g[g["reached"]]
+    ax.plot(ok["val loss"], ok["edges"], "o-", color=f"C{i}", label=f"sparse, d_model {d}")
+    miss = g[~g["reached"]]
+    if len(miss):
+        ax.plot(miss["val loss"], miss["edges"], "x", color=f"C{i}", ms=8,
+                label=f"d_model {d}: target missed even with every node")
+    for _, r in g.iterrows():
         ax.annotate(f"1/{round(1 / r['kept'])}", (r["val loss"], r["edges"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
 dr = frontier.loc["dense baseline"]
 ax.plot([dr["val loss"]], [dr["edges"]], "ks", label="dense baseline")
 ax.set(yscale="log", xlabel="pretraining loss (val, nats/token)", ylabel="quote circuit edges",
        title="capability vs interpretability")
-ax.legend(fontsize=8)
+ax.legend(fontsize=7)
 plt.show()
+missed = list(frontier.index[~frontier["reached"].astype(bool)])
+print("models whose whole self misses the target loss on the train prompts:", missed or "none")
+
+# %% [markdown]
+# At width 128 the paper's trade-off shows: the sparser the model, the worse its pretraining loss
+# and the smaller its quote circuit, and every sparse model's circuit is far smaller than the dense
+# baseline's. At width 64 most models cannot reach the target loss on this task even with every
+# node kept (their whole-model task loss is above 0.12), so they have no circuit at this target;
+# the frontier at our scale is mostly a width-128 story.
 
 # %% [markdown]
 # ## Explore: a task and a target loss
@@ -582,6 +660,7 @@ plt.show()
 # shows its first setting.
 
 # %%
+# NBVAL_SKIP (interactive only; papermill runs it in the ci test)
 import ipywidgets as widgets  # noqa: E402
 
 
@@ -600,7 +679,7 @@ def show_circuit(task: str = QUOTE, target: float = 0.15):
 
 
 widgets.interact(show_circuit, task=list(zoo.CIRCUIT_TASKS),
-                 target=widgets.FloatSlider(value=0.15, min=0.02, max=0.5, step=0.01));
+                 target=widgets.FloatSlider(value=0.15, min=0.02, max=0.5, step=0.01))
 
 # %% [markdown]
 # ## Top activating examples
@@ -627,13 +706,16 @@ for t, r in table.iterrows():
               holds=bool(r["nodes"] <= 30)),
         Claim(f"circuit_edges_{t}", f"edges in the learned {t} circuit", int(r["edges"]),
               paper="9 (quote)" if t == QUOTE else ("4 (simplified)" if t == BRACKET else None), target="report"),
-        Claim(f"circuit_sufficient_{t}", f"{t}: held-out task loss of the circuit alone", round(float(r["alone loss"]), 4),
+        Claim(f"circuit_sufficient_{t}", f"{t}: held-out task loss of the circuit alone",
+              round(float(r["alone loss"]), 4),
               paper="reaches 0.15", target="<= 0.15", holds=bool(r["alone loss"] <= 0.15)),
         Claim(f"circuit_necessary_{t}", f"{t}: held-out accuracy with the circuit ablated",
-              round(float(r["removed acc"]), 4), paper="destroyed", target="<= 0.6", holds=bool(r["removed acc"] <= 0.6)),
+              round(float(r["removed acc"]), 4), paper="destroyed", target="<= 0.6",
+              holds=bool(r["removed acc"] <= 0.6)),
     ]
 claims += [
-    Claim("sparse_vs_dense_circuit_ratio", "quote circuit edges, dense baseline over sparse model", round(dense_ratio, 3),
+    Claim("sparse_vs_dense_circuit_ratio", "quote circuit edges, dense baseline over sparse model",
+          round(dense_ratio, 3),
           paper="~16", target=">= 4", holds=dense_ratio >= 4),
     Claim("learned_vs_attribution_ratio", "quote circuit edges, attribution pruning over learned masks",
           round(attr_ratio, 3), paper="learned much smaller", target=">= 3", holds=attr_ratio >= 3),
@@ -644,8 +726,14 @@ claims += [
           target="report"),
     Claim("bracket_distractor_acc_drop", "model accuracy drop with a closed nested list before the list",
           round(float(distractor_drop), 4), paper="fails (predicted)", target=">= 0.3", holds=distractor_drop >= 0.3),
+    Claim("bracket_distractor_acc_drop_depth1", "the same on depth-1 prompts (those the distractor can mislead)",
+          round(float(distractor_drop1), 4), paper="fails (predicted)", target="report"),
     Claim("bracket_long_list_acc_drop", "model accuracy drop on long lists", round(float(long_drop), 4),
           paper="fails (predicted)", target=">= 0.3", holds=long_drop >= 0.3),
+    Claim("learned_vs_attribution_ratio_bracket", "bracket circuit edges, attribution over learned",
+          round(float(attr_table.loc[BRACKET, "edge ratio"]), 3), target="report"),
+    Claim("learned_vs_attribution_ratio_set_or_string", "set_or_string circuit edges, attribution over learned",
+          round(float(attr_table.loc[SOS, "edge ratio"]), 3), target="report"),
 ]
 results = write_results("03_circuits", prof, claims)
 claims_table(results)

