@@ -47,10 +47,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from circuitbook.artifacts import load_tensors, save_tensors
 from circuitbook.models.gpt import GPT, AbsTopK, Block, lm_loss
 from circuitbook.sparsity import WeightSparsifier, clip_grad_rms_, sharkfin
-from circuitbook.train import get_batch, load_optimizer, optimizer_tensors, val_batches
+from circuitbook.train import Checkpoint, get_batch, val_batches
 
 # ----------------------------------------------------------------------------- sites
 
@@ -479,23 +478,11 @@ def train_bridged(
     )
     history: list[dict] = []
     start = 0
-    latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
-    if latest is not None and latest.exists():
-        tensors, meta = load_tensors(latest)
-        sparse.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")})
-        bridge.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("bridge.")})
-        load_optimizer(opt, tensors, meta)
+    ckpt = Checkpoint(ckpt_dir, {"sparse": sparse, "bridge": bridge}, opt, cfg.to_dict())
+    if (meta := ckpt.resume()) is not None:
         start, history = meta["step"], meta["history"]
     dev = next(sparse.parameters()).device
     val = [b.to(dev) for b in val_batches(val_tokens, cfg.eval_batches, cfg.batch_size, cfg.n_ctx)]
-
-    def checkpoint(step: int) -> None:
-        if latest is None:
-            return
-        ot, om = optimizer_tensors(opt)
-        st = {f"sparse.{k}": v for k, v in sparse.state_dict().items()}
-        bt = {f"bridge.{k}": v for k, v in bridge.state_dict().items()}
-        save_tensors(latest, {**st, **bt, **ot}, {"step": step, "history": history, "config": cfg.to_dict(), **om})
 
     frozen = [(p, p.requires_grad) for p in dense.parameters()]
     dense_was_training = dense.training
@@ -533,7 +520,7 @@ def train_bridged(
                 bar.set_postfix(total=f"{vals['total']:.3f}", val=f"{row['val_total']:.3f}")
             history.append(row)
             if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
-                checkpoint(done)
+                ckpt.save(done, history)
             if stop_at is not None and done >= stop_at:
                 break
         bar.close()

@@ -127,6 +127,41 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+class Checkpoint:
+    """`ckpt_dir/latest.safetensors` of a training loop: each module's weights (keys `<name>.<param>`), the
+    optimizer state and a meta (step, history, config, extras). Shared by every loop of the book (`train`,
+    `bridges.train_bridged`, `models.vlm.train_vlm`). A checkpoint written with another config is discarded
+    with a warning rather than resumed; `ckpt_dir=None` turns checkpointing off."""
+
+    def __init__(self, ckpt_dir: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+                 config: dict):
+        self.path = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
+        self.modules, self.opt, self.config = modules, opt, config
+
+    def resume(self) -> dict | None:
+        """Load the checkpoint into the modules and the optimizer; returns its meta, or None if there is none."""
+        if self.path is None or not self.path.exists():
+            return None
+        tensors, meta = load_tensors(self.path)
+        if meta["config"] != self.config:
+            warnings.warn(f"{self.path} was written by a run with another config; starting from scratch",
+                          stacklevel=3)
+            self.path.unlink()
+            return None
+        for name, module in self.modules.items():
+            n = len(name) + 1
+            module.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+        load_optimizer(self.opt, tensors, meta)
+        return meta
+
+    def save(self, step: int, history: list[dict], **extra) -> None:
+        if self.path is None:
+            return
+        ot, om = optimizer_tensors(self.opt)
+        mt = {f"{name}.{k}": v for name, m in self.modules.items() for k, v in m.state_dict().items()}
+        save_tensors(self.path, {**mt, **ot}, {"step": step, "history": history, "config": self.config, **extra, **om})
+
+
 def train(
     model: torch.nn.Module,
     train_tokens: np.ndarray,
@@ -163,26 +198,12 @@ def train(
     history: list[dict] = []
     kept: dict[int, dict[str, torch.Tensor]] = {}
     start = 0
-    latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
-    if latest is not None and latest.exists() and load_tensors(latest)[1]["config"] != cfg.to_dict():
-        warnings.warn(f"{latest} was written by a run with another config; starting from scratch", stacklevel=2)
-        latest.unlink()
-    if latest is not None and latest.exists():
-        tensors, meta = load_tensors(latest)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optimizer(opt, tensors, meta)
+    ckpt = Checkpoint(ckpt_dir, {"model": model}, opt, cfg.to_dict())
+    if (meta := ckpt.resume()) is not None:
         start, history = meta["step"], meta["history"]
         for s in meta["kept"]:
             kept[s] = load_tensors(Path(ckpt_dir) / f"kept_{s}.safetensors")[0]
     val = val_batches(val_tokens, cfg.eval_batches, cfg.batch_size, cfg.n_ctx)
-
-    def checkpoint(step: int) -> None:
-        if latest is None:
-            return
-        ot, om = optimizer_tensors(opt)
-        mt = {f"model.{k}": v for k, v in model.state_dict().items()}
-        meta = {"step": step, "history": history, "kept": sorted(kept), "config": cfg.to_dict(), **om}
-        save_tensors(latest, {**mt, **ot}, meta)
 
     model.train()
     t0, tokens_seen = time.perf_counter(), 0
@@ -212,7 +233,7 @@ def train(
             if ckpt_dir is not None:
                 save_tensors(Path(ckpt_dir) / f"kept_{done}.safetensors", kept[done], {"step": done})
         if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
-            checkpoint(done)
+            ckpt.save(done, history, kept=sorted(kept))
         if stop_at is not None and done >= stop_at:
             break
     bar.close()

@@ -61,33 +61,6 @@ TOY_CONFIGS: dict[str, dict[str, Any]] = {
         },
         "note": "paper: batch 4096, 10k steps; here batch 1024, 8k steps (about 2 min on one core)",
     },
-    "tms_5_2_id": {
-        "target": {
-            "kind": "tms",
-            "n_features": 5,
-            "n_hidden": 2,
-            "identity": True,
-            "full": {"steps": 10_000, "batch_size": 1024, "lr": 5e-3},
-            "ci": {"steps": 1_000, "batch_size": 512, "lr": 5e-3},
-        },
-        "C": {"linear1": 20, "hidden": 20, "linear2": 20},
-        "tie": ("linear1", "linear2"),
-        "full": {
-            "steps": 8_000,
-            "batch_size": 1024,
-            "lr": 1e-3,
-            "lr_schedule": "cosine",
-            "importance": {"coeff": 3e-3, "p": 1.0},
-        },
-        "ci": {
-            "steps": 300,
-            "batch_size": 256,
-            "lr": 1e-3,
-            "lr_schedule": "cosine",
-            "importance": {"coeff": 3e-3, "p": 1.0},
-        },
-        "note": "TMS 5-2 with a 2x2 identity inserted in the hidden layer; settings as tms_5_2",
-    },
     "tms_40_10": {
         "target": {
             "kind": "tms",
@@ -145,6 +118,13 @@ TOY_CONFIGS: dict[str, dict[str, Any]] = {
         "note": "paper: batch 2048, 20k steps; here batch 512, 4k steps",
     },
 }
+
+# TMS 5-2 with a 2x2 identity inserted in the hidden layer: tms_5_2's settings, one more decomposed matrix
+TOY_CONFIGS["tms_5_2_id"] = copy.deepcopy(TOY_CONFIGS["tms_5_2"]) | {
+    "C": {"linear1": 20, "hidden": 20, "linear2": 20},
+    "note": "TMS 5-2 with a 2x2 identity inserted in the hidden layer; settings as tms_5_2",
+}
+TOY_CONFIGS["tms_5_2_id"]["target"]["identity"] = True
 
 VPD_EXTRA: dict[str, Any] = {"pgd": {"coeff": 1.0, "n_ascent": 2, "routing": True}, "frequency": None}
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,9 +42,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from circuitbook.artifacts import load_tensors, save_tensors
 from circuitbook.models.gpt import GPT, Block, GPTConfig, Norm, lm_loss
-from circuitbook.train import clip_gradients, cosine_schedule, get_batch, load_optimizer, optimizer_tensors
+from circuitbook.train import Checkpoint, clip_gradients, cosine_schedule, get_batch
 
 
 @dataclass
@@ -424,22 +422,9 @@ def train_vlm(
     schedule = cosine_schedule(cfg.warmup_frac)
     history: list[dict] = []
     start = 0
-    latest = Path(ckpt_dir) / "latest.safetensors" if ckpt_dir else None
-    if latest is not None and latest.exists() and load_tensors(latest)[1]["config"] != cfg.to_dict():
-        warnings.warn(f"{latest} was written by a run with another config; starting from scratch", stacklevel=2)
-        latest.unlink()
-    if latest is not None and latest.exists():
-        tensors, meta = load_tensors(latest)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optimizer(opt, tensors, meta)
+    ckpt = Checkpoint(ckpt_dir, {"model": model}, opt, cfg.to_dict())
+    if (meta := ckpt.resume()) is not None:
         start, history = meta["step"], meta["history"]
-
-    def checkpoint(step: int) -> None:
-        if latest is None:
-            return
-        ot, om = optimizer_tensors(opt)
-        mt = {f"model.{k}": v for k, v in model.state_dict().items()}
-        save_tensors(latest, {**mt, **ot}, {"step": step, "history": history, "config": cfg.to_dict(), **om})
 
     model.train()
     t0 = time.perf_counter()
@@ -473,7 +458,7 @@ def train_vlm(
             bar.set_postfix(loss=f"{loss_pairs.item():.3f}")
         history.append(row)
         if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
-            checkpoint(done)
+            ckpt.save(done, history)
         if stop_at is not None and done >= stop_at:
             break
     bar.close()
