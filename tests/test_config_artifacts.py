@@ -52,6 +52,18 @@ def test_load_or_train_trains_once_then_loads_and_rejects_other_config(tmp_data)
     assert artifacts.verify_manifest() == []
 
 
+def test_stale_generated_cache_is_trained_again(tmp_data):
+    calls = []
+
+    def fit():
+        calls.append(1)
+        return {"w": torch.full((2,), float(len(calls)))}, {}
+
+    artifacts.load_or_train("m", "ci", fit, {"lr": 1})
+    t, meta = artifacts.load_or_train("m", "ci", fit, {"lr": 2})  # ci is generated, not shipped: no error
+    assert len(calls) == 2 and meta["config"] == {"lr": 2} and float(t["w"][0]) == 2.0
+
+
 def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     p = tmp_path / "a.safetensors"
     artifacts.save_tensors(p, {"w": torch.zeros(3)}, {"v": 1})

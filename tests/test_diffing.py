@@ -297,3 +297,58 @@ def test_sae_track_alignment_drift_and_transitions():
     # windows.flatten()[[0, 7, 14, 21]] are all token 0 (token-level); [0..3] are four different tokens
     top_a[1] = torch.tensor([0, 7, 14, 22])
     assert df.classify_transitions(top_a, top_b, windows, prog) == ["maintain", "shift", "group", "other"]
+    # the same token at other positions is still "maintain"; the same rows' token changing is not
+    top_b[0] = torch.tensor([28, 35, 42, 49])  # all token 0 again
+    assert df.classify_transitions(top_a, top_b, windows, prog)[0] == "maintain"
+    top_b[0] = torch.tensor([29, 36, 43, 50])  # all token 1: a token-level feature that moved
+    assert df.classify_transitions(top_a, top_b, windows, prog)[0] == "shift"
+    mode, share = df.top_token(top_a, windows)
+    assert mode.tolist()[:2] == [0, 0] and share.tolist()[:2] == [1.0, 0.75]
+
+
+def test_steering_hook_at_one_position_only():
+    model = tiny_gpt()
+    site = "blocks.0.hook_resid_post"
+    tokens = torch.randint(0, 512, (2, 12))
+    d = torch.randn(16)
+    seen = {}
+
+    def grab(key):
+        def f(act, hook):
+            seen[key] = act.detach().clone()
+        return f
+
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(site, grab("plain"))])
+        model.run_with_hooks(tokens, fwd_hooks=[(site, df.steering_hook(d, 3.0, position=11)), (site, grab("s"))])
+    diff = seen["s"] - seen["plain"]
+    torch.testing.assert_close(diff[:, 11], (3.0 * d).expand(2, 16), atol=1e-5, rtol=0)
+    assert diff[:, :11].abs().max() == 0  # nothing else moved
+
+
+def test_best_steering_takes_highest_rate_earliest_on_ties():
+    rows = [{"feature": 1, "where": "all", "alpha": a, "starts": 0.0, "contains": c}
+            for a, c in ((1, 0.1), (2, 0.3), (4, 0.3), (8, 0.0))]
+    assert df.best_steering(rows)["alpha"] == 2
+    rows[2]["starts"] = 0.1  # a tie on "contains" goes to the higher "starts"
+    assert df.best_steering(rows)["alpha"] == 4
+
+
+def test_running_mean_and_recursive_init_reaches_scratch_fvu_sooner():
+    np.testing.assert_allclose(df.running_mean([4, 2, 0, 2], 2), [4, 3, 1, 1])
+    # a planted sparse dictionary: 32 unit directions in 16 dims, 3 active per sample
+    g = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=1)
+    z = torch.zeros(4000, 32)
+    idx = torch.rand(4000, 32, generator=g).argsort(1)[:, :3]
+    z.scatter_(1, idx, torch.rand(4000, 3, generator=g) + 0.5)
+    x = z @ D
+    from circuitbook.dictionaries.sae import train_sae
+
+    prev, _ = train_sae(x, 32, 3, steps=300, batch_size=128, lr=3e-3, progress=False)  # on the same data
+    r = df.recursive_vs_scratch(x, prev, steps=300, batch_size=128, lr=3e-3, progress=False)
+    assert r["target"] < 0.3  # the planted dictionary is learnable
+    assert r["steps_recursive"] is not None and r["steps_recursive"] < r["steps_scratch"]
+    assert r["ratio"] == r["steps_recursive"] / r["steps_scratch"] < 0.5
+    assert r["first_step_fvu"]["recursive"] < r["first_step_fvu"]["scratch"]
+    assert len(r["curve_scratch"]) == len(r["curve_recursive"]) == 30

