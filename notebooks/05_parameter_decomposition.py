@@ -24,12 +24,18 @@
 # toy models whose right answer we know: the toy model of superposition {cite}`elhage2022tms`
 # (TMS) and a residual MLP doing compressed computation. Then we replace SPD's *random* ablations
 # by *adversarial* ones (VPD, Goodfire 2026 {cite}`goodfire2026vpd`) and measure what that buys under attack.
+# Finally we decompose the book's small GPT with VPD, label a few of its subcomponents, and try to
+# remove one behaviour (closing a string with the quote that opened it) by deleting the
+# subcomponents behind it from the weights.
 #
 # **What the papers claim.** On TMS 5-2 and 40-10, SPD recovers exactly one subcomponent per
 # feature: mean max cosine similarity (MMCS) 1.000 with the columns of W, norm ratio (ML2R)
 # 0.99–1.03, and as many alive subcomponents as features. On the residual MLP, the input matrix
 # splits into 100 subcomponents, one per feature. VPD's adversarially trained decompositions keep
-# the output faithful under mask attacks where random-mask training gives no guarantee.
+# the output faithful under mask attacks where random-mask training gives no guarantee. On a
+# 4-layer language model, VPD's decomposition nearly matches the target (CE 2.72 vs 2.71, as the
+# paper reports it) with about 205 of 9,972 alive subcomponents active per token, and components
+# can be labelled and edited to change specific predictions.
 
 # %%
 # Colab only: fetch the book and install its library (does nothing elsewhere).
@@ -51,14 +57,17 @@ retrain = False
 
 # %%
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 
 from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook.config import pick
+from circuitbook.data.tasks import TaskBatch
 from circuitbook.decomposition import (TOY_CONFIGS, adversarial_attack, feature_matches, lower_leaky_hard_sigmoid,
                                        random_mask_loss, single_feature_ci, toy_decomposition, toy_inputs,
                                        toy_metrics, toy_target, upper_leaky_hard_sigmoid)
-from circuitbook.decomposition.lm import (LM_CONFIGS, ablation_ce_delta, component_ci, lm_decomposition, lm_eval,
-                                          token_purity, window_fn)
+from circuitbook.decomposition.lm import (LM_CONFIGS, component_ci, lm_decomposition, lm_eval, select_edit,
+                                          task_last_logits, task_metrics, text_ce, token_purity, window_fn)
 from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
@@ -327,22 +336,56 @@ plt.show()
 #
 # The same machinery on chapter 1's dense GPT (4 layers, d_model 128, trained on Python source):
 # every attention matrix ($W_Q, W_K, W_V, W_O$) and MLP matrix ($W_{in}, W_{out}$) of every layer
-# is decomposed, 24 matrices in all. The divergence is now KL(target ‖ masked) over next-token
-# distributions; the losses are VPD's: stochastic reconstruction, the persistent-PGD adversarial
-# reconstruction with subset routing, importance minimality with p annealed from 2 to 1,
-# and a strong faithfulness term so that $UV^\top$ stays equal to $W$. The paper trains for hours
-# on GPUs; we train for a few thousand steps on one CPU core, so expect a rougher decomposition.
+# is decomposed, 24 matrices with 128 subcomponents each (3,072 in all; 128 is each matrix's rank).
+# The divergence is now KL(target ‖ masked) over next-token distributions; the losses are VPD's:
+# stochastic reconstruction, the persistent-PGD adversarial reconstruction with subset routing,
+# importance minimality, and a strong faithfulness term so that $UV^\top$ stays equal to $W$.
+#
+# Two settings differ from the toys, both taken from the reference code's language-model configs.
+# The causal importances of a matrix come from **one shared MLP on the layer's whole input vector**
+# ($d_{in} \to 128$ GELU $\to C$) instead of one tiny MLP per subcomponent on its scalar inner
+# activation $v_c^\top x$: a scalar cannot tell apart two contexts that load a subcomponent equally,
+# the input vector can. And the exponent of the importance penalty anneals from $p = 2$ to
+# $p = 0.5$ (the reference goes to 0.5 or 0.3): below $p = 1$ the penalty is steepest near zero, so
+# small importances are pushed to exactly zero rather than left at 0.1–0.3.
+#
+# The reference configuration decomposes a 67M-parameter model for 400k steps of 32 sequences of
+# 512 tokens on GPUs; we run 5,000 steps of 4 windows of 64 tokens on one CPU core (about five
+# thousand times fewer tokens), so expect a rougher decomposition. Every 250 steps the run logged
+# the CI-masked model's CE ratio, L0 and alive count on 16 fixed held-out windows.
 
 # %%
 gpt, _ = zoo.dense_baseline(prof)
 tok = zoo.tokenizer(prof)
 streams = zoo.token_streams(prof, tok)
 lm_cfg = LM_CONFIGS[prof.name]
-vpd_lm, lm_meta = lm_decomposition(gpt, streams["train"], prof, seed, retrain)
+vpd_lm, lm_meta = lm_decomposition(gpt, streams["train"], prof, val_stream=streams["val"], seed=seed, retrain=retrain)
 lm_val = window_fn(streams["val"], lm_cfg["n_ctx"])(16 if prof.is_ci else 128, torch.Generator().manual_seed(seed))
 ev = lm_eval(vpd_lm.model, lm_val)
 print(f"VPD on the GPT: {len(vpd_lm.model.names)} matrices, {ev['total']} subcomponents; "
       f"{lm_cfg['steps']} steps x {lm_cfg['batch_size']} x {lm_cfg['n_ctx']} tokens, trained in {vpd_lm.seconds:.0f} s")
+
+# %%
+h = vpd_lm.history
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+axes[0].plot(h["step"], h["stochastic_recon"], lw=0.8, label="stochastic masks")
+axes[0].plot(h["step"], h["pgd_recon"], lw=0.8, label="adversarial masks (persistent PGD)")
+axes[0].set(yscale="log", xlabel="step", title="reconstruction KL on training batches")
+axes[0].legend(fontsize=8)
+axes[1].plot(h["eval_step"][1:], h["eval/ce_ratio"][1:], "o-", ms=3)  # after the first evaluation (step 0)
+axes[1].axhline(1.0, color="gray", lw=0.8, ls="--")
+axes[1].set(xlabel="step", title="CE ratio, CI-masked model / target")
+axes[2].plot(h["eval_step"], h["eval/l0"], "o-", ms=3, color="C1", label="L0 per position")
+axes[2].plot(h["eval_step"], h["eval/alive"], "s-", ms=3, color="C2", label="alive")
+axes[2].set(xlabel="step", yscale="log", title="subcomponents (16 held-out windows)")
+axes[2].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The evaluation below uses 128 held-out windows. The CI-masked model keeps each subcomponent at
+# exactly its causal importance ($m = g$, so unimportant ones are fully ablated, in all 24 matrices
+# at once) and drops the Δ-component; its CE is compared with the target's.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -351,6 +394,16 @@ print(f"CE target {ev['ce_target']:.3f}, CI-masked model {ev['ce_masked']:.3f} (
       f"KL {ev['kl_masked']:.3f}")
 print(f"alive {ev['alive']} of {ev['total']}; L0 per position {ev['l0_per_position']:.1f} "
       f"({ev['l0_per_position'] / max(ev['alive'], 1):.1%} of alive)")
+
+# %% [markdown]
+# Read these against the paper's. The CI-masked model's CE comes close to the target's, though
+# not as close as the paper's, so the causal importances do pick out most of what each token
+# needs. Sparsity is where we fall short: over a quarter of the alive subcomponents are important
+# at a typical position, against about 2% in the paper, and almost every subcomponent is alive
+# somewhere. The training curves show CE ratio, L0 and alive count falling throughout the run and
+# flattening only as the learning rate decays to zero: with C equal to each matrix's rank and a
+# few thousand steps of small batches, the decomposition has not found the sparse structure the
+# paper reports, and a longer run is the obvious next step.
 
 # %%
 names = vpd_lm.model.names
@@ -401,21 +454,105 @@ for n, c, count, purity, t, ci_c in labels:
         print("    " + line)
 
 # %% [markdown]
-# **An edit.** Remove one subcomponent from its matrix ($W \to W - u_c v_c^\top$, nothing else
-# changes) and measure the change in next-token loss where the subcomponent is important
-# ($g > 0.5$) and everywhere else. We try each of the three labelled subcomponents and keep the one
-# whose removal changes its own positions the most.
+# ## An edit: removing the subcomponents that close strings
+#
+# Can we find the subcomponents behind one behaviour and take them out of the weights, leaving
+# everything else alone? The behaviour: closing a Python string with the quote that opened it
+# (chapter 3's `single_double_quote` task: each prompt ends inside a string; the correct next token
+# is the opening quote, the contrasting one the other quote). Everything is chosen on the task's
+# *training* prompts and on *training* text, and measured once on held-out prompts and held-out text.
+#
+# 1. **Attribution.** For each of the 3,072 subcomponents, the first-order change of the logit
+#    difference (correct − wrong quote) when its mask goes from 1 to 0 at every position:
+#    $-\sum_t \partial\,\mathrm{LD} / \partial m_{c,t}$, one backward pass for all of them.
+# 2. **Screening.** The 40 best are removed one at a time ($W \to W - u_c v_c^\top$): the drop of
+#    the logit difference, and the CE increase on training text (its off-target cost).
+# 3. **Selection.** Most specific first (drop per unit of cost), a candidate is kept while the
+#    joint removal costs at most 0.01 nats of CE on the training text.
+
+# %%
+edit_task = "single_double_quote"
+sets = zoo.task_sets(prof, tok, seed)
+n_sel = pick(prof, ci=32, full=160)
+fields = ("tokens", "last", "correct", "wrong", "labels")
+sel_batch = TaskBatch(*(getattr(sets.train[edit_task], f)[:n_sel] for f in fields))  # training prompts
+text_train = window_fn(streams["train"], lm_cfg["n_ctx"])(pick(prof, ci=8, full=48),
+                                                          torch.Generator().manual_seed(seed + 2))
+removal, candidates = select_edit(vpd_lm.model, sel_batch, text_train, n_candidates=pick(prof, ci=4, full=40),
+                                  budget=0.01)
+cand = pd.DataFrame(candidates).set_index(["name", "c"])  # most specific first
+print(cand.head(15).round(4).to_string())
+n_removed = sum(len(v) for v in removal.values())
+print(f"... {len(cand)} candidates screened; removed {n_removed}: {removal}")
+
+# %% [markdown]
+# Now the held-out measurement. The target behaviour: the correct quote's next-token CE (over the
+# whole vocabulary) on the held-out prompts, with the logit difference and accuracy beside it. The
+# off-target effect: the CE change on the 128 held-out windows of ordinary code. As a control, the
+# same number of subcomponents drawn at random from the same matrices (among those alive) is removed.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-edits = []
-for n, c, _, _, t, ci_c in labels:
-    d_ce = ablation_ce_delta(vpd_lm.model, lm_val, n, c)  # [N, T-1]
-    on_target = ci_c[:, :-1] > 0.5  # positions where the subcomponent is important
-    edits.append((float(d_ce[on_target].mean()), float(d_ce[~on_target].mean()), int(on_target.sum()), n, c, t))
-    print(f"removing {n} #{c} (label {tok.decode([t])!r}): CE change {edits[-1][0]:+.4f} nats where it is "
-          f"important ({edits[-1][2]} positions), {edits[-1][1]:+.4f} elsewhere")
-edit_target, edit_off, _, edit_n, edit_c, _ = max(edits)
+test_b = sets.test[edit_task]
+m0 = task_metrics(task_last_logits(vpd_lm.model, test_b), test_b)
+m1 = task_metrics(task_last_logits(vpd_lm.model, test_b, removal), test_b)
+ce0_val = text_ce(vpd_lm.model, lm_val)
+d_val = text_ce(vpd_lm.model, lm_val, removal) - ce0_val  # [N, T-1]
+edit_target = float((m1["ce"] - m0["ce"]).mean())
+edit_off = float(d_val.mean())
+print(f"held-out quote prompts ({len(test_b.tokens)}): correct-quote CE {float(m0['ce'].mean()):.3f} -> "
+      f"{float(m1['ce'].mean()):.3f} ({edit_target:+.3f} nats); logit difference {float(m0['ld'].mean()):.2f} -> "
+      f"{float(m1['ld'].mean()):.2f}; accuracy {float(m0['acc'].mean()):.3f} -> {float(m1['acc'].mean()):.3f}")
+for lab, q in ((0, "'"), (1, '"')):
+    sel = test_b.labels == lab
+    print(f"    strings opened with {q}: accuracy {float(m0['acc'][sel].mean()):.3f} -> "
+          f"{float(m1['acc'][sel].mean()):.3f}")
+quote_ids = torch.tensor([tok.single_token(q) for q in ("'", '"')])
+at_quote = torch.isin(lm_val[:, 1:], quote_ids)  # held-out positions whose next token is a bare quote
+print(f"held-out text: CE change {edit_off:+.4f} nats over all {d_val.numel()} positions; "
+      f"{float(d_val[at_quote].mean()):+.4f} at the {int(at_quote.sum())} positions that close or open a string "
+      f"with a bare quote, {float(d_val[~at_quote].mean()):+.4f} elsewhere")
+gen = torch.Generator().manual_seed(seed + 3)
+ctrl = []
+for _ in range(5):
+    rnd = {}
+    for n, cs in removal.items():
+        pool = torch.nonzero(ev["density"][n] > 0).flatten()
+        rnd[n] = pool[torch.randperm(len(pool), generator=gen)[: len(cs)]].tolist()
+    m_rnd = task_metrics(task_last_logits(vpd_lm.model, test_b, rnd), test_b)
+    ctrl.append((float((m_rnd["ce"] - m0["ce"]).mean()), float((text_ce(vpd_lm.model, lm_val, rnd) - ce0_val).mean())))
+print(f"control, {n_removed} random alive subcomponents from the same matrices (5 draws): quote CE change "
+      f"{sum(c[0] for c in ctrl) / 5:+.3f} nats, text CE change {sum(c[1] for c in ctrl) / 5:+.4f}")
+
+# %%
+ctrl_quote, ctrl_text = sum(c[0] for c in ctrl) / len(ctrl), sum(c[1] for c in ctrl) / len(ctrl)
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
+bins = torch.linspace(float(min(m0["ld"].min(), m1["ld"].min())), float(max(m0["ld"].max(), m1["ld"].max())), 40)
+axes[0].hist(m0["ld"].numpy(), bins=bins.numpy(), alpha=0.6, label="target")
+axes[0].hist(m1["ld"].numpy(), bins=bins.numpy(), alpha=0.6, label=f"{n_removed} quote subcomponents removed")
+axes[0].axvline(0, color="k", lw=0.8)
+axes[0].set(xlabel="logit difference, correct − wrong quote", ylabel="held-out prompts")
+axes[0].legend(fontsize=8)
+bars = {"quote prompts:\ncorrect quote": edit_target, "code: all\npositions": edit_off,
+        "code: before\na bare quote": float(d_val[at_quote].mean()),
+        "control: quote\nprompts": ctrl_quote, "control:\ncode": ctrl_text}
+axes[1].bar(range(len(bars)), list(bars.values()), color=["C3", "C0", "C1", "C7", "C7"])
+axes[1].set_xticks(range(len(bars)))
+axes[1].set_xticklabels(list(bars), fontsize=8)
+axes[1].axhline(0, color="k", lw=0.8)
+axes[1].set(ylabel="held-out CE change (nats)", title="effect of the removal")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The removal is specific: it lowers the margin for the right quote on held-out prompts and raises
+# the loss where real code closes a string with a bare quote, while ordinary code barely changes;
+# removing the same number of random subcomponents from the same matrices costs as much on ordinary
+# code but hardly touches the quotes. It is also partial: the model still picks the right quote on
+# almost every prompt, because its margin was large to begin with and behaviours in this model are
+# spread over many subcomponents. Taking out more of them would push the cost on ordinary text past
+# "almost unchanged"; the paper's single-component edits rely on a far sparser decomposition than
+# ours.
 
 # %% [markdown]
 # ## Claims
@@ -443,9 +580,10 @@ claims = [
           paper="9,972 of 38,912", target="report"),
     Claim("lm_l0_per_position", "GPT: mean number of subcomponents with g > 0.1 per position",
           round(ev["l0_per_position"], 2), paper="about 205 (2.1% of alive)", target="report"),
-    Claim("lm_edit_target_delta", f"GPT: CE change where the removed subcomponent ({edit_n} #{edit_c}) is important",
+    Claim("lm_edit_target_delta",
+          f"GPT: held-out CE change of the correct closing quote after removing {n_removed} quote subcomponents (nats)",
           round(edit_target, 4), target="report"),
-    Claim("lm_edit_offtarget_delta", "GPT: CE change elsewhere after the same removal (nats)",
+    Claim("lm_edit_offtarget_delta", "GPT: held-out CE change on ordinary code after the same removal (nats)",
           round(edit_off, 4), target="report"),
 ]
 results = write_results("05_parameter_decomposition", prof, claims)

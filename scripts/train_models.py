@@ -63,9 +63,31 @@ def ch4(profile: str) -> None:
     print(f"bridged pair: {meta['metrics']['history'][-1]} ({time.time() - t0:.0f}s)", flush=True)
 
 
+def ch6(profile: str) -> None:
+    """Chapter 6's VLM (resumes from data/scratch after an interruption), then its two transcoder sets."""
+    t0 = time.time()
+    _, meta = zoo.vlm(profile)
+    print(f"vlm: {meta['metrics']['history'][-1]} ({time.time() - t0:.0f}s)", flush=True)
+    for kind in ("text", "multimodal"):
+        t0 = time.time()
+        _, meta = zoo.vlm_transcoders(profile, kind)
+        print(f"transcoders {kind}: {meta['metrics']} ({time.time() - t0:.0f}s)", flush=True)
+
+
+def ch5(profile: str) -> None:
+    """Chapter 5's VPD of the dense GPT (resumes from data/scratch after an interruption)."""
+    from circuitbook.decomposition.lm import lm_decomposition
+
+    t0 = time.time()
+    streams = zoo.token_streams(profile)
+    d, _ = lm_decomposition(zoo.dense_baseline(profile)[0], streams["train"], profile, val_stream=streams["val"],
+                            retrain=True)
+    print(f"vpd_lm: {d.seconds:.0f}s of training ({time.time() - t0:.0f}s in this call)", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["ch1", "ch2", "ch2_clip", "ch3", "ch3_frontier", "ch4"])
+    ap.add_argument("what", choices=["ch1", "ch2", "ch2_clip", "ch3", "ch3_frontier", "ch4", "ch5", "ch6"])
     ap.add_argument("--profile", default="full")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--widths", type=int, nargs="*")

@@ -337,3 +337,40 @@ def test_supernodes_merge_links_and_the_view_draws():
     fig = plot_graph(merged)
     names = {t.name for t in fig.data if t.name}
     assert {"supernode", "embedding", "logit"} <= names
+
+
+# ---- a transcoder that is the true MLP ----------------------------------------------------------------
+
+
+def linear_transcoder(W: torch.Tensor, b: torch.Tensor) -> Transcoder:
+    """A transcoder equal to the linear map x -> W x + b: features relu(x_i) and relu(-x_i), all kept (k = 2d),
+    decoded by W and -W, so W relu(x) - W relu(-x) + b = W x + b exactly."""
+    d = W.shape[1]
+    eye = torch.eye(d, dtype=W.dtype)
+    return Transcoder.from_weights(torch.cat([eye, -eye]), torch.zeros(2 * d, dtype=W.dtype), torch.cat([W, -W], 1),
+                                   b.clone(), k=2 * d).to(W.dtype)
+
+
+def test_transcoder_equal_to_a_linear_mlp_has_zero_fvu_and_zero_error_nodes():
+    from circuitbook.dictionaries.sae import evaluate
+
+    g = random_gpt(dtype=torch.float64)
+    torch.manual_seed(3)
+    mlps = [torch.nn.Linear(D, D).double() for _ in range(L)]
+    for block, lin in zip(g.blocks, mlps):
+        block.mlp = lin  # a linear toy: each MLP is an affine map
+    tcs = [linear_transcoder(lin.weight.detach(), lin.bias.detach()) for lin in mlps]
+    X = torch.randn(500, D, dtype=torch.float64)
+    with torch.no_grad():
+        Y = mlps[0](X)
+    assert evaluate(tcs[0], (X, Y))["fvu"] < 1e-20
+    off = Transcoder.from_weights(tcs[0].W_enc, tcs[0].b_enc, tcs[0].W_dec * 1.01, tcs[0].b_dec,
+                                  k=2 * D).double()
+    assert evaluate(off, (X, Y))["fvu"] > 1e-5  # the measure sees a 1% error in the decoder
+    # in a graph, the transcoders explain every MLP exactly: every error node carries nothing
+    tokens = torch.randint(0, V, (9,), generator=torch.Generator().manual_seed(7))
+    G = attribute_gpt(g, tokens, tcs, logit_tokens=[1, 2])
+    assert float(G.activation[G.slices()["errors"]].max()) < 1e-12
+    assert float(G.completeness_error().max()) < 1e-10
+    with_off = attribute_gpt(g, tokens, [off, *tcs[1:]], logit_tokens=[1, 2])
+    assert float(with_off.activation[with_off.slices()["errors"]].max()) > 1e-4

@@ -294,3 +294,105 @@ def test_toy_artifacts_round_trip(tmp_path, monkeypatch):
     # a changed setting is never silently loaded: a generated (ci) cache entry is trained again
     _, m3 = toy_decomposition("tms_5_2", target, "ci", progress=False, steps=21)
     assert m3["config"] != m2["config"] and m3["metrics"]["seconds"] != m2["metrics"]["seconds"]
+
+
+def exact_gpt_components(ci_fn: str = "mlp") -> tuple[torch.nn.Module, ComponentModel]:
+    """The tiny GPT with every matrix decomposed exactly (C = d_in, U = W, V = I)."""
+    from circuitbook.decomposition.lm import LM_CONFIGS, lm_C
+
+    gpt = tiny_gpt()
+    mods = dict(gpt.named_modules())
+    C = {n: mods[n].in_features for n in lm_C(LM_CONFIGS["ci"])}
+    cm = ComponentModel(gpt, C, ci_hidden=8, ci_fn=ci_fn)
+    for n in cm.names:
+        W = cm.target_weight(n).detach()
+        cm.set_from_weights(n, U=W.clone(), V=torch.eye(W.shape[1]))
+    return gpt, cm
+
+
+def test_shared_mlp_ci_reads_the_input_vector():
+    gpt, cm = exact_gpt_components("shared_mlp")
+    x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(cm.masked_with(x, 1.0), gpt(x), atol=1e-5)
+    _, inputs = cm.run_with_inputs(x)
+    ci = cm.causal_importances(inputs)
+    n = "blocks.0.mlp.W_in"
+    assert ci.lower[n].shape == (2, 16, cm.C[n])
+    fn = cm.ci_fns[n.replace(".", "-")]
+    expected = (fn.fc2(torch.nn.functional.gelu(fn.fc1(inputs[n])))).clamp(0, 1)  # MLP on x, not on x V
+    assert torch.allclose(ci.lower[n], expected, atol=1e-6)
+    with pytest.raises(ValueError):
+        ComponentModel(tiny_gpt(), {n: 4}, ci_fn="nope")
+
+
+def test_edited_logits_is_a_weight_edit():
+    from circuitbook.decomposition.lm import edited_logits
+
+    gpt, cm = exact_gpt_components()
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(edited_logits(cm, x, {}), gpt(x), atol=1e-5)
+    removal = {"blocks.0.mlp.W_out": [1, 7], "blocks.0.attn.W_Q": [3]}
+    edited = tiny_gpt()
+    mods = dict(edited.named_modules())
+    with torch.no_grad():
+        for n, cs in removal.items():
+            mods[n].weight[:, cs] = 0.0  # with V = I, subcomponent c is column c of W
+    out = edited_logits(cm, x, removal)
+    assert torch.allclose(out, edited(x), atol=1e-5) and not torch.allclose(out, gpt(x), atol=1e-3)
+
+
+def test_task_attribution_matches_finite_difference():
+    from circuitbook.data.tasks import TaskBatch, logit_diff
+    from circuitbook.decomposition.lm import task_attribution
+
+    _, cm = exact_gpt_components()
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 50, (4, 12), generator=g)
+    batch = TaskBatch(tokens, torch.tensor([11, 9, 7, 11]), torch.randint(0, 50, (4,), generator=g),
+                      torch.randint(0, 50, (4,), generator=g), torch.zeros(4, dtype=torch.long))
+    attr = task_attribution(cm, batch, chunk=3)  # chunked: the sum over chunks must still be a mean over prompts
+    n, c, eps = "blocks.0.mlp.W_in", 5, 1e-3
+
+    def ld(alpha: float) -> float:
+        m = torch.ones(4, 12, cm.C[n])
+        m[..., c] = alpha
+        return float(logit_diff(cm(tokens, masks={n: m}, deltas={n: torch.zeros_like(cm.target_weight(n))}),
+                                batch).mean())
+
+    fd = (ld(1.0) - ld(1.0 - eps)) / eps  # d LD / d alpha: removing c lowers LD by about this much
+    assert attr[n][c].item() == pytest.approx(fd, rel=2e-2, abs=1e-4) and abs(fd) > 1e-3
+
+
+def test_select_edit_respects_the_budget():
+    from circuitbook.data.tasks import TaskBatch
+    from circuitbook.decomposition.lm import select_edit, text_ce
+
+    _, cm = exact_gpt_components()
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 50, (8, 12), generator=g)
+    batch = TaskBatch(tokens, torch.full((8,), 11), torch.randint(0, 50, (8,), generator=g),
+                      torch.randint(0, 50, (8,), generator=g), torch.zeros(8, dtype=torch.long))
+    text = torch.randint(0, 50, (4, 16), generator=g)
+    for budget in (0.0, 0.05):
+        removal, rows = select_edit(cm, batch, text, n_candidates=6, budget=budget)
+        assert len(rows) == 6 and sum(r["kept"] for r in rows) == sum(len(v) for v in removal.values())
+        assert float((text_ce(cm, text, removal) - text_ce(cm, text)).mean()) <= budget + 1e-6
+        assert all(r["ld_drop"] > 0 for r in rows if r["kept"])
+
+
+def test_decompose_resumes_from_checkpoint(tmp_path):
+    tms = random_tms()
+    data = lambda b, g: sparse_features(b, 5, 0.3, g)  # noqa: E731
+    kw = dict(steps=12, batch_size=32, warmup_steps=0, log_every=1, progress=False, ckpt_dir=tmp_path, ckpt_every=3,
+              ckpt_config={"run": "test"})
+    a = decompose(tms, {"linear1": 6, "linear2": 6}, data, [Faithfulness(1.0), StochasticRecon(1.0)], stop_at=5, **kw)
+    assert a.history["step"] == list(range(6))
+    b = decompose(tms, {"linear1": 6, "linear2": 6}, data, [Faithfulness(1.0), StochasticRecon(1.0)], **kw)
+    assert b.history["step"] == list(range(12))  # steps 0-5 from the checkpoint, 6-11 run now
+    assert b.history["faithfulness"][:6] == a.history["faithfulness"]
+    # a finished run resumes to its end and does no more steps: same weights
+    c = decompose(tms, {"linear1": 6, "linear2": 6}, data, [Faithfulness(1.0), StochasticRecon(1.0)], **kw)
+    assert torch.equal(c.model.component("linear1").U, b.model.component("linear1").U)
+    # another config never resumes
+    with pytest.warns(UserWarning, match="another config"):
+        decompose(tms, {"linear1": 6, "linear2": 6}, data, [Faithfulness(1.0)], **{**kw, "ckpt_config": {"run": 2}})

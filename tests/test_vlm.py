@@ -187,3 +187,32 @@ def test_mlp_io_and_vit_patterns():
     assert pats.shape == (3, 5, 2, 16, 16) and torch.allclose(pats.sum(-1), torch.ones(3, 5, 2, 16))
     maps = rollout_heatmaps(pats[:, 0], range(4), grid=(4, 4), image_size=16, last_k=2, block=2)
     assert maps.shape == (4, 16, 16)
+
+
+def test_rollout_of_identity_attention_is_identity_and_maps_each_image_token_to_its_square():
+    from circuitbook.dictionaries.rollout import attention_rollout
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(vit_layers=2)
+    m = VLM(cfg).eval()
+    eye = torch.eye(cfg.n_patches)
+    hooks = [(f"vit.blocks.{la}.attn.hook_pattern", lambda p, hook: eye.expand_as(p).clone()) for la in range(2)]
+    images = torch.rand(2, 3, 16, 16)
+    with m.hooks(fwd_hooks=hooks):
+        pats = vit_patterns(m, images)  # [layers, B, heads, P, P]
+        tokens_a = m.image_tokens(images)
+        changed = images.clone()
+        changed[:, :, 8:, :] = torch.rand(2, 3, 8, 16)  # repaint the bottom half: image tokens 2 and 3
+        tokens_b = m.image_tokens(changed)
+    assert torch.equal(pats, eye.expand_as(pats))
+    for q in (0.3, 1.0):
+        assert torch.allclose(attention_rollout(pats[:, 0], last_k=2, q=q), eye)
+    # each pooled image token's map is exactly its own 8 x 8 square of pixels ...
+    maps = rollout_heatmaps(pats[:, 0], range(cfg.n_img), (cfg.grid, cfg.grid), 16, last_k=2, block=cfg.pool)
+    for j in range(cfg.n_img):
+        square = torch.zeros(16, 16)
+        square[8 * (j // 2): 8 * (j // 2) + 8, 8 * (j % 2): 8 * (j % 2) + 8] = 1
+        assert torch.equal(maps[j] > 0, square.bool())
+    # ... and with no mixing between patches, a token depends on its own square only
+    assert torch.allclose(tokens_a[:, :2], tokens_b[:, :2], atol=1e-6)
+    assert not torch.allclose(tokens_a[:, 2:], tokens_b[:, 2:], atol=1e-3)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from circuitbook.decomposition.importance import CIMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from circuitbook.decomposition.importance import CIMLP, CISharedMLP, lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 
 
 class LinearComponents(nn.Module):
@@ -76,14 +76,21 @@ class ComponentModel(nn.Module):
 
     `model(x)` runs the target; `model(x, masks={name: m})` runs it with the named layers replaced
     by their masked components (layers not in `masks` keep their original weights).
+    `ci_fn`: "mlp" (one tiny MLP per subcomponent on h_c, the toys) or "shared_mlp" (one MLP per
+    matrix on the layer's input x, hidden width `ci_hidden`; the language model).
     """
 
-    def __init__(self, target: nn.Module, C: dict[str, int], ci_hidden: int = 16, use_delta: bool = True):
+    def __init__(
+        self, target: nn.Module, C: dict[str, int], ci_hidden: int = 16, use_delta: bool = True, ci_fn: str = "mlp"
+    ):
         super().__init__()
         self.target = target.requires_grad_(False)
         self.C = dict(C)
         self.names = list(C)
         self.use_delta = use_delta
+        if ci_fn not in ("mlp", "shared_mlp"):
+            raise ValueError(f"unknown ci_fn {ci_fn!r}")
+        self.ci_fn = ci_fn
         modules = dict(target.named_modules())
         self.components = nn.ModuleDict()
         self.ci_fns = nn.ModuleDict()
@@ -92,7 +99,9 @@ class ComponentModel(nn.Module):
             if not isinstance(lin, nn.Linear):
                 raise ValueError(f"{name!r} is not an nn.Linear in the target (got {type(lin).__name__})")
             self.components[_key(name)] = LinearComponents(lin.in_features, lin.out_features, c, lin.bias)
-            self.ci_fns[_key(name)] = CIMLP(c, ci_hidden)
+            self.ci_fns[_key(name)] = (
+                CIMLP(c, ci_hidden) if ci_fn == "mlp" else CISharedMLP(lin.in_features, c, ci_hidden)
+            )
             lin.register_forward_hook(self._hook(name))
         self._masks: dict[str, torch.Tensor] | None = None
         self._delta_masks: dict[str, torch.Tensor] | None = None
@@ -154,10 +163,10 @@ class ComponentModel(nn.Module):
         return out, {n: cache[n] for n in self.names}
 
     def causal_importances(self, inputs: dict[str, torch.Tensor], detach: bool = False) -> CausalImportances:
-        """g_c(x) = hard-sigmoid(MLP_c(v_cᵀ x)) for each decomposed layer, from the layers' inputs."""
+        """g_c(x) = hard-sigmoid(MLP_c(v_cᵀ x)) (or MLP(x)[c] for "shared_mlp") per decomposed layer."""
         lower, upper = {}, {}
         for n in self.names:
-            h = self.component(n).acts(inputs[n])  # [..., C]
+            h = self.component(n).acts(inputs[n]) if self.ci_fn == "mlp" else inputs[n]  # [..., C] or [..., d_in]
             pre = self.ci_fns[_key(n)](h.detach() if detach else h)  # [..., C]
             lower[n] = lower_leaky_hard_sigmoid(pre)
             upper[n] = upper_leaky_hard_sigmoid(pre)

@@ -7,10 +7,12 @@ the importance MLPs. An optional faithfulness warm-up first fits U Vᵀ to W alo
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from circuitbook.config import seed_everything
 from circuitbook.decomposition.components import ComponentModel
 from circuitbook.decomposition.losses import OutputLoss, Step
 from circuitbook.decomposition.metrics import ci_l0
+from circuitbook.train import Checkpoint
 
 DataFn = Callable[[int, torch.Generator], torch.Tensor]  # (batch_size, generator) -> inputs
 
@@ -64,12 +67,17 @@ def decompose(
     warmup_steps: int = 200,
     use_delta: bool = True,
     ci_hidden: int = 16,
+    ci_fn: str = "mlp",
     output_loss: OutputLoss = "mse",
     tie: tuple[str, str] | None = None,
     seed: int = 0,
     log_every: int = 100,
     eval_fn: Callable[[ComponentModel], dict[str, float]] | None = None,
     eval_every: int | None = None,
+    ckpt_dir: Path | None = None,
+    ckpt_every: int = 250,
+    ckpt_config: dict | None = None,
+    stop_at: int | None = None,
     progress: bool = True,
 ) -> Decomposition:
     """Decompose `target`'s nn.Linear layers named in `C` (name -> number of subcomponents).
@@ -77,9 +85,15 @@ def decompose(
     `losses` are loss objects (Faithfulness, StochasticRecon, ..., PersistentPGDRecon) each with its
     own `coeff`. `tie=(a, b)` starts b's subcomponents as the transpose of a's (TMS: linear2 = linear1ᵀ).
     `eval_fn(model) -> {metric: value}` is logged every `eval_every` steps and at the end.
+
+    With `ckpt_dir`, a `train.Checkpoint` (subcomponents, importance functions, optimizer, history) is
+    written every `ckpt_every` steps and a rerun resumes from it (only if `ckpt_config`, the run's
+    settings, is the same). On resume the data generator is reseeded from (seed, step) and the
+    adversary's persistent sources start afresh; `stop_at` ends the run after that step (a simulated
+    interruption, for tests).
     """
     seed_everything(seed)
-    model = ComponentModel(target, C, ci_hidden=ci_hidden, use_delta=use_delta)
+    model = ComponentModel(target, C, ci_hidden=ci_hidden, use_delta=use_delta, ci_fn=ci_fn)
     if tie is not None:
         a, b = model.component(tie[0]), model.component(tie[1])
         with torch.no_grad():
@@ -95,8 +109,16 @@ def decompose(
     )
     history: dict[str, list[float]] = {"step": []}
     eval_every = eval_every or max(steps // 10, 1)
+    run_config = json.loads(json.dumps({"ckpt_config": ckpt_config, "steps": steps, "batch_size": batch_size,
+                                        "seed": seed}))  # as it reads back from the checkpoint's meta
+    ckpt = Checkpoint(ckpt_dir, {"components": model.components, "ci_fns": model.ci_fns}, opt, run_config)
+    start, seconds_before = 0, 0.0
+    meta = ckpt.resume()
+    if meta is not None:
+        start, history, seconds_before = meta["step"] + 1, meta["history"], meta.get("seconds", 0.0)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="decompose", disable=not progress)
+    bar = tqdm(range(start, steps), desc="decompose", disable=not progress, initial=start, total=steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr * sched(step)
@@ -124,4 +146,8 @@ def decompose(
             with torch.no_grad():
                 for k, v in eval_fn(model).items():
                     history.setdefault(f"eval/{k}", []).append(float(v))
-    return Decomposition(model, history, time.perf_counter() - t0)
+        if ckpt_dir is not None and ((step + 1) % ckpt_every == 0 or step == steps - 1 or step == stop_at):
+            ckpt.save(step, history, seconds=seconds_before + time.perf_counter() - t0)
+        if stop_at is not None and step >= stop_at:
+            break
+    return Decomposition(model, history, seconds_before + time.perf_counter() - t0)

@@ -1,8 +1,12 @@
 """Causal importance: how much of subcomponent c input x needs, g_c(x) ∈ [0, 1].
 
 Each subcomponent has its own tiny MLP on its own inner activation h_c = v_cᵀ x (1 -> 16 GELU -> 1),
-followed by a hard sigmoid clamp(·, 0, 1). A plain clamp has zero gradient outside [0, 1], so a
-subcomponent whose importance fell to 0 could never come back. SPD therefore uses two leaky versions:
+followed by a hard sigmoid clamp(·, 0, 1). That is SPD's choice for toys. For language models the
+reference code uses a *shared* MLP per matrix on the layer's whole input vector x (d_in -> hidden GELU
+-> C), which can tell apart inputs that load a subcomponent equally (`CISharedMLP`).
+
+A plain clamp has zero gradient outside [0, 1], so a subcomponent whose importance fell to 0 could
+never come back. SPD therefore uses two leaky versions:
 
 - lower-leaky, for the masks: below 0 the gradient leaks (× alpha) but only when it pushes g *up*,
   so the reconstruction losses can revive a dead importance;
@@ -60,3 +64,15 @@ class CIMLP(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # [..., C] -> [..., C] (pre-sigmoid)
         z = F.gelu(h.unsqueeze(-1) * self.W1 + self.b1)  # [..., C, H]
         return (z * self.W2).sum(-1) + self.b2
+
+
+class CISharedMLP(nn.Module):
+    """One MLP per matrix on the layer's input vector: x [..., d_in] -> hidden (GELU) -> [..., C] (pre-sigmoid)."""
+
+    def __init__(self, d_in: int, C: int, hidden: int = 128):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))

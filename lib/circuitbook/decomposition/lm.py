@@ -2,11 +2,16 @@
 
 The target is chapter 1's dense baseline (4 layers, d_model 128). Every chosen matrix
 (`blocks.{l}.attn.W_Q` ... `blocks.{l}.mlp.W_out`) gets C rank-one subcomponents; the losses are VPD's
-(stochastic reconstruction with subset routing, persistent-PGD adversarial reconstruction, importance
+(stochastic reconstruction, persistent-PGD adversarial reconstruction with subset routing, importance
 minimality with p annealing, faithfulness) with KL(target ‖ masked) as the divergence.
 
+The causal importances come from one shared MLP per matrix on the layer's input vector (the reference
+code's choice for language models), and p anneals from 2 to 0.5. Training resumes from a checkpoint.
+
 Evaluation helpers: cross-entropy of the CI-masked model, L0 per position, alive subcomponents,
-top-activating tokens of a subcomponent, and an edit (one subcomponent removed from its matrix).
+top-activating tokens of a subcomponent. Edits: `task_attribution` (first-order effect of removing each
+subcomponent on a task's logit difference), `select_edit` (attribution, screening by real removals, a
+greedy set under an off-target budget, all on training data), `edited_logits` (W -> W − Σ u_c v_cᵀ).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from circuitbook.artifacts import load_or_train
-from circuitbook.config import pick
+from circuitbook.config import DATA, get_profile, pick
 from circuitbook.decomposition.components import ComponentModel
 from circuitbook.decomposition.decompose import DataFn, Decomposition, decompose
 from circuitbook.decomposition.losses import Faithfulness, ImportanceMinimality, StochasticRecon
@@ -33,13 +38,15 @@ LM_CONFIGS: dict[str, dict[str, Any]] = {
         "layers": [0, 1, 2, 3],
         "C_attn": 128,
         "C_mlp": 128,
-        "steps": 600,
+        "steps": 5000,
         "batch_size": 4,
         "n_ctx": 64,
         "lr": 1e-3,
         "lr_schedule": "cosine",
         "warmup_steps": 400,
-        "importance": {"coeff": 1e-3, "p": 2.0, "p_final": 1.0},
+        "ci_fn": "shared_mlp",
+        "ci_hidden": 128,
+        "importance": {"coeff": 3e-4, "p": 2.0, "p_final": 0.5},
         "stochastic": 0.5,
         "pgd": {"coeff": 0.5, "n_ascent": 1, "routing": True},
         "faithfulness": 1e4,
@@ -54,7 +61,9 @@ LM_CONFIGS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "lr_schedule": "cosine",
         "warmup_steps": 10,
-        "importance": {"coeff": 1e-3, "p": 2.0, "p_final": 1.0},
+        "ci_fn": "shared_mlp",
+        "ci_hidden": 16,
+        "importance": {"coeff": 3e-4, "p": 2.0, "p_final": 0.5},
         "stochastic": 0.5,
         "pgd": {"coeff": 0.5, "n_ascent": 1, "routing": True},
         "faithfulness": 1e4,
@@ -96,16 +105,28 @@ def lm_decomposition(
     target: nn.Module,
     train_stream: np.ndarray,
     profile: str = "full",
+    val_stream: np.ndarray | None = None,
     seed: int = 0,
     retrain: bool = False,
     progress: bool = True,
     name: str = "vpd_lm",
 ) -> tuple[Decomposition, dict[str, Any]]:
-    """VPD of the GPT `target` (loaded from artifact `name`, or trained on `train_stream` and saved)."""
+    """VPD of the GPT `target` (loaded from artifact `name`, or trained on `train_stream` and saved).
+
+    Training resumes from data/scratch/<profile>/<name>/ after an interruption. With `val_stream`, the
+    CI-masked CE ratio, L0 and alive count on 16 fixed held-out windows are logged during training.
+    """
     cfg = pick(profile, ci=LM_CONFIGS["ci"], full=LM_CONFIGS["full"])
     C = lm_C(cfg)
     config = {"decomposition": cfg, "seed": seed}
     target = copy.deepcopy(target).eval()
+    eval_fn = None
+    if val_stream is not None:
+        val = window_fn(val_stream, cfg["n_ctx"])(16, torch.Generator().manual_seed(seed + 1))
+
+        def eval_fn(model: ComponentModel) -> dict[str, float]:
+            ev = lm_eval(model, val)
+            return {"ce_ratio": ev["ce_masked"] / ev["ce_target"], "l0": ev["l0_per_position"], "alive": ev["alive"]}
 
     def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         d = decompose(
@@ -118,17 +139,29 @@ def lm_decomposition(
             lr=cfg["lr"],
             lr_schedule=cfg["lr_schedule"],
             warmup_steps=cfg["warmup_steps"],
+            ci_fn=cfg.get("ci_fn", "mlp"),
+            ci_hidden=cfg.get("ci_hidden", 16),
             output_loss="kl",
             seed=seed,
-            log_every=max(cfg["steps"] // 100, 1),
+            log_every=max(cfg["steps"] // 200, 1),
+            eval_fn=eval_fn,
+            eval_every=max(cfg["steps"] // 20, 1),
+            ckpt_dir=DATA / "scratch" / get_profile(profile).name / name,
+            ckpt_every=max(cfg["steps"] // 40, 1),
+            ckpt_config=config,
             progress=progress,
         )
-        tensors = {k: v.detach().clone() for k, v in d.model.state_dict().items() if not k.startswith("target.")}
+        tensors = {  # U, V and the CI functions in fp16 (half the size; Δ absorbs the rounding of U Vᵀ),
+            # the target's frozen biases (copied into the components) exact
+            k: v.detach().clone() if k.startswith("components.") and k.endswith(".bias") else v.detach().half()
+            for k, v in d.model.state_dict().items()
+            if not k.startswith("target.")
+        }
         return tensors, {"history": d.history, "seconds": d.seconds}
 
     tensors, meta = load_or_train(name, profile, fit, config, retrain)
-    model = ComponentModel(copy.deepcopy(target), C)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    model = ComponentModel(copy.deepcopy(target), C, ci_hidden=cfg.get("ci_hidden", 16), ci_fn=cfg.get("ci_fn", "mlp"))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     if unexpected or any(not k.startswith("target.") for k in missing):
         raise ValueError(f"decomposition artifact does not fit: missing {missing}, unexpected {unexpected}")
     model.requires_grad_(False)
@@ -229,3 +262,115 @@ def token_purity(
         i = int(counts.argmax())
         out.append((c, n, int(values[i]), float(counts[i]) / n))
     return sorted(out, key=lambda r: (-r[3], -r[1]))
+
+
+# ---------------------------------------------------------------- edits: remove subcomponents tied to a behaviour
+
+Removal = dict[str, list[int]]  # matrix name -> subcomponents taken out of it
+
+
+def edited_logits(model: ComponentModel, x: torch.Tensor, removal: Removal) -> torch.Tensor:
+    """Logits with the subcomponents in `removal` taken out of their matrices, W -> W − Σ_c u_c v_cᵀ.
+
+    Every other subcomponent and each matrix's Δ-component stay in full, so an empty removal is the target.
+    """
+    masks, deltas = {}, {}
+    for n, cs in removal.items():
+        m = torch.ones(*x.shape, model.C[n])  # [B, T, C]: the layer's input has the tokens' leading shape
+        m[..., list(cs)] = 0.0
+        masks[n] = m
+        deltas[n] = model.target_weight(n) - model.component(n).weight
+    return model(x, masks=masks, deltas=deltas)
+
+
+def task_attribution(model: ComponentModel, batch: Any, chunk: int = 64) -> dict[str, torch.Tensor]:
+    """Per subcomponent [C], the first-order effect of removing it on a task's logit difference (mean over prompts).
+
+    At m = 1 (Δ kept) removing c everywhere changes the logit difference by about −Σ_t ∂LD/∂m_{c,t}; we return
+    minus that: positive means removing c lowers the correct-vs-wrong margin. `batch` is a `TaskBatch`.
+    """
+    from circuitbook.data.tasks import logit_diff
+
+    total = {n: torch.zeros(model.C[n]) for n in model.names}
+    deltas = {n: d.detach() for n, d in model.weight_deltas().items()}
+    for i in range(0, len(batch.tokens), chunk):
+        x = batch.tokens[i : i + chunk]  # [b, T]
+        sub = type(batch)(*(getattr(batch, f)[i : i + chunk] for f in ("tokens", "last", "correct", "wrong", "labels")))
+        masks = {n: torch.ones(*x.shape, model.C[n], requires_grad=True) for n in model.names}
+        with torch.enable_grad():
+            ld = logit_diff(model(x, masks=masks, deltas=deltas), sub).sum()
+            grads = torch.autograd.grad(ld, list(masks.values()))
+        for n, g in zip(model.names, grads):
+            total[n] += g.sum((0, 1))  # [C], summed over prompts and positions
+    return {n: t / len(batch.tokens) for n, t in total.items()}
+
+
+@torch.no_grad()
+def task_last_logits(
+    model: ComponentModel, batch: Any, removal: Removal | None = None, chunk: int = 128
+) -> torch.Tensor:
+    """Logits [N, vocab] at each task prompt's last position, with `removal` applied (None: the target)."""
+    out = []
+    for i in range(0, len(batch.tokens), chunk):
+        x = batch.tokens[i : i + chunk]  # [b, T]
+        logits = model(x) if not removal else edited_logits(model, x, removal)
+        out.append(logits[torch.arange(len(x)), batch.last[i : i + chunk]])
+    return torch.cat(out)
+
+
+def task_metrics(last_logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
+    """Per prompt: the correct token's next-token CE over the whole vocabulary ("ce"), the correct-minus-wrong
+    logit difference ("ld") and whether it is positive ("acc")."""
+    ce = F.cross_entropy(last_logits, batch.correct, reduction="none")
+    ld = last_logits.gather(-1, batch.correct[:, None])[:, 0] - last_logits.gather(-1, batch.wrong[:, None])[:, 0]
+    return {"ce": ce, "ld": ld, "acc": (ld > 0).float()}
+
+
+@torch.no_grad()
+def text_ce(
+    model: ComponentModel, tokens: torch.Tensor, removal: Removal | None = None, batch: int = 16
+) -> torch.Tensor:
+    """Per-position next-token CE [N, T-1] on text windows `tokens` [N, T], with `removal` applied."""
+    out = []
+    for i in range(0, len(tokens), batch):
+        x = tokens[i : i + batch]
+        out.append(_next_token_ce(model(x) if not removal else edited_logits(model, x, removal), x))
+    return torch.cat(out)
+
+
+def select_edit(
+    model: ComponentModel,
+    batch: Any,
+    text: torch.Tensor,
+    n_candidates: int = 20,
+    budget: float = 0.01,
+) -> tuple[Removal, list[dict[str, Any]]]:
+    """Choose subcomponents whose removal hurts one task (a `TaskBatch`) and little else, on *training* data only.
+
+    1. Rank every subcomponent by `task_attribution` and keep the top `n_candidates`.
+    2. Remove each candidate alone: the drop of the task's logit difference ("ld_drop") and the CE increase on
+       the text windows `text` [N, T] ("text_cost").
+    3. Greedily add the candidates, most specific first (ld_drop / text_cost), keeping a candidate only while
+       the joint removal costs at most `budget` nats of CE on `text`.
+    Returns (removal, one row per candidate with its numbers and whether it was kept).
+    """
+    attr = task_attribution(model, batch)
+    flat = sorted(((float(v), n, c) for n, a in attr.items() for c, v in enumerate(a.tolist())), reverse=True)
+    ld0 = task_metrics(task_last_logits(model, batch), batch)["ld"]
+    ce0 = text_ce(model, text)
+    rows = []
+    for a, n, c in flat[:n_candidates]:
+        ld = task_metrics(task_last_logits(model, batch, {n: [c]}), batch)["ld"]
+        cost = float((text_ce(model, text, {n: [c]}) - ce0).mean())
+        rows.append({"name": n, "c": c, "attribution": a, "ld_drop": float((ld0 - ld).mean()), "text_cost": cost})
+    rows.sort(key=lambda r: -r["ld_drop"] / max(r["text_cost"], 1e-4))
+    removal: Removal = {}
+    for r in rows:
+        r["kept"] = False
+        if r["ld_drop"] <= 0:
+            continue
+        trial = {k: list(v) for k, v in removal.items()}
+        trial.setdefault(r["name"], []).append(r["c"])
+        if float((text_ce(model, text, trial) - ce0).mean()) <= budget:
+            removal, r["kept"] = trial, True
+    return removal, rows
