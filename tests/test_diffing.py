@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import numpy as np
 import pytest
@@ -222,17 +223,20 @@ def test_top_activations_and_labels():
     assert conc.shape == (2,) and ((conc > 0) & (conc <= 1)).all()
 
 
+def _capture(seen: dict, key: str):
+    """A forward hook that stores a copy of the activation under `key`."""
+    def f(act, hook):
+        seen[key] = act.detach().clone()
+    return f
+
+
 def test_steering_hook_adds_exactly_alpha_d():
     model = tiny_gpt()
     site = "blocks.0.hook_resid_post"
     tokens = torch.randint(0, 512, (3, 20))
     d = torch.randn(16)
     seen = {}
-
-    def grab(key):
-        def f(act, hook):
-            seen[key] = act.detach().clone()
-        return f
+    grab = partial(_capture, seen)
 
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(site, grab("plain"))])
@@ -312,11 +316,7 @@ def test_steering_hook_at_one_position_only():
     tokens = torch.randint(0, 512, (2, 12))
     d = torch.randn(16)
     seen = {}
-
-    def grab(key):
-        def f(act, hook):
-            seen[key] = act.detach().clone()
-        return f
+    grab = partial(_capture, seen)
 
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(site, grab("plain"))])
