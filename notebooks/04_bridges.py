@@ -263,7 +263,7 @@ for t in (QUOTE, WHILE):
     sep_enc = max(float(((a > mid).float().mean() + (b < mid).float().mean()) / 2),
                   float(((a < mid).float().mean() + (b > mid).float().mean()) / 2))
     col = float(bridge.decoder_matrix(f["site"])[:, f["channel"]].detach().norm())
-    x = run_prefix(dense, tr.tokens, f["site"])[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
+    x = run_prefix(dense, tr.tokens, f["site"]).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
     move = abs(f["mean class 1"] - f["mean class 0"]) * col
     rows[t] = {"separation, sparse model": round(f["separation"], 3), "separation, encoded dense": round(sep_enc, 3),
                "||decoded move|| / ||dense resid||": round(move / float(x.norm(dim=-1).mean()), 4)}
