@@ -185,28 +185,47 @@ plt.show()
 
 
 # %%
+def separation(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How well each channel's side of the midpoint between the class means tells the labels apart, h [batch, d]
+    -> [d] in [0, 1]. Strict on both sides, so a channel that never changes scores 0, not 1."""
+    a, b = h[labels == 0], h[labels == 1]
+    mid = (a.mean(0) + b.mean(0)) / 2
+    up = ((a > mid).float().mean(0) + (b < mid).float().mean(0)) / 2
+    down = ((a < mid).float().mean(0) + (b > mid).float().mean(0)) / 2
+    return torch.maximum(up, down)
+
+
+def class0_prompts(task: str) -> tuple[TaskBatch, list[int]]:
+    """The held-out class-0 prompts of `task`, and [class 0's answer, class 1's answer] token ids."""
+    test = sets.test[task]
+    a = TaskBatch(*(getattr(test, f)[test.labels == 0] for f in ("tokens", "last", "correct", "wrong", "labels")))
+    return a, [int(a.correct[0]), int(a.wrong[0])]
+
+
+def train_class_means(task: str, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sparse model's class-0 and class-1 mean residuals [d_sparse] at `site` on the task's train prompts."""
+    tr = sets.train[task]
+    return class_means(site, tr.tokens[tr.labels == 0], tr.tokens[tr.labels == 1], tr.last[tr.labels == 0],
+                       tr.last[tr.labels == 1], sparse=sparse)
+
+
 def separating_channel(batch: TaskBatch) -> tuple[str, int, float, float, float]:
-    """(site, channel, separation, class-0 mean, class-1 mean) of the sparse residual channel whose sign best
+    """(site, channel, separation, class-0 mean, class-1 mean) of the sparse residual channel that best
     separates the two labels at the last token, over every bridge site."""
     best = None
     for s in sites:
         h = sparse_activations(s, batch.tokens, batch.last, sparse=sparse)  # [batch, d_sparse]
-        a, b = h[batch.labels == 0], h[batch.labels == 1]
-        mid = (a.mean(0) + b.mean(0)) / 2
-        up = ((a > mid).float().mean(0) + (b < mid).float().mean(0)) / 2  # strict on both sides, so a channel
-        down = ((a < mid).float().mean(0) + (b > mid).float().mean(0)) / 2  # that never changes scores 0
-        sep = torch.maximum(up, down)  # [d_sparse]
+        sep = separation(h, batch.labels)
         c = int(sep.argmax())
         if best is None or sep[c] > best[2]:
+            a, b = h[batch.labels == 0], h[batch.labels == 1]
             best = (s, c, float(sep[c]), float(a[:, c].mean()), float(b[:, c].mean()))
     return best
 
 
 def steering_curve(task: str, strengths: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    test = sets.test[task]
     s, c, sep, m0, m1 = separating_channel(sets.train[task])
-    a = TaskBatch(*(getattr(test, f)[test.labels == 0] for f in ("tokens", "last", "correct", "wrong", "labels")))
-    targets = [int(a.correct[0]), int(a.wrong[0])]  # class 0's answer, class 1's answer
+    a, targets = class0_prompts(task)
     rows = []
     for st in strengths:
         r = steer(dense, bridge, a.tokens, s, c, m0, m1, st, targets, at=a.last)
@@ -258,10 +277,7 @@ rows = {}
 for t in (QUOTE, WHILE):
     tr, f = sets.train[t], found[t]
     h = sparse_activations(f["site"], tr.tokens, tr.last, dense=dense, bridge=bridge)[:, f["channel"]]
-    a, b = h[tr.labels == 0], h[tr.labels == 1]
-    mid = (a.mean() + b.mean()) / 2
-    sep_enc = max(float(((a > mid).float().mean() + (b < mid).float().mean()) / 2),
-                  float(((a < mid).float().mean() + (b > mid).float().mean()) / 2))
+    sep_enc = float(separation(h[:, None], tr.labels)[0])
     col = float(bridge.decoder_matrix(f["site"])[:, f["channel"]].detach().norm())
     x = run_prefix(dense, tr.tokens, f["site"]).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
     move = abs(f["mean class 1"] - f["mean class 0"]) * col
@@ -308,16 +324,12 @@ for t in (QUOTE, WHILE):
 def channel_sweep(task: str) -> np.ndarray:
     """Change of the dense P(class-0 answer) - P(class-1 answer) when each live channel at the found site is
     moved by the chosen channel's dense-space norm, signed by that channel's own class difference."""
-    test, f = sets.test[task], found[task]
+    f = found[task]
     s, c = f["site"], f["channel"]
-    a = TaskBatch(*(getattr(test, x)[test.labels == 0] for x in ("tokens", "last", "correct", "wrong", "labels")))
-    targets = [int(a.correct[0]), int(a.wrong[0])]
+    a, targets = class0_prompts(task)
     W = bridge.decoder_matrix(s).detach()
     norms = W.norm(dim=0)
-    h0 = sparse_activations(s, sets.train[task].tokens[sets.train[task].labels == 0],
-                            sets.train[task].last[sets.train[task].labels == 0], sparse=sparse).mean(0)
-    h1 = sparse_activations(s, sets.train[task].tokens[sets.train[task].labels == 1],
-                            sets.train[task].last[sets.train[task].labels == 1], sparse=sparse).mean(0)
+    h0, h1 = train_class_means(task, s)
     target_norm = abs(f["mean class 1"] - f["mean class 0"]) * float(norms[c])
     base = steer(dense, bridge, a.tokens, s, c, 0.0, 0.0, 0.0, targets, at=a.last).probs
     base = float((base[:, 0] - base[:, 1]).mean())
@@ -357,12 +369,8 @@ import ipywidgets as widgets
 
 
 def explore(task: str = QUOTE, site: str = sites[0], channel: int = 0, strength: float = 1.0):
-    test = sets.test[task]
-    a = TaskBatch(*(getattr(test, x)[test.labels == 0] for x in ("tokens", "last", "correct", "wrong", "labels")))
-    targets = [int(a.correct[0]), int(a.wrong[0])]
-    tr = sets.train[task]
-    m0, m1 = class_means(site, tr.tokens[tr.labels == 0], tr.tokens[tr.labels == 1], tr.last[tr.labels == 0],
-                         tr.last[tr.labels == 1], sparse=sparse)
+    a, targets = class0_prompts(task)
+    m0, m1 = train_class_means(task, site)
     r = steer(dense, bridge, a.tokens, site, channel, float(m0[channel]), float(m1[channel]), strength, targets,
               at=a.last)
     print(f"channel {channel} at {site}: class means {float(m0[channel]):+.3f} -> {float(m1[channel]):+.3f}; "
