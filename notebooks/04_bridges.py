@@ -55,12 +55,17 @@ from IPython.display import display
 
 from circuitbook import get_profile, seed_everything, viz, zoo
 from circuitbook.bridges import (
+    Bridge,
     class_means,
+    class_move,
+    control_move,
     hybrid_kl_per_site,
     run_prefix,
+    run_with_delta,
+    separation,
     sparse_activations,
     steer,
-    steer_control,
+    steer_sparse,
 )
 from circuitbook.data.tasks import TaskBatch, evaluate_task
 from circuitbook.results import Claim, claims_table, write_results
@@ -93,6 +98,14 @@ viz.setup()
 # Here the sparse side starts from chapter 2's trained sparse
 # model (the very model whose circuits chapter 3 found), keeps its sparsity, and is fine-tuned at a
 # tenth of its learning rate while the bridges learn (600 steps).
+#
+# **One choice the paper leaves open: where the bridges start.** Each encoder and decoder starts at the
+# affine least-squares map between the two models' streams at its site (`Bridge.fit_least_squares`, on
+# 16 batches the training never sees), the optimum of the NMSE terms for the two models as they are.
+# From a random start, 600 steps left the decoders *worse* than predicting the mean at some sites
+# (NMSE above 1, the KL terms pulled them elsewhere), and the interventions below did not carry over.
+# The loss coefficients are not published either: the two KL terms weigh 3 here, the others 1. Of the
+# three settings we trained (all 1; KL 3; NMSE 10), this one gave the hybrids the lowest validation KL.
 
 # %%
 dense, sparse, bridge, meta = zoo.bridged_pair(prof, seed, retrain=retrain)
@@ -177,24 +190,27 @@ plt.show()
 # %% [markdown]
 # ## Interventions that carry over
 #
-# Find, in the sparse model, the residual channel at a site that best separates the two classes at
-# the last token (the same sign-separation measure chapter 3 uses for the quote-type node), move it
-# from its class-A mean towards its class-B mean, decode the change into the dense stream at the same
-# site, and read the dense model's probabilities of the two answers. The control moves a random
-# channel by a dense-space change of the same norm.
+# The recipe, in four steps, each computed below:
+#
+# 1. **Which channels carry the task.** At every site, the sparse residual channels whose value at the
+#    last token tells the two classes apart (the sign-separation measure: the share of prompts on their
+#    class's side of the midpoint between the class means; we keep channels at 0.9 or more). For the quote
+#    task these are the quote-type channels chapter 3's circuit runs through.
+# 2. **Which site.** Move those channels from their class-0 mean to their class-1 mean *in the sparse model
+#    itself* and keep the site where that changes the sparse model's answer most. This uses the sparse
+#    model and the training prompts only: the dense model plays no part in the choice.
+# 3. **Carry it over.** Decode the same move into the dense stream at that site (the decoder is affine,
+#    so the change is $W_{dec}\,\Delta h$), add it at the last token of held-out class-0 prompts, run the
+#    dense model on, and read its probabilities of the two answers, for steering strengths 0 → 1
+#    (1 = the whole class difference; 2 and 4 overshoot).
+# 4. **Control.** The same per-channel values put on as many *other* live channels (a random choice),
+#    rescaled so the dense-space change has the same norm.
+#
+# The bridges start from the affine least-squares fit between the two streams (`Bridge.fit_least_squares`)
+# before training; the next section shows why that matters.
 
 
 # %%
-def separation(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How well each channel's side of the midpoint between the class means tells the labels apart, h [batch, d]
-    -> [d] in [0, 1]. Strict on both sides, so a channel that never changes scores 0, not 1."""
-    a, b = h[labels == 0], h[labels == 1]
-    mid = (a.mean(0) + b.mean(0)) / 2
-    up = ((a > mid).float().mean(0) + (b < mid).float().mean(0)) / 2
-    down = ((a < mid).float().mean(0) + (b > mid).float().mean(0)) / 2
-    return torch.maximum(up, down)
-
-
 def class0_prompts(task: str) -> tuple[TaskBatch, list[int]]:
     """The held-out class-0 prompts of `task`, and [class 0's answer, class 1's answer] token ids."""
     test = sets.test[task]
@@ -209,81 +225,173 @@ def train_class_means(task: str, site: str) -> tuple[torch.Tensor, torch.Tensor]
                        tr.last[tr.labels == 1], sparse=sparse)
 
 
-def separating_channel(batch: TaskBatch) -> tuple[str, int, float, float, float]:
-    """(site, channel, separation, class-0 mean, class-1 mean) of the sparse residual channel that best
-    separates the two labels at the last token, over every bridge site."""
-    best = None
+SEPARATES = 0.9  # a channel "carries the task" at this sign separation or more
+
+
+def task_channels(task: str, site: str) -> tuple[list[int], torch.Tensor]:
+    """The channels at `site` that separate the task's classes (train prompts, last token), best first (at
+    least the best one), and every channel's separation [d_sparse]."""
+    tr = sets.train[task]
+    sep = separation(sparse_activations(site, tr.tokens, tr.last, sparse=sparse), tr.labels)
+    order = sep.argsort(descending=True).tolist()
+    return [c for c in order if sep[c] >= SEPARATES] or order[:1], sep
+
+
+def site_table(task: str) -> pd.DataFrame:
+    """Per site: how many channels carry the task, the best one's separation, and what moving them does to
+    the sparse model's own answer on the train class-0 prompts (the site choice) and, for the record, to the
+    dense model's answer on held-out prompts through the decoder."""
+    tr = sets.train[task]
+    a_tr = tr.labels == 0
+    targets = [int(tr.correct[a_tr][0]), int(tr.wrong[a_tr][0])]
+    held, _ = class0_prompts(task)
+    rows = []
     for s in sites:
-        h = sparse_activations(s, batch.tokens, batch.last, sparse=sparse)  # [batch, d_sparse]
-        sep = separation(h, batch.labels)
-        c = int(sep.argmax())
-        if best is None or sep[c] > best[2]:
-            a, b = h[batch.labels == 0], h[batch.labels == 1]
-            best = (s, c, float(sep[c]), float(a[:, c].mean()), float(b[:, c].mean()))
-    return best
+        chans, sep = task_channels(task, s)
+        move = class_move(*train_class_means(task, s), chans)
+        own = (steer_sparse(sparse, tr.tokens[a_tr], s, move, 1.0, targets, at=tr.last[a_tr]).p_diff
+               - steer_sparse(sparse, tr.tokens[a_tr], s, move, 0.0, targets, at=tr.last[a_tr]).p_diff)
+        dense_move = (steer(dense, bridge, held.tokens, s, move, 1.0, targets, at=held.last).p_diff
+                      - steer(dense, bridge, held.tokens, s, move, 0.0, targets, at=held.last).p_diff)
+        rows.append({"site": s, "channels": len(chans), "best separation": round(float(sep[chans[0]]), 3),
+                     "sparse model: change": round(own, 3), "dense via decoder: change": round(dense_move, 3)})
+    return pd.DataFrame(rows).set_index("site")
 
 
-def steering_curve(task: str, strengths: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    s, c, sep, m0, m1 = separating_channel(sets.train[task])
+tables = {t: site_table(t) for t in (QUOTE, WHILE)}
+for t, tb in tables.items():
+    print(t)
+    display(tb)
+
+# %%
+strengths = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0])  # 1 = the whole class difference; 2, 4 overshoot
+
+
+def steering_curve(task: str) -> tuple[pd.DataFrame, dict]:
+    """Steer the dense model through the chosen site's task channels, with the control, and the same move
+    made in the sparse model itself, at each strength (held-out class-0 prompts)."""
+    tb = tables[task]
+    s = str(tb["sparse model: change"].abs().idxmax())  # the site where the sparse model itself responds most
+    chans, sep = task_channels(task, s)
+    m0, m1 = train_class_means(task, s)
+    move = class_move(m0, m1, chans)
+    ctl = control_move(bridge, s, move, seed=seed)
     a, targets = class0_prompts(task)
     rows = []
     for st in strengths:
-        r = steer(dense, bridge, a.tokens, s, c, m0, m1, st, targets, at=a.last)
-        k = steer_control(dense, bridge, a.tokens, s, c, m0, m1, st, targets, at=a.last, seed=seed)
-        rows.append({"strength": st, "p_diff": float((r.probs[:, 0] - r.probs[:, 1]).mean()),
-                     "control_p_diff": float((k.probs[:, 0] - k.probs[:, 1]).mean())})
-    return pd.DataFrame(rows).set_index("strength"), {"site": s, "channel": c, "separation": sep,
-                                                      "mean class 0": m0, "mean class 1": m1}
+        rows.append({"strength": st,
+                     "dense": steer(dense, bridge, a.tokens, s, move, st, targets, at=a.last).p_diff,
+                     "control": steer(dense, bridge, a.tokens, s, ctl, st, targets, at=a.last).p_diff,
+                     "sparse model": steer_sparse(sparse, a.tokens, s, move, st, targets, at=a.last).p_diff,
+                     "dense, best channel only": steer(dense, bridge, a.tokens, s, class_move(m0, m1, chans[:1]),
+                                                       st, targets, at=a.last).p_diff})
+    info = {"site": s, "channels": chans, "separations": [round(float(sep[c]), 3) for c in chans],
+            "control channels": torch.nonzero(ctl).flatten().tolist(), "move": move, "control move": ctl}
+    return pd.DataFrame(rows).set_index("strength"), info
 
 
-strengths = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0])  # 1 = the whole class difference; 2, 4 overshoot
 curves, found = {}, {}
 for t in (QUOTE, WHILE):
-    curves[t], found[t] = steering_curve(t, strengths)
-display(pd.DataFrame(found).T)
+    curves[t], found[t] = steering_curve(t)
+display(pd.DataFrame({t: {k: f[k] for k in ("site", "channels", "separations", "control channels")}
+                      for t, f in found.items()}).T)
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 labels = {QUOTE: ("P(') - P(\")", "single-quote prompts"), WHILE: ("P(:) - P(newline)", "`while True` prompts")}
 for ax, (t, cv) in zip(axes, curves.items()):
-    ax.plot(cv.index, cv["p_diff"], "o-", label=f"{found[t]['site']} ch {found[t]['channel']}")
-    ax.plot(cv.index, cv["control_p_diff"], "s--", color="grey", label="random channel, same norm")
-    ax.set(xlabel="steering strength", ylabel=labels[t][0], title=f"dense model, {labels[t][1]}")
-    ax.legend(fontsize=8)
+    site = found[t]["site"].replace("blocks.", "L").replace(".hook_resid_", " ")
+    ax.plot(cv.index, cv["dense"], "o-", label=f"dense, via the decoder ({site}, {len(found[t]['channels'])} ch)")
+    ax.plot(cv.index, cv["control"], "s--", color="grey", label="dense, control (other channels, same norm)")
+    ax.plot(cv.index, cv["dense, best channel only"], ":", color="C0", alpha=0.6, label="dense, best channel only")
+    ax.plot(cv.index, cv["sparse model"], "^-", color="C2", alpha=0.7, label="the sparse model itself")
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.set(xlabel="steering strength", ylabel=labels[t][0], title=labels[t][1])
+    ax.legend(fontsize=7)
 plt.tight_layout()
 plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-delta = {t: float(cv.loc[1.0, "p_diff"] - cv.loc[0.0, "p_diff"]) for t, cv in curves.items()}  # full strength
-control = {t: float(cv.loc[1.0, "control_p_diff"] - cv.loc[0.0, "control_p_diff"]) for t, cv in curves.items()}
-for t in curves:
-    cv = curves[t]
-    print(f"{t}: change at full strength {delta[t]:+.3f} (control {control[t]:+.3f}); at 4x "
-          f"{float(cv.loc[4.0, 'p_diff'] - cv.loc[0.0, 'p_diff']):+.3f} "
-          f"(control {float(cv.loc[4.0, 'control_p_diff'] - cv.loc[0.0, 'control_p_diff']):+.3f})")
+delta = {t: float(cv.loc[1.0, "dense"] - cv.loc[0.0, "dense"]) for t, cv in curves.items()}  # full strength
+control = {t: float(cv.loc[1.0, "control"] - cv.loc[0.0, "control"]) for t, cv in curves.items()}
+for t, cv in curves.items():
+    print(f"{t}: change at full strength {delta[t]:+.3f} (control {control[t]:+.3f}; the sparse model itself "
+          f"{float(cv.loc[1.0, 'sparse model'] - cv.loc[0.0, 'sparse model']):+.3f}; best channel alone "
+          f"{float(cv.loc[1.0, 'dense, best channel only'] - cv.loc[0.0, 'dense, best channel only']):+.3f}); "
+          f"at 4x {float(cv.loc[4.0, 'dense'] - cv.loc[0.0, 'dense']):+.3f} "
+          f"(control {float(cv.loc[4.0, 'control'] - cv.loc[0.0, 'control']):+.3f})")
+
+# %% [markdown]
+# ## Is the effect specific? Many controls
+#
+# One control could be a lucky draw. Below, 200 controls (other channels, same values, same dense-space
+# norm, each a different random choice) at full strength; the real move should sit far out in the tail.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+n_controls = 200 if prof.name == "full" else 20
+null = {}
+for t in (QUOTE, WHILE):
+    f, (a, targets) = found[t], class0_prompts(t)
+    base = steer(dense, bridge, a.tokens, f["site"], f["move"], 0.0, targets, at=a.last).p_diff
+    null[t] = np.array([steer(dense, bridge, a.tokens, f["site"], control_move(bridge, f["site"], f["move"], seed=i),
+                              1.0, targets, at=a.last).p_diff - base for i in range(n_controls)])
+fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+for ax, t in zip(axes, null):
+    ax.hist(null[t], bins=30, color="grey", label=f"{n_controls} controls")
+    ax.axvline(delta[t], color="C3", lw=2, label="the task channels")
+    ax.set(xlabel=f"change in {labels[t][0]} at strength 1", ylabel="controls", title=t)
+    ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+for t in null:
+    beat = int((np.abs(null[t]) >= abs(delta[t])).sum())
+    print(f"{t}: {beat} of {n_controls} controls move the dense answer as much as the task channels "
+          f"({delta[t]:+.3f}); control |change| median {np.median(np.abs(null[t])):.3f}, "
+          f"max {np.abs(null[t]).max():.3f}")
 
 # %% [markdown]
 # ## Where the transfer breaks
 #
-# Two links must hold for a sparse-channel edit to move the dense model: the dense model must carry the
+# Three links must hold for a sparse-channel edit to move the dense model. The dense model must carry the
 # same information where the bridge reads it (the *encoder* view: encode the dense stream and check the
-# chosen channel still separates the classes), and the decoder must write the channel into a direction
-# the dense model reads (its column's norm against the dense stream's norm at that position).
+# chosen channels still separate the classes). The decoded move must point where the dense model's own
+# class difference points (cosine), and be about as long (norm ratio). And the dense model must respond to
+# its own class difference added at that position (the ceiling: if even that does not flip the answer,
+# no decoded move will). Below, the same numbers for decoders left at the least-squares fit (no training)
+# and for the trained ones.
 
 # %%
 # NBVAL_CHECK_OUTPUT
+fit_batches = zoo.bridge_fit_batches(prof, seed)
+plain = Bridge.for_models(dense, sparse)
+plain.fit_least_squares(dense, sparse, fit_batches)  # least-squares bridges for the trained sparse model
 rows = {}
 for t in (QUOTE, WHILE):
     tr, f = sets.train[t], found[t]
-    h = sparse_activations(f["site"], tr.tokens, tr.last, dense=dense, bridge=bridge)[:, f["channel"]]
-    sep_enc = float(separation(h[:, None], tr.labels)[0])
-    col = float(bridge.decoder_matrix(f["site"])[:, f["channel"]].detach().norm())
-    x = run_prefix(dense, tr.tokens, f["site"]).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
-    move = abs(f["mean class 1"] - f["mean class 0"]) * col
-    rows[t] = {"separation, sparse model": round(f["separation"], 3), "separation, encoded dense": round(sep_enc, 3),
-               "||decoded move|| / ||dense resid||": round(move / float(x.norm(dim=-1).mean()), 4)}
-display(pd.DataFrame(rows).T)
+    s, chans = f["site"], f["channels"]
+    a, targets = class0_prompts(t)
+    h = sparse_activations(s, tr.tokens, tr.last, dense=dense, bridge=bridge)[:, chans]
+    x = run_prefix(dense, tr.tokens, s).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
+    own = x[tr.labels == 1].mean(0) - x[tr.labels == 0].mean(0)  # the dense model's own class difference
+    base = steer(dense, bridge, a.tokens, s, f["move"], 0.0, targets, at=a.last).p_diff
+    p = run_with_delta(dense, a.tokens, s, own, a.last)[torch.arange(len(a.tokens)), a.last].softmax(-1)[:, targets]
+    ceiling = float((p[:, 0] - p[:, 1]).mean()) - base
+    logits = dense(a.tokens).detach()[torch.arange(len(a.tokens)), a.last]
+    row = {"dense logit margin before": round(float((logits[:, targets[0]] - logits[:, targets[1]]).mean()), 2),
+           "separation, sparse model (mean)": round(float(np.mean(f["separations"])), 3),
+           "separation, encoded dense (mean)": round(float(separation(h, tr.labels).mean()), 3),
+           "dense own difference: change": round(ceiling, 3)}
+    for name, b in (("trained", bridge), ("least squares", plain)):
+        dec = b.decoder_matrix(s).detach() @ f["move"]
+        row[f"{name}: cos(decoded, own)"] = round(float(torch.nn.functional.cosine_similarity(dec, own, dim=0)), 3)
+        row[f"{name}: |decoded| / |own|"] = round(float(dec.norm() / own.norm()), 3)
+        moved = steer(dense, b, a.tokens, s, f["move"], 1.0, targets, at=a.last).p_diff
+        row[f"{name}: change"] = round(moved - base, 3)
+    rows[t] = row
+diagnosis = pd.DataFrame(rows).T
+display(diagnosis.T)
 
 # %% [markdown]
 # What this says, in words computed from the numbers above:
@@ -296,91 +404,55 @@ print(f"- The hybrids' mean KL ({kl_d2s_mean:.2f} / {kl_s2d_mean:.2f} nats) is {
       f"{'more' if better else 'no more'} of the dense model's prediction than the sparse model alone.")
 for t in (QUOTE, WHILE):
     r = rows[t]
-    print(f"- {t}: the sparse channel separates the classes ({r['separation, sparse model']}); read through the "
-          f"encoder from the dense model it separates them {r['separation, encoded dense']}; its decoded move is "
-          f"{r['||decoded move|| / ||dense resid||']:.1%} of the dense residual's norm, and it moves the dense "
-          f"answer by {delta[t]:+.3f}.")
+    print(f"- {t}: {len(found[t]['channels'])} channels at {found[t]['site']} separate the classes "
+          f"({r['separation, sparse model (mean)']}); read through the encoder from the dense model they separate "
+          f"them {r['separation, encoded dense (mean)']}. Their decoded move has cosine "
+          f"{r['trained: cos(decoded, own)']:+.2f} with the dense model's own class difference and "
+          f"{r['trained: |decoded| / |own|']:.0%} of its length; it moves the dense answer by {delta[t]:+.3f} "
+          f"(least-squares decoder: {r['least squares: change']:+.3f}; the dense model's own class difference: "
+          f"{r['dense own difference: change']:+.3f}).")
 
 # %% [markdown]
-# At our scale the first link holds and the second does not: the sparse model does the tasks with a
-# clean channel, and the encoder finds that channel in the dense model too, but the decoder (trained
-# 600 steps; its NMSE is in the table above) maps the channel's class difference to a dense-space move
-# that, at the strength the paper uses (the whole class difference), barely changes the dense answer.
-# Overshooting (the 2x and 4x points of the curves) is where the quote channel starts to flip the dense
-# model's quote while a random channel of the same norm barely moves it: the direction is right, the
-# scale is not. The `while` answer does not move at any strength we tried. The paper's bridges are
-# trained far longer; this is the part of the chapter that does not reproduce on a laptop budget.
-
-# %% [markdown]
-# ## Is the channel specific? All channels at that site
+# ## Limits
 #
-# One channel moving the dense output could be luck of the draw. Below, every live channel at the
-# chosen site gets the same treatment (moved by the same dense-space norm as the chosen one, in the
-# direction of its own class difference) and we plot the change it makes. A channel read off the sparse
-# model should stand out from the crowd; the random control above is one draw from this crowd.
-
-
-# %%
-def channel_sweep(task: str) -> np.ndarray:
-    """Change of the dense P(class-0 answer) - P(class-1 answer) when each live channel at the found site is
-    moved by the chosen channel's dense-space norm, signed by that channel's own class difference."""
-    f = found[task]
-    s, c = f["site"], f["channel"]
-    a, targets = class0_prompts(task)
-    W = bridge.decoder_matrix(s).detach()
-    norms = W.norm(dim=0)
-    h0, h1 = train_class_means(task, s)
-    target_norm = abs(f["mean class 1"] - f["mean class 0"]) * float(norms[c])
-    base = steer(dense, bridge, a.tokens, s, c, 0.0, 0.0, 0.0, targets, at=a.last).probs
-    base = float((base[:, 0] - base[:, 1]).mean())
-    out = np.full(W.shape[1], np.nan)
-    for ch in torch.nonzero(norms > 0).flatten().tolist():
-        d = float(torch.sign(h1[ch] - h0[ch]) or 1.0) * target_norm / float(norms[ch])
-        r = steer(dense, bridge, a.tokens, s, ch, 0.0, d, 1.0, targets, at=a.last).probs
-        out[ch] = float((r[:, 0] - r[:, 1]).mean()) - base
-    return out
-
-
-sweeps = {t: channel_sweep(t) for t in (QUOTE, WHILE)}
-fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-for ax, (t, sw) in zip(axes, sweeps.items()):
-    live = sw[~np.isnan(sw)]
-    ax.hist(live, bins=40, color="grey")
-    ax.axvline(sw[found[t]["channel"]], color="C3", lw=2, label=f"chosen channel {found[t]['channel']}")
-    ax.set(xlabel=f"change in {labels[t][0]}", ylabel="channels", title=f"{t}: {len(live)} live channels at "
-           f"{found[t]['site'].replace('blocks.', 'L')}")
-    ax.legend(fontsize=8)
-plt.tight_layout()
-plt.show()
-for t, sw in sweeps.items():
-    live = sw[~np.isnan(sw)]
-    rank = int((np.abs(live) >= abs(sw[found[t]["channel"]])).sum())
-    print(f"{t}: chosen channel's change {sw[found[t]['channel']]:+.3f}; rank {rank} of {len(live)} by magnitude; "
-          f"median |change| over channels {np.median(np.abs(live)):.3f}")
+# - **Not the paper's training.** The sparse side is chapter 2's model fine-tuned for 600 steps beside the
+#   dense one, not a sparse model trained from scratch with the bridges; on our budget the latter learned
+#   none of the tasks. The bridges are therefore mostly a translation between two models trained apart.
+# - **Linear bridges only explain part of the stream.** The NMSE table above says how much of each stream the
+#   other linearly predicts; what the decoder cannot predict it cannot steer. A least-squares decoder shrinks
+#   a class difference towards the mean (the $|\text{decoded}|/|\text{own}|$ column), so a move of the
+#   whole class difference in the sparse model is a shorter move in the dense one.
+# - **Saturated answers need long moves.** Where the dense model's logit margin is large (the first column
+#   of the diagnosis), a probability readout barely moves until the decoded change is nearly as long as the
+#   dense model's own class difference; the `while` task is the case in point.
+# - **One site, one position.** Every intervention here edits one site at the last token. The dense model
+#   may also read the class from earlier positions in later layers; editing there is not tried.
+# - **Claims at strength 1 only.** The curves show the overshoot points (2x, 4x) for the shape of the
+#   response; the table's claims are read at strength 1, the whole class difference, as the issue asks.
 
 # %% [markdown]
 # ## Explore
 #
-# Pick a task, a site and a channel, and move it. (Interactive: needs a live kernel.)
+# Pick a task, a site, a set of channels and a strength, and move them. (Interactive: needs a live kernel.)
 
 # %%
 # NBVAL_SKIP
 import ipywidgets as widgets
 
 
-def explore(task: str = QUOTE, site: str = sites[0], channel: int = 0, strength: float = 1.0):
+def explore(task: str = QUOTE, site: str = sites[0], channels: str = "", strength: float = 1.0):
+    """channels: comma-separated ids (empty: the site's task channels)."""
     a, targets = class0_prompts(task)
-    m0, m1 = train_class_means(task, site)
-    r = steer(dense, bridge, a.tokens, site, channel, float(m0[channel]), float(m1[channel]), strength, targets,
-              at=a.last)
-    print(f"channel {channel} at {site}: class means {float(m0[channel]):+.3f} -> {float(m1[channel]):+.3f}; "
-          f"dense-space change norm {r.delta_norm:.3f}")
-    print(f"dense P(class-0 answer) {float(r.probs[:, 0].mean()):.3f}, P(class-1 answer) "
-          f"{float(r.probs[:, 1].mean()):.3f}")
+    chans = [int(c) for c in channels.split(",") if c.strip()] or task_channels(task, site)[0]
+    move = class_move(*train_class_means(task, site), chans)
+    r = steer(dense, bridge, a.tokens, site, move, strength, targets, at=a.last)
+    r0 = steer(dense, bridge, a.tokens, site, move, 0.0, targets, at=a.last)
+    sp = steer_sparse(sparse, a.tokens, site, move, strength, targets, at=a.last)
+    print(f"channels {chans} at {site}; dense-space change norm {r.delta_norm:.3f}")
+    print(f"dense {labels[task][0]}: {r0.p_diff:+.3f} -> {r.p_diff:+.3f}; the sparse model itself -> {sp.p_diff:+.3f}")
 
 
-widgets.interact(explore, task=[QUOTE, WHILE], site=sites, channel=(0, sparse.cfg.d_model - 1),
-                 strength=(-2.0, 2.0, 0.1))
+widgets.interact(explore, task=[QUOTE, WHILE], site=sites, channels="", strength=(-2.0, 4.0, 0.1))
 
 # %% [markdown]
 # ## Claims
@@ -391,14 +463,18 @@ claims = [
           round(kl_d2s_mean, 4), paper="small", target=f"report (dense entropy {dense_entropy:.2f})"),
     Claim("hybrid_kl_s2d_mean", "mean KL (nats) of sparse prefix -> dense suffix from the dense output, over sites",
           round(kl_s2d_mean, 4), paper="small", target=f"report (dense entropy {dense_entropy:.2f})"),
-    Claim("quote_intervention_delta_p", "change in dense P(') - P(\") at full steering strength (magnitude)",
-          round(abs(delta[QUOTE]), 4), paper="interventions transfer", target=">= 0.3", holds=abs(delta[QUOTE]) >= 0.3),
-    Claim("quote_control_delta_p", "the same for a random channel of equal norm", round(control[QUOTE], 4),
-          target="|x| <= 0.05", holds=abs(control[QUOTE]) <= 0.05),
-    Claim("while_intervention_delta_p", "change in dense P(:) - P(newline) at full strength (magnitude)",
-          round(abs(delta[WHILE]), 4), paper="interventions transfer", target=">= 0.3", holds=abs(delta[WHILE]) >= 0.3),
-    Claim("while_control_delta_p", "the same for a random channel of equal norm", round(control[WHILE], 4),
-          target="|x| <= 0.05", holds=abs(control[WHILE]) <= 0.05),
+    Claim("quote_intervention_delta_p", "decrease of dense P(') - P(\") on held-out single-quote prompts when the "
+          "sparse quote-type channels are moved to their double-quote values (strength 1, through the decoder; "
+          "positive = towards the double quote)", round(-delta[QUOTE], 4), paper="interventions transfer",
+          target=">= 0.3", holds=-delta[QUOTE] >= 0.3),
+    Claim("quote_control_delta_p", "the same change for the control (other channels, same dense-space norm)",
+          round(-control[QUOTE], 4), target="|x| <= 0.05", holds=abs(control[QUOTE]) <= 0.05),
+    Claim("while_intervention_delta_p", "decrease of dense P(:) - P(newline) on held-out `while True` prompts when "
+          "the sparse while/return channels are moved to their `return True` values (strength 1, through the "
+          "decoder; positive = towards the newline)", round(-delta[WHILE], 4), paper="interventions transfer",
+          target=">= 0.3", holds=-delta[WHILE] >= 0.3),
+    Claim("while_control_delta_p", "the same change for the control (other channels, same dense-space norm)",
+          round(-control[WHILE], 4), target="|x| <= 0.05", holds=abs(control[WHILE]) <= 0.05),
 ]
 results = write_results("04_bridges", prof, claims)
 claims_table(results)

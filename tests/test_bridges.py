@@ -10,6 +10,8 @@ from circuitbook.bridges import (
     BridgeTrainConfig,
     bridge_sites,
     class_means,
+    class_move,
+    control_move,
     default_losses,
     hybrid_dense_to_sparse,
     hybrid_kl_per_site,
@@ -19,8 +21,9 @@ from circuitbook.bridges import (
     run_prefix,
     run_suffix,
     run_with_resids,
+    separation,
     steer,
-    steer_control,
+    steer_sparse,
     train_bridged,
 )
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig
@@ -200,17 +203,67 @@ def test_steering_through_the_decoder():
     site, targets = "blocks.1.hook_resid_pre", [3, 5]
     ma, mb = class_means(site, tokens[:2], tokens[2:], sparse=sparse)
     assert ma.shape == (dense.cfg.d_model,)
-    c = int((mb - ma).abs().argmax())
-    s0 = steer(dense, bridge, tokens, site, c, ma[c], mb[c], 0.0, targets)
+    chans = (mb - ma).abs().topk(3).indices.tolist()
+    move = class_move(ma, mb, chans)
+    assert set(torch.nonzero(move).flatten().tolist()) == set(chans)
+    assert torch.equal(move[chans], (mb - ma)[chans])
+    s0 = steer(dense, bridge, tokens, site, move, 0.0, targets)
     base = dense(tokens)[:, -1].softmax(-1)[:, targets]
     assert torch.allclose(s0.probs, base, atol=1e-6)  # strength 0 changes nothing
-    s1 = steer(dense, bridge, tokens, site, c, 0.0, 20.0, 1.0, targets)
+    big = move * 20 / move.norm()
+    s1 = steer(dense, bridge, tokens, site, big, 1.0, targets)
     assert not torch.allclose(s1.probs, base, atol=1e-4)
-    # the decoded change is the decoder column times the channel change
-    col = bridge.decoder_matrix(site)[:, c].detach()
-    assert s1.delta == 20.0 and s1.delta_norm == pytest.approx(20 * float(col.norm()), rel=1e-5)
-    ctl = steer_control(dense, bridge, tokens, site, c, 0.0, 20.0, 1.0, targets, seed=0)
-    assert ctl.channel != c and ctl.delta_norm == pytest.approx(s1.delta_norm, rel=1e-5)
+    assert s1.p_diff == pytest.approx(float((s1.probs[:, 0] - s1.probs[:, 1]).mean()))
+    # the decoded change is decoder(h + m) - decoder(h) = W_dec m
+    W = bridge.decoder_matrix(site).detach()
+    h = torch.randn(dense.cfg.d_model)
+    assert torch.allclose(bridge.decode(site, h + big) - bridge.decode(site, h), W @ big, atol=1e-5)
+    assert s1.delta_norm == pytest.approx(float((W @ big).norm()), rel=1e-5)
+    # the same move in the sparse model itself: strength 0 is the sparse model's own answer
+    sp0 = steer_sparse(sparse, tokens, site, big, 0.0, targets)
+    assert torch.allclose(sp0.probs, sparse(tokens)[:, -1].softmax(-1)[:, targets], atol=1e-6)
+    # the control: same values on as many other channels, same dense-space norm
+    ctl = control_move(bridge, site, big, seed=0)
+    assert set(torch.nonzero(ctl).flatten().tolist()).isdisjoint(chans)
+    assert int((ctl != 0).sum()) == len(chans)
+    assert float((W @ ctl).norm()) == pytest.approx(float((W @ big).norm()), rel=1e-5)
+    assert not torch.equal(control_move(bridge, site, big, seed=1), ctl) or len(chans) == dense.cfg.d_model
+
+
+def test_separation_on_constructed_channels():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    h = torch.zeros(8, 4)
+    h[:, 0] = torch.tensor([0.0, 0.1, 0.2, 0.1, 1.0, 1.2, 0.9, 1.1])  # separates perfectly (upwards)
+    h[:, 1] = -h[:, 0]  # perfectly, downwards
+    h[:, 2] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])  # no information
+    sep = separation(h, labels)  # channel 3 never changes
+    assert sep[0] == 1 and sep[1] == 1 and sep[2] == 0.5 and sep[3] == 0
+
+
+def test_least_squares_bridge_between_copies_is_exact():
+    dense = every_option()
+    sparse = copy.deepcopy(dense)
+    torch.manual_seed(3)
+    bridge = Bridge(bridge_sites(dense), dense.cfg.d_model, dense.cfg.d_model, afrac=1.0)
+    tokens = [torch.randint(0, 40, (8, 16)) for _ in range(4)]
+    fit = bridge.fit_least_squares(dense, sparse, tokens)
+    assert set(fit) == set(bridge.sites)
+    assert max(max(v) for v in fit.values()) < 1e-6  # NMSE both ways, every site
+    with torch.no_grad():
+        test = torch.randint(0, 40, (3, 12))
+        ref = dense(test)
+        for site in bridge.sites:
+            assert kl_div(ref, hybrid_sparse_to_dense(dense, sparse, bridge, test, site)) < 1e-5
+            assert kl_div(ref, hybrid_dense_to_sparse(dense, sparse, bridge, test, site)) < 1e-5
+    # between two different models the fit is the best affine map: it beats a random bridge's NMSE
+    other = every_option(seed=1, d_model=24, d_mlp=48)
+    fitted, rand = Bridge.for_models(dense, other, afrac=1.0), Bridge.for_models(dense, other, afrac=1.0)
+    fitted.fit_least_squares(dense, other, tokens)
+    with torch.no_grad():
+        _, dr = run_with_resids(dense, tokens[0], fitted.sites)
+        _, sr = run_with_resids(other, tokens[0], fitted.sites)
+        for site in fitted.sites:
+            assert nmse(fitted.decode(site, sr[site]), dr[site]) < min(1.0, nmse(rand.decode(site, sr[site]), dr[site]))
 
 
 def test_default_losses_have_names_and_coefficients():

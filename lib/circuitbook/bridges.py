@@ -21,13 +21,16 @@ Pieces:
     run_suffix(model, resid, site, tokens) -> logits
     run_with_resids(model, tokens, sites) -> logits, {site: resid}   one pass, differentiable
     Bridge(sites, d_dense, d_sparse, afrac)               encoders and decoders, one pair per site
+    Bridge.fit_least_squares(dense, sparse, batches)      start each map at its affine least-squares fit
     hybrid_dense_to_sparse / hybrid_sparse_to_dense       the two hybrid passes
     nmse, kl_div, entropy                                 the measures
     SparseLM, NMSEDenseToSparse, NMSESparseToDense,
     KLDenseToSparse, KLSparseToDense, default_losses()    the losses, each an object with its coefficient
     BridgeTrainConfig, train_bridged(...)                 the training loop (dense frozen), checkpoints, resume
     hybrid_kl_per_site(...)                               evaluation, with the dense entropy for scale
-    class_means, contrast_channels, steer, steer_control  interventions through the decoder
+    separation, class_means, contrast_channels, class_move   which sparse channels carry a task, and their move
+    steer, steer_sparse, control_move                     interventions through the decoder (and in the
+                                                          sparse model itself), with a control
 
 The paper publishes no bridge code; every choice below that it leaves open is the book's and says so.
 """
@@ -198,6 +201,46 @@ class Bridge(nn.Module):
                 lin.bias.zero_()
         return b
 
+    @torch.no_grad()
+    def fit_least_squares(
+        self, dense: GPT, sparse: GPT, batches: Sequence[torch.Tensor], ridge: float = 1e-6
+    ) -> dict[str, tuple[float, float]]:
+        """Set every encoder and decoder to the affine least-squares map between the two streams on `batches`
+        ([batch, pos] tokens): decoder = argmin ||W h + b - x||^2 (sparse h -> dense x), encoder likewise the
+        other way (fitted before its AbsTopK). These are the NMSE terms' optima for fixed models, a starting
+        point for training (the book's choice; the paper does not say how it initializes its bridges).
+        `ridge` is relative to the mean eigenvalue of each Gram matrix. -> {site: (nmse_d2s, nmse_s2d)} on
+        the fitting tokens, AbsTopK included."""
+        grams: dict[str, dict[str, torch.Tensor]] = {}
+        for b in batches:
+            _, dr = run_with_resids(dense, b, self.sites)
+            _, sr = run_with_resids(sparse, b, self.sites)
+            for s in self.sites:
+                x = _with_ones(dr[s].reshape(-1, self.d_dense).double())  # [N, d_dense + 1]
+                h = _with_ones(sr[s].reshape(-1, self.d_sparse).double())  # [N, d_sparse + 1]
+                g = grams.setdefault(s, {k: 0 for k in ("xx", "hh", "xh")})
+                g["xx"] = g["xx"] + x.T @ x
+                g["hh"] = g["hh"] + h.T @ h
+                g["xh"] = g["xh"] + x.T @ h
+        for s, g in grams.items():
+            for lin, gram, cross in ((self.enc[_key(s)], g["xx"], g["xh"]), (self.dec[_key(s)], g["hh"], g["xh"].T)):
+                reg = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+                reg[-1, -1] = 0  # the bias is not shrunk
+                sol = torch.linalg.solve(gram + reg, cross)[:, :-1]  # [d_in + 1, d_out] (drop the ones column)
+                lin.weight.copy_(sol[:-1].T.to(lin.weight.dtype))
+                if lin.bias is not None:
+                    lin.bias.copy_(sol[-1].to(lin.bias.dtype))
+        out = {}
+        for s in self.sites:
+            num = {"d2s": 0.0, "s2d": 0.0}
+            for b in batches:
+                _, dr = run_with_resids(dense, b, [s])
+                _, sr = run_with_resids(sparse, b, [s])
+                num["d2s"] += float(nmse(self.encode(s, dr[s]), sr[s])) / len(batches)
+                num["s2d"] += float(nmse(self.decode(s, sr[s]), dr[s])) / len(batches)
+            out[s] = (num["d2s"], num["s2d"])
+        return out
+
     def encode(self, site: str, x: torch.Tensor) -> torch.Tensor:
         """Dense residual x [..., d_dense] -> sparse residual [..., d_sparse] with k nonzeros."""
         return self.topk(self.enc[_key(site)](x))
@@ -209,6 +252,11 @@ class Bridge(nn.Module):
     def decoder_matrix(self, site: str) -> torch.Tensor:
         """W_dec [d_dense, d_sparse]: column c is the dense direction of sparse channel c."""
         return self.dec[_key(site)].weight
+
+
+def _with_ones(x: torch.Tensor) -> torch.Tensor:
+    """[N, d] -> [N, d + 1] with a column of ones (the bias of an affine fit)."""
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
 
 
 def hybrid_dense_to_sparse(
@@ -623,18 +671,38 @@ def contrast_channels(mean_a: torch.Tensor, mean_b: torch.Tensor, k: int = 5) ->
     return (mean_b - mean_a).abs().topk(k).indices.tolist()
 
 
+def separation(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How well each channel's side of the midpoint between the two class means tells the labels apart:
+    h [batch, d], labels [batch] in {0, 1} -> [d] in [0, 1] (1: every prompt on its class's side, 0.5:
+    chance). Strict on both sides, so a channel that never changes scores 0, not 1."""
+    a, b = h[labels == 0], h[labels == 1]
+    mid = (a.mean(0) + b.mean(0)) / 2
+    up = ((a > mid).float().mean(0) + (b < mid).float().mean(0)) / 2
+    down = ((a < mid).float().mean(0) + (b > mid).float().mean(0)) / 2
+    return torch.maximum(up, down)
+
+
+def class_move(mean_from: torch.Tensor, mean_to: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    """The sparse-space change that moves `channels` from their class-A means to their class-B means and
+    leaves every other channel alone: [d_sparse] x2 -> [d_sparse]."""
+    move = torch.zeros_like(mean_from)
+    idx = torch.as_tensor(list(channels), dtype=torch.long)
+    move[idx] = (mean_to - mean_from)[idx]
+    return move
+
+
 @torch.no_grad()
-def run_dense_with_delta(
-    dense: GPT, tokens: torch.Tensor, site: str, delta: torch.Tensor, at: torch.Tensor | None = None
+def run_with_delta(
+    model: GPT, tokens: torch.Tensor, site: str, delta: torch.Tensor, at: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Add delta [d_dense] to the dense residual stream at `site` (at position `at` [batch] of each prompt;
-    None: every position) and run the dense suffix. -> logits [batch, pos, vocab]."""
-    x = run_prefix(dense, tokens, site).clone()  # [batch, pos, d_dense]
+    """Add delta [d_model] to `model`'s residual stream at `site` (at position `at` [batch] of each prompt;
+    None: every position) and run the suffix. -> logits [batch, pos, vocab]."""
+    x = run_prefix(model, tokens, site).clone()  # [batch, pos, d_model]
     if at is None:
         x = x + delta
     else:
         x[torch.arange(tokens.shape[0]), at] += delta
-    return run_suffix(dense, x, site, tokens)
+    return run_suffix(model, x, site, tokens)
 
 
 @dataclass
@@ -642,20 +710,24 @@ class Steering:
     """The result of one intervention. probs [batch, n_targets] at the readout position."""
 
     probs: torch.Tensor
-    channel: int
-    delta: float  # the change of the sparse channel
-    delta_norm: float  # ||dense-space change||
+    channels: list[int]  # the sparse channels moved
+    move: torch.Tensor  # the sparse-space change at this strength [d_sparse]
+    delta_norm: float  # ||the dense-space change||
+
+    @property
+    def p_diff(self) -> float:
+        """Mean over prompts of P(first target) - P(second target)."""
+        return float((self.probs[:, 0] - self.probs[:, 1]).mean())
 
 
-def _steer_vector(bridge: Bridge, site: str, channel: int, delta: float) -> torch.Tensor:
-    """decoder(h + delta e_c) - decoder(h) = delta * W_dec[:, c] exactly (the decoder is affine). -> [d_dense]."""
-    return delta * bridge.decoder_matrix(site)[:, channel].detach()
-
-
-def _readout(dense: GPT, tokens, site, vec, at, readout, targets) -> torch.Tensor:
-    logits = run_dense_with_delta(dense, tokens, site, vec, at)
+def _readout(model: GPT, tokens, site, vec, at, readout, targets) -> torch.Tensor:
+    logits = run_with_delta(model, tokens, site, vec, at)
     probs = logits[torch.arange(tokens.shape[0]), _last(tokens, readout)].softmax(-1)  # [batch, vocab]
     return probs[:, torch.as_tensor(targets)]
+
+
+def _support(move: torch.Tensor) -> list[int]:
+    return torch.nonzero(move).flatten().tolist()
 
 
 @torch.no_grad()
@@ -664,55 +736,57 @@ def steer(
     bridge: Bridge,
     tokens: torch.Tensor,
     site: str,
-    channel: int,
-    value_from: float,
-    value_to: float,
+    move: torch.Tensor,
     strength: float,
     targets: Sequence[int],
     at: torch.Tensor | None = None,
     readout: torch.Tensor | None = None,
 ) -> Steering:
-    """Move sparse channel `channel` at `site` from its class-A value towards its class-B value and let the
-    dense model respond: delta = strength * (value_to - value_from) (strength in [0, 1]: 0 changes nothing,
-    1 moves the whole way), decoded as delta * W_dec[:, channel] (equal to decoder(h + delta) - decoder(h)
-    for every h, since the decoder is affine), added to the dense residual at `site` at positions `at`
-    ([batch]; default the last position; pass `at=...` explicitly for padded prompts), then the dense suffix
-    runs. Returns the dense probabilities of `targets` (token ids) at `readout` (default: `at`)."""
-    delta = float(strength) * (float(value_to) - float(value_from))
-    vec = _steer_vector(bridge, site, channel, delta)
+    """Change the sparse residual at `site` by strength * move ([d_sparse]; e.g. `class_move`: strength 0
+    changes nothing, 1 moves the chosen channels the whole way from one class to the other) and let the
+    *dense* model respond: the change is decoded as W_dec (strength * move) (equal to decoder(h + change) -
+    decoder(h) for every h, since the decoder is affine), added to the dense residual at `site` at positions
+    `at` ([batch]; default the last position; pass `at=...` explicitly for padded prompts), then the dense
+    suffix runs. Returns the dense probabilities of `targets` (token ids) at `readout` (default: `at`)."""
+    m = float(strength) * move
+    vec = bridge.decoder_matrix(site).detach() @ m  # [d_dense]
     at = _last(tokens, at)
     probs = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
-    return Steering(probs, channel, delta, float(vec.norm()))
+    return Steering(probs, _support(move), m, float(vec.norm()))
 
 
 @torch.no_grad()
-def steer_control(
-    dense: GPT,
-    bridge: Bridge,
+def steer_sparse(
+    sparse: GPT,
     tokens: torch.Tensor,
     site: str,
-    channel: int,
-    value_from: float,
-    value_to: float,
+    move: torch.Tensor,
     strength: float,
     targets: Sequence[int],
     at: torch.Tensor | None = None,
     readout: torch.Tensor | None = None,
-    seed: int = 0,
 ) -> Steering:
-    """The control for `steer`: a random other channel c' (seeded; one with a nonzero decoder column),
-    moved along its own decoder direction by a dense-space change of the same norm as `steer`'s,
-    ||delta' W_dec[:, c']|| = ||delta W_dec[:, channel]||, with the same sign convention. If the real
-    channel's effect is specific, the control's is much smaller."""
-    W = bridge.decoder_matrix(site).detach()  # [d_dense, d_sparse]
-    norms = W.norm(dim=0)  # [d_sparse]
-    choices = [c for c in range(W.shape[1]) if c != channel and norms[c] > 0]
-    g = torch.Generator().manual_seed(seed)
-    c2 = choices[int(torch.randint(len(choices), (1,), generator=g))]
-    delta = float(strength) * (float(value_to) - float(value_from))
-    target_norm = abs(delta) * float(norms[channel])
-    delta2 = math.copysign(target_norm / float(norms[c2]), delta) if delta != 0 else 0.0
-    vec = _steer_vector(bridge, site, c2, delta2)
+    """The same change made in the sparse model itself (no bridge): what the sparse circuit predicts the
+    dense model should do. delta_norm is the sparse-space norm."""
+    m = float(strength) * move
     at = _last(tokens, at)
-    probs = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
-    return Steering(probs, c2, delta2, float(vec.norm()))
+    probs = _readout(sparse, tokens, site, m, at, at if readout is None else readout, targets)
+    return Steering(probs, _support(move), m, float(m.norm()))
+
+
+def control_move(bridge: Bridge, site: str, move: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The control for a move: the same per-channel values on as many *other* channels (a seeded random
+    choice among those with a nonzero decoder column, in random order), rescaled so that the decoded
+    dense-space change has the same norm as the real move's. If the real channels' effect is specific,
+    the control's is much smaller. [d_sparse] -> [d_sparse]."""
+    W = bridge.decoder_matrix(site).detach()  # [d_dense, d_sparse]
+    real = _support(move)
+    others = [c for c in torch.nonzero(W.norm(dim=0) > 0).flatten().tolist() if c not in set(real)]
+    if len(others) < len(real):
+        raise ValueError(f"only {len(others)} other live channels at {site} for a control of {len(real)}")
+    g = torch.Generator().manual_seed(seed)
+    pick = [others[i] for i in torch.randperm(len(others), generator=g)[: len(real)].tolist()]
+    ctl = torch.zeros_like(move)
+    ctl[torch.as_tensor(pick, dtype=torch.long)] = move[torch.as_tensor(real, dtype=torch.long)]
+    norm_ctl, norm_real = float((W @ ctl).norm()), float((W @ move).norm())
+    return ctl * (norm_real / norm_ctl) if norm_ctl > 0 else ctl

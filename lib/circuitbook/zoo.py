@@ -21,7 +21,7 @@ from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_t
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, kept_fraction, sharkfin, sparse_adamw, total_l0
-from circuitbook.train import TrainConfig, cosine_schedule, train
+from circuitbook.train import TrainConfig, cosine_schedule, get_batch, train
 
 VOCAB_SIZE = 2048
 
@@ -319,7 +319,9 @@ def bridge_configs(profile: str | Profile):
     The sparse side starts from chapter 2's trained sparse model (`the_sparse_model`, already at its final
     sparsity) and is fine-tuned beside the dense one at a tenth of its LR while the bridges learn: trained
     from scratch beside the dense model for 1500 steps, it reached a validation loss of 4.1 (2.8 alone) and
-    learned none of the four tasks. Full: the KL terms use 2 of the 8 sites per step (drawn from the step),
+    learned none of the four tasks. The bridges start at their least-squares fit (`Bridge.fit_least_squares`
+    on `bridge_fit_batches`); the two KL terms weigh 3 (of 1 for 1, 3, and NMSE 10, this gave the lowest
+    validation KL of the hybrids). Full: the KL terms use 2 of the 8 sites per step (drawn from the step),
     which halves the step time."""
     from circuitbook.bridges import BridgeTrainConfig
 
@@ -330,15 +332,27 @@ def bridge_configs(profile: str | Profile):
         steps=pick(prof, ci=30, full=600), batch_size=tcfg.batch_size, n_ctx=tcfg.n_ctx, lr=tcfg.lr / 10,
         bridge_lr=3e-3, kl_sites_per_step=pick(prof, ci=None, full=2), eval_every=pick(prof, ci=15, full=100),
         eval_batches=pick(prof, ci=2, full=8), ckpt_every=pick(prof, ci=15, full=50),
-        extra={"kept_fraction": THE_SPARSE_MODEL["kept"], "min_per_row": 4, "init": "the_sparse_model"},
+        extra={"kept_fraction": THE_SPARSE_MODEL["kept"], "min_per_row": 4, "init": "the_sparse_model",
+               "bridge_init": "least_squares", "init_batches": pick(prof, ci=2, full=16),
+               "loss_coeffs": {"kl_d2s": 3.0, "kl_s2d": 3.0}},
     )
     return gcfg, bcfg
+
+
+def bridge_fit_batches(profile: str | Profile, seed: int = 0) -> list[torch.Tensor]:
+    """The token batches [batch, n_ctx] the bridges' least-squares start is fitted on (drawn with seed + 1,
+    so not the training batches)."""
+    prof = get_profile(profile)
+    _, bcfg = bridge_configs(prof)
+    train_tokens = token_streams(prof)["train"]
+    n = bcfg.extra["init_batches"]
+    return [get_batch(train_tokens, i, bcfg.batch_size, bcfg.n_ctx, seed + 1) for i in range(n)]
 
 
 def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
     """The dense baseline (frozen), a weight-sparse model trained beside it, and the bridges between them
     (artifact `bridged_sparse`; resumable from data/scratch). Returns (dense, sparse, bridge, meta)."""
-    from circuitbook.bridges import Bridge, train_bridged
+    from circuitbook.bridges import Bridge, default_losses, train_bridged
 
     prof = get_profile(profile)
     dense = dense_baseline(prof, seed)[0].float()
@@ -354,7 +368,10 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
         bridge = Bridge.for_models(dense, sparse)
         sparsifier = WeightSparsifier(sparse, kept, min_per_row=4)  # already at its final sparsity
         streams = token_streams(prof)
+        if bcfg.extra.get("bridge_init") == "least_squares":
+            bridge.fit_least_squares(dense, sparse, bridge_fit_batches(prof, seed))
         out = train_bridged(dense, sparse, bridge, streams["train"], streams["val"], bcfg, sparsifier,
+                            losses=default_losses(**bcfg.extra.get("loss_coeffs", {})),
                             ckpt_dir=scratch_dir(prof, name), progress=progress)
         tensors = {**{f"sparse.{k}": v for k, v in artifacts.pack_sparse(sparse.state_dict()).items()},
                    **{f"bridge.{k}": v for k, v in _half(bridge.state_dict()).items()}}
