@@ -154,6 +154,14 @@ class Checkpoint:
         load_optimizer(self.opt, tensors, meta)
         return meta
 
+    def step_done(self, done: int, total: int, every: int, stop_at: int | None, history: list[dict],
+                  **extra) -> bool:
+        """The tail of every training step: save when `done` is a multiple of `every`, the last step or
+        `stop_at` (a simulated interruption); returns True when the loop must stop there."""
+        if done % every == 0 or done == total or done == stop_at:
+            self.save(done, history, **extra)
+        return stop_at is not None and done >= stop_at
+
     def save(self, step: int, history: list[dict], **extra) -> None:
         if self.path is None:
             return
@@ -232,9 +240,7 @@ def train(
             kept[done] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if ckpt_dir is not None:
                 save_tensors(Path(ckpt_dir) / f"kept_{done}.safetensors", kept[done], {"step": done})
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
-            ckpt.save(done, history, kept=sorted(kept))
-        if stop_at is not None and done >= stop_at:
+        if ckpt.step_done(done, cfg.steps, cfg.ckpt_every, stop_at, history, kept=sorted(kept)):
             break
     bar.close()
     dt = time.perf_counter() - t0

@@ -457,9 +457,7 @@ def train_vlm(
                 row.update(eval_fn(model))
             bar.set_postfix(loss=f"{loss_pairs.item():.3f}")
         history.append(row)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_at:
-            ckpt.save(done, history)
-        if stop_at is not None and done >= stop_at:
+        if ckpt.step_done(done, cfg.steps, cfg.ckpt_every, stop_at, history):
             break
     bar.close()
     dt = time.perf_counter() - t0
