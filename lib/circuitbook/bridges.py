@@ -230,15 +230,13 @@ class Bridge(nn.Module):
                 lin.weight.copy_(sol[:-1].T.to(lin.weight.dtype))
                 if lin.bias is not None:
                     lin.bias.copy_(sol[-1].to(lin.bias.dtype))
-        out = {}
-        for s in self.sites:
-            num = {"d2s": 0.0, "s2d": 0.0}
-            for b in batches:
-                _, dr = run_with_resids(dense, b, [s])
-                _, sr = run_with_resids(sparse, b, [s])
-                num["d2s"] += float(nmse(self.encode(s, dr[s]), sr[s])) / len(batches)
-                num["s2d"] += float(nmse(self.decode(s, sr[s]), dr[s])) / len(batches)
-            out[s] = (num["d2s"], num["s2d"])
+        out = {s: (0.0, 0.0) for s in self.sites}
+        for b in batches:
+            _, dr = run_with_resids(dense, b, self.sites)
+            _, sr = run_with_resids(sparse, b, self.sites)
+            for s in self.sites:
+                d2s, s2d = float(nmse(self.encode(s, dr[s]), sr[s])), float(nmse(self.decode(s, sr[s]), dr[s]))
+                out[s] = (out[s][0] + d2s / len(batches), out[s][1] + s2d / len(batches))
         return out
 
     def encode(self, site: str, x: torch.Tensor) -> torch.Tensor:

@@ -129,9 +129,10 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
 
 class Checkpoint:
     """`ckpt_dir/latest.safetensors` of a training loop: each module's weights (keys `<name>.<param>`), the
-    optimizer state and a meta (step, history, config, extras). Shared by every loop of the book (`train`,
-    `bridges.train_bridged`, `models.vlm.train_vlm`). A checkpoint written with another config is discarded
-    with a warning rather than resumed; `ckpt_dir=None` turns checkpointing off."""
+    optimizer state and a meta (step = steps done, history, config, extras). Shared by every loop of the book
+    (`train`, `bridges.train_bridged`, `models.vlm.train_vlm`, `decomposition.decompose`). A checkpoint
+    written with another config is discarded with a warning rather than resumed; `ckpt_dir=None` turns
+    checkpointing off."""
 
     def __init__(self, ckpt_dir: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
                  config: dict):

@@ -115,7 +115,7 @@ def decompose(
     start, seconds_before = 0, 0.0
     meta = ckpt.resume()
     if meta is not None:
-        start, history, seconds_before = meta["step"] + 1, meta["history"], meta.get("seconds", 0.0)
+        start, history, seconds_before = meta["step"], meta["history"], meta.get("seconds", 0.0)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc="decompose", disable=not progress, initial=start, total=steps)
@@ -146,8 +146,8 @@ def decompose(
             with torch.no_grad():
                 for k, v in eval_fn(model).items():
                     history.setdefault(f"eval/{k}", []).append(float(v))
-        if ckpt_dir is not None and ((step + 1) % ckpt_every == 0 or step == steps - 1 or step == stop_at):
-            ckpt.save(step, history, seconds=seconds_before + time.perf_counter() - t0)
-        if stop_at is not None and step >= stop_at:
+        stop = None if stop_at is None else stop_at + 1  # stop_at is a step index, step_done counts steps done
+        seconds = seconds_before + time.perf_counter() - t0
+        if ckpt.step_done(step + 1, steps, ckpt_every, stop, history, seconds=seconds):
             break
     return Decomposition(model, history, seconds_before + time.perf_counter() - t0)
