@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "circuitbook needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## The main job: execute every chapter (profile full, shipped artifacts; missing ones are trained), build the HTML.
@@ -26,6 +26,7 @@ notebooks: venv
 	done
 
 html: venv
+	@echo "html: start $$(date -u +%T)"
 	$(VENV)/bin/jupyter-book build . $(BOOK_ARGS) --warningiserror --quiet
 	@echo "HTML book: _build/html/index.html"
 
@@ -33,18 +34,26 @@ readme: venv
 	$(PY) scripts/claims_table.py
 
 ## What CI runs (.ci/run): lint, unit tests, every chapter at the ci profile, nbval of the committed notebooks, HTML build.
+## One torch/OpenMP thread per process (unless OMP_NUM_THREADS is set) and two pytest workers: OpenMP threads spin
+## while they wait, so beside one busy neighbour two threads run 3-4x slower (scripts/bench_threads.py) and chapter 3
+## at ci more than 10x; one thread per process loses only the neighbour's share.
 test: venv lint unit nbval html
+	@echo "make test: done $$(date -u +%T)"
+
+unit nbval: export OMP_NUM_THREADS ?= 1
 
 lint: venv
 	$(VENV)/bin/ruff check lib tests scripts notebooks/*.py
 
 unit: venv
-	$(PY) -m pytest -q tests
+	@echo "unit: start $$(date -u +%T), OMP_NUM_THREADS=$$OMP_NUM_THREADS"
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=12 tests
 
 # nbval re-executes the committed notebooks; their results files go to a scratch dir, not data/results.
 nbval: venv
+	@echo "nbval: start $$(date -u +%T), OMP_NUM_THREADS=$$OMP_NUM_THREADS"
 	cd notebooks && CIRCUITBOOK_RESULTS=$$(mktemp -d) ../$(PY) -m pytest -q -p no:cacheprovider --nbval-lax \
-	  $(notdir $(NOTEBOOKS))
+	  --nbval-cell-timeout=1200 -n 2 --dist loadfile $(notdir $(NOTEBOOKS))
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/

@@ -51,7 +51,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
 
-from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.corpus import EOT, corpus_config, load_corpus
 from circuitbook.data.tasks import TASKS, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import TASK_TOKENS
@@ -61,7 +61,7 @@ from circuitbook.train import evaluate_lm, val_batches
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(2)
+set_threads()  # every usable core, or OMP_NUM_THREADS when set (`make test` sets 1)
 viz.setup()
 
 # %% [markdown]

@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from circuitbook import bench, get_profile, seed_everything, viz, zoo
+from circuitbook import bench, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.tasks import TASKS, evaluate_task
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT
 from circuitbook.results import Claim, claims_table, write_results
@@ -64,7 +64,7 @@ from circuitbook.train import evaluate_lm, val_batches
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(2)
+set_threads()  # every usable core, or OMP_NUM_THREADS when set (`make test` sets 1)
 viz.setup()
 
 # %% [markdown]

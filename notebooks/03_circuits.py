@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 from IPython.display import HTML, display
 
-from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.circuits import (
     NodeSet,
     ablation_hooks,
@@ -88,7 +88,7 @@ from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(2)
+set_threads()  # every usable core, or OMP_NUM_THREADS when set (`make test` sets 1)
 viz.setup()
 
 QUOTE, BRACKET, SOS = zoo.CIRCUIT_TASKS

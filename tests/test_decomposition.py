@@ -208,7 +208,7 @@ def test_persistent_pgd_increases_loss_and_trains():
     first = float(pgd(s).detach())
     for _ in range(10):
         last = pgd(s)
-    assert float(last) >= first  # the persistent adversary only gets stronger on a fixed batch
+    assert float(last.detach()) >= first  # the persistent adversary only gets stronger on a fixed batch
     assert all(((r >= 0) & (r <= 1)).all() for r in pgd.sources.values())
     last.backward()
     assert cm.ci_fns["linear1"].W1.grad is not None  # gradients reach the importance functions
@@ -353,6 +353,7 @@ def test_task_attribution_matches_finite_difference():
     attr = task_attribution(cm, batch, chunk=3)  # chunked: the sum over chunks must still be a mean over prompts
     n, c, eps = "blocks.0.mlp.W_in", 5, 1e-3
 
+    @torch.no_grad()
     def ld(alpha: float) -> float:
         m = torch.ones(4, 12, cm.C[n])
         m[..., c] = alpha

@@ -18,7 +18,8 @@ def test_notebook_runs_with_ci_profile(nb, tmp_path, monkeypatch):
     monkeypatch.setenv("CIRCUITBOOK_DATA", str(tmp_path / "data"))  # no shipped or cached artifacts
     out = tmp_path / nb.name
     papermill.execute_notebook(str(nb), str(out), parameters={"profile": "ci"}, cwd=str(nb.parent),
-                               kernel_name="python3", progress_bar=False)
+                               kernel_name="python3", progress_bar=False,
+                               execution_timeout=1200)  # a hung cell fails here, not at the CI limit
     results = list((tmp_path / "data" / "results").glob("*.ci.json"))
     assert results, "the chapter must write its results file"
     for r in results:

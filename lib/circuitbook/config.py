@@ -56,6 +56,30 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, lowered by a cgroup CPU quota (containers, CI)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def set_threads(at_most: int | None = None) -> int:
+    """Set torch's thread count and return it: OMP_NUM_THREADS when set (`make test` sets 1), else the usable
+    cores, capped at `at_most`. More threads than free cores is worse than one: OpenMP threads spin while
+    they wait, so a busy neighbour slows a multi-threaded run down many times (scripts/bench_threads.py)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = int(env) if env.isdigit() and int(env) > 0 else usable_cores()
+    if at_most is not None:
+        n = min(n, at_most)
+    torch.set_num_threads(n)
+    return n
+
+
 def device() -> torch.device:
     """CUDA when present, else CPU. The book never requires a GPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
