@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+from circuitbook.config import usable_cores
+
 WORK = """
 import time, torch
 from circuitbook import zoo
@@ -47,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
     args = ap.parse_args()
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     if cores < 2:
         print(f"{cores} core: nothing to compare")
         return

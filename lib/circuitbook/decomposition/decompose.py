@@ -117,6 +117,7 @@ def decompose(
     if meta is not None:
         start, history, seconds_before = meta["step"], meta["history"], meta.get("seconds", 0.0)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    stop = None if stop_at is None else stop_at + 1  # stop_at is a step index, step_done counts steps done
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc="decompose", disable=not progress, initial=start, total=steps)
     for step in bar:
@@ -146,7 +147,6 @@ def decompose(
             with torch.no_grad():
                 for k, v in eval_fn(model).items():
                     history.setdefault(f"eval/{k}", []).append(float(v))
-        stop = None if stop_at is None else stop_at + 1  # stop_at is a step index, step_done counts steps done
         seconds = seconds_before + time.perf_counter() - t0
         if ckpt.step_done(step + 1, steps, ckpt_every, stop, history, seconds=seconds):
             break
