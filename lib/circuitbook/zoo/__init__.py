@@ -1,0 +1,69 @@
+"""The book's trained things, one module per chapter (`core` holds what they share).
+
+Every function here takes a profile and goes through `artifacts.load_or_train`: a shipped artifact is
+loaded (after its checksum), a missing one is trained, `retrain=True` trains again. Method modules never
+load or save artifacts and never see a profile; this package is where the two meet. Notebooks call
+`zoo.<name>` (every public name of the submodules is re-exported here).
+"""
+
+from circuitbook.zoo.bridges import (
+    bridge_configs,
+    bridge_fit_batches,
+    bridged_pair,
+)
+from circuitbook.zoo.circuits import (
+    CIRCUIT_TASKS,
+    circuit_means,
+    circuit_search,
+    pruned_circuit,
+)
+from circuitbook.zoo.core import (
+    VOCAB_SIZE,
+    TaskSets,
+    fit_gpt,
+    half,
+    scratch_dir,
+    suffix,
+    task_eval_fn,
+    task_sets,
+    thin,
+    token_streams,
+    tokenizer,
+)
+from circuitbook.zoo.dense import (
+    dense_baseline,
+    dense_checkpoints,
+    dense_configs,
+)
+from circuitbook.zoo.sparse import (
+    CLIP_DEMO,
+    SPARSE_FRACTIONS,
+    THE_SPARSE_MODEL,
+    clip_demo,
+    sparse_configs,
+    sparse_model,
+    sparse_name,
+    sparse_widths,
+    the_sparse_model,
+)
+from circuitbook.zoo.vlm import (
+    VLM_DOT_COUNTS,
+    VLM_KIND_WEIGHTS,
+    VLM_N_TEXT,
+    text_windows,
+    vlm,
+    vlm_configs,
+    vlm_scenes,
+    vlm_transcoder_configs,
+    vlm_transcoders,
+)
+
+__all__ = [
+    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'THE_SPARSE_MODEL', 'TaskSets', 'VLM_DOT_COUNTS',
+    'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair',
+    'circuit_means', 'circuit_search', 'clip_demo', 'dense_baseline', 'dense_checkpoints', 'dense_configs',
+    'fit_gpt', 'half', 'pruned_circuit', 'scratch_dir', 'sparse_configs', 'sparse_model', 'sparse_name',
+    'sparse_widths', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows', 'the_sparse_model', 'thin',
+    'token_streams', 'tokenizer', 'vlm', 'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs',
+    'vlm_transcoders',
+]
