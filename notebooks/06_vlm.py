@@ -80,9 +80,9 @@ viz.setup()
 # %%
 vcfg, tcfg, data_cfg = zoo.vlm_configs(prof)
 tok = zoo.tokenizer(prof)
-N_TEXT = data_cfg["n_text"]
-print("training mix (planet, shuttle, hand, dots, shape):", data_cfg["kind_weights"],
-      f"of {data_cfg['n_train']:,} scenes; dot counts {data_cfg['dot_counts']}")
+N_TEXT = data_cfg.n_text
+print("training mix (planet, shuttle, hand, dots, shape):", list(data_cfg.kind_weights),
+      f"of {data_cfg.n_train:,} scenes; dot counts {list(data_cfg.dot_counts)}")
 test_scenes = zoo.vlm_scenes(prof, "test", pick(prof, ci=128, full=1000), seed)
 fig = preview(test_scenes, 16)
 plt.show()
@@ -155,10 +155,10 @@ tc_cfg = zoo.vlm_transcoder_configs(prof)
 tcs, tc_meta = {}, {}
 for kind in ("text", "multimodal"):
     tcs[kind], tc_meta[kind] = zoo.vlm_transcoders(prof, kind, seed=seed, retrain=retrain)
-print(f"{L} layers x {tc_cfg['n_features']} features, k = {tc_cfg['k']}, {tc_cfg['steps']} steps each")
+print(f"{L} layers x {tc_cfg.n_features} features, k = {tc_cfg.k}, {tc_cfg.steps} steps each")
 
 xe, ye, _ = mlp_io(vlm, test_pairs.images, test_pairs.tokens, range(L))
-code = zoo.text_windows(prof, pick(prof, ci=64, full=500), "val", tc_cfg["text_ctx"])
+code = zoo.text_windows(prof, pick(prof, ci=64, full=500), "val", tc_cfg.text_ctx)
 xc, yc, _ = mlp_io(vlm, None, code, range(L))
 where_slices = {"image": slice(0, n_img), "caption": slice(n_img, None)}
 fvus = {kind: {"image": [], "caption": [], "code": []} for kind in tcs}

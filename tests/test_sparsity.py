@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from circuitbook.sparsity import (
+    SparsityConfig,
     WeightSparsifier,
     clip_grad_rms_,
     dead_neurons,
@@ -146,6 +147,23 @@ def test_sharkfin_schedule_by_hand():
     assert lr(500) == pytest.approx((500 / 990) * 8.0)  # 50%: half decayed, x 1/sqrt(1/64) = 8
     assert lr(1000) == 0.0  # 100%
     assert sharkfin(500, 1000) == pytest.approx(500 / 990)  # without sparsity: plain warmup-decay
+
+
+def test_sparsity_config_schedules_and_cap():
+    cfg = SparsityConfig(kept_fraction=1 / 64)
+    assert cfg.kept()(250, 1000) == pytest.approx(1 - 63 / 128)
+    assert cfg.lr_schedule()(500, 1000) == pytest.approx(sharkfin(500, 1000, kept=cfg.kept()))
+    capped = SparsityConfig(kept_fraction=1 / 64, lr_max_factor=2.0).lr_schedule()
+    assert capped(500, 1000) == pytest.approx((500 / 990) * 2.0)  # 1/sqrt(1/64) = 8, capped at 2
+    assert capped(10, 1000) == pytest.approx(1.0 / math.sqrt(0.9803125))  # below the cap: unchanged
+    with pytest.raises(ValueError, match="kept_fraction"):
+        SparsityConfig(kept_fraction=0)
+    with pytest.raises(ValueError, match="lr_max_factor"):
+        SparsityConfig(kept_fraction=0.5, lr_max_factor=0.5)
+    with pytest.raises(TypeError):
+        SparsityConfig(1 / 64)  # keyword-only
+    with pytest.raises(AttributeError):
+        cfg.kept_fraction = 0.5  # frozen
 
 
 def test_clip_grad_rms():

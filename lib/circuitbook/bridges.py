@@ -42,7 +42,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -432,26 +432,44 @@ def compute_losses(run: BridgeRun, losses: Sequence[BridgeLoss]) -> tuple[torch.
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BridgeTrainConfig:
     """Settings of `train_bridged`. The sparse side follows chapter 2: AdamW(0.9, 0.95, wd 0.1, eps 0.1),
     sharkfin LR (times 1/sqrt(kept fraction) when a sparsifier is given), gradient RMS clipped to 1."""
 
-    steps: int
-    batch_size: int = 32
-    n_ctx: int = 128
+    steps: int  # optimizer steps
+    batch_size: int = 32  # windows per step
+    n_ctx: int = 128  # tokens per window
     lr: float = 3e-3  # sparse model's base LR
     bridge_lr: float = 3e-3  # encoders' and decoders' base LR (same sharkfin shape, no 1/sqrt(kept))
     bridge_eps: float = 1e-8  # plain Adam eps for the bridge (eps 0.1 is a sparse-weights device)
-    bridge_weight_decay: float = 0.0
-    warmup: float = 0.01
+    bridge_weight_decay: float = 0.0  # AdamW weight decay of the bridge
+    warmup: float = 0.01  # sharkfin warmup share
     clip_rms: float = 1.0  # sparse model and bridge are each clipped to this gradient RMS
     kl_sites_per_step: int | None = None  # sample this many sites for the KL terms each step (None: all)
-    eval_every: int = 200
-    eval_batches: int = 8
-    ckpt_every: int = 200
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+    eval_every: int = 200  # steps between validation evaluations
+    eval_batches: int = 8  # validation batches per evaluation
+    ckpt_every: int = 200  # steps between resumable checkpoints
+    seed: int = 0  # seeds the init (by the caller), the batch order and the KL sites
+    sparse_init: str = "scratch"  # where the sparse side starts: "scratch" or "the_sparse_model" (chapter 2's)
+    bridge_init: str = "random"  # where the bridges start: "random" or "least_squares" (`Bridge.fit_least_squares`)
+    init_batches: int = 16  # batches the least-squares start is fitted on
+    lm_coef: float = 1.0  # weight of the sparse model's own LM loss
+    nmse_d2s_coef: float = 1.0  # weight of NMSE(encoded dense, sparse) at every site
+    nmse_s2d_coef: float = 1.0  # weight of NMSE(decoded sparse, dense) at every site
+    kl_d2s_coef: float = 1.0  # weight of KL(dense || sparse suffix run on the encoded dense stream)
+    kl_s2d_coef: float = 1.0  # weight of KL(dense || dense suffix run on the decoded sparse stream)
+
+    def __post_init__(self) -> None:
+        if self.sparse_init not in ("scratch", "the_sparse_model"):
+            raise ValueError(f"sparse_init must be 'scratch' or 'the_sparse_model', got {self.sparse_init!r}")
+        if self.bridge_init not in ("random", "least_squares"):
+            raise ValueError(f"bridge_init must be 'random' or 'least_squares', got {self.bridge_init!r}")
+
+    def losses(self) -> list[BridgeLoss]:
+        """The five loss terms with this config's coefficients."""
+        return default_losses(self.lm_coef, self.nmse_d2s_coef, self.nmse_s2d_coef, self.kl_d2s_coef,
+                              self.kl_s2d_coef)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

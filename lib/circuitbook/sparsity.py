@@ -8,6 +8,7 @@ The recipe of Gao et al. (2025), written against any `nn.Module`:
     half of training. Gradients and Adam moments stay dense, so a zeroed weight can come back.
 
 Pieces:
+    SparsityConfig                                 the recipe's sparsity settings, stored with each model
     kept_fraction(step, total_steps, target=...)   the L0 annealing schedule
     sharkfin(step, total_steps, kept=...)          the learning-rate multiplier
     WeightSparsifier(model, schedule).step(step)   the projection, called after optimizer.step()
@@ -37,6 +38,8 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -51,6 +54,35 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 
 # ----------------------------------------------------------------------------- schedules
 # Plain functions f(step, total_steps) -> float; bind the keyword arguments with functools.partial.
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparsityConfig:
+    """How a weight-sparse model is sparsified while it trains (stored with the model's artifact)."""
+
+    kept_fraction: float  # share of every projected matrix's entries kept once the anneal ends
+    min_per_row: int = 4  # j: each nn.Linear row keeps at least this many entries (binds at j / d_in)
+    anneal: float = 0.5  # the kept fraction falls linearly from 1 to its target over this share of training
+    lr_max_factor: float | None = None  # cap of sharkfin's 1/sqrt(kept) LR factor (None: uncapped, the paper's)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.kept_fraction <= 1:
+            raise ValueError(f"kept_fraction must be in (0, 1], got {self.kept_fraction}")
+        if not 0 < self.anneal <= 1:
+            raise ValueError(f"anneal must be in (0, 1], got {self.anneal}")
+        if self.lr_max_factor is not None and self.lr_max_factor < 1:
+            raise ValueError(f"lr_max_factor must be >= 1 or None, got {self.lr_max_factor}")
+
+    def kept(self) -> Callable[[int, int], float]:
+        """The L0 annealing schedule f(step, total_steps) -> kept fraction."""
+        return partial(kept_fraction, target=self.kept_fraction, anneal=self.anneal)
+
+    def lr_schedule(self) -> Callable[[int, int], float]:
+        """The sharkfin LR multiplier f(step, total_steps) for this sparsity."""
+        return partial(sharkfin, kept=self.kept(), max_factor=self.lr_max_factor)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def kept_fraction(step: int, total_steps: int, *, target: float, anneal: float = 0.5) -> float:
@@ -68,9 +100,11 @@ def sharkfin(
     *,
     kept: Callable[[int, int], float] | None = None,
     warmup: float = 0.01,
+    max_factor: float | None = None,
 ) -> float:
     """Learning-rate multiplier: linear warmup over the first `warmup` of training, linear decay to 0 at
-    `total_steps`, times 1/sqrt(kept(step, total_steps)) (sparser weights need a larger step).
+    `total_steps`, times 1/sqrt(kept(step, total_steps)) (sparser weights need a larger step), that factor
+    capped at `max_factor` when one is given.
 
     With W = max(1, round-half-up(warmup * total_steps)) warmup steps: (step + 1) / W for step < W, then
     (total_steps - step) / (total_steps - W), which is 1 at step W and 0 at step total_steps.
@@ -80,8 +114,8 @@ def sharkfin(
         base = (step + 1) / W
     else:
         base = max(0.0, (total_steps - step) / max(1, total_steps - W))
-    f = 1.0 if kept is None else kept(step, total_steps)
-    return base / math.sqrt(f)
+    factor = 1.0 if kept is None else 1 / math.sqrt(kept(step, total_steps))
+    return base * (factor if max_factor is None else min(factor, max_factor))
 
 
 def n_kept(fraction: float, numel: int) -> int:

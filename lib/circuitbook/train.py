@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,23 +71,24 @@ def cosine_schedule(warmup_frac: float = 0.02, final: float = 0.1) -> Callable[[
 # ---------------------------------------------------------------- config and loop
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    steps: int
-    batch_size: int = 32
-    n_ctx: int = 128
-    lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    """Settings of `train` (stored with each artifact it trains)."""
+
+    steps: int  # optimizer steps
+    batch_size: int = 32  # windows per step
+    n_ctx: int = 128  # tokens per window
+    lr: float = 3e-3  # peak learning rate (the schedule multiplies it)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW eps (the weight-sparse recipe uses 0.1)
+    weight_decay: float = 0.1  # AdamW weight decay
     clip: str = "norm"  # "norm" (global L2 norm), "rms" (global RMS), "rms_normalize" (RMS set to clip_value), "none"
-    clip_value: float = 1.0
-    eval_every: int = 200
-    eval_batches: int = 8
-    ckpt_every: int = 200
+    clip_value: float = 1.0  # the clipping threshold (norm or RMS)
+    eval_every: int = 200  # steps between validation evaluations
+    eval_batches: int = 8  # validation batches per evaluation
+    ckpt_every: int = 200  # steps between resumable checkpoints
     keep_steps: tuple[int, ...] = ()  # steps whose weights are kept (chapter 7 tracks features across them)
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+    seed: int = 0  # seeds the init (by the caller) and the batch order
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

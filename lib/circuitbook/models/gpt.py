@@ -14,7 +14,7 @@ sparsity at any named site, and an optional bigram table added to the logits.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -35,24 +35,25 @@ ABSTOPK_PAPER_SITES = (
 )
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class GPTConfig:
-    vocab_size: int = 2048
-    n_ctx: int = 256
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_head: int = 32
-    d_mlp: int = 512
+    """Every shape and option of a GPT (stored with each artifact; `gpt_from_state` rebuilds from it)."""
+
+    vocab_size: int = 2048  # BPE vocabulary
+    n_ctx: int = 256  # longest sequence (learned positions and the causal mask have this length)
+    d_model: int = 128  # residual-stream width
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads per block
+    d_head: int = 32  # width of one head's q, k, v
+    d_mlp: int = 512  # MLP neurons per block
     norm: str = "rms"  # "rms" | "layer"
     positions: str = "learned"  # "learned" | "none"
     attn_sink: bool = False  # per-head learnable sink logit b_h, adds exp(b_h) to the softmax denominator
     abstopk_sites: tuple[str, ...] = ()  # block-relative hook names, e.g. ABSTOPK_PAPER_SITES
     afrac: float = 0.25  # AbsTopK keeps k = round(afrac * width) entries per position
     bigram: bool = False  # a dense [vocab, vocab] table added to the logits
-    bias: bool = True
-    init_std: float = 0.02
-    extra: dict = field(default_factory=dict)  # free-form notes kept with the artifact
+    bias: bool = True  # biases in every linear layer
+    init_std: float = 0.02  # std of the normal init (residual writes scaled by 1/sqrt(2 n_layers))
 
     def __post_init__(self) -> None:
         if self.norm not in ("rms", "layer"):
@@ -64,7 +65,7 @@ class GPTConfig:
             raise ValueError(f"unknown AbsTopK sites {sorted(bad)}; valid: {ABSTOPK_PAPER_SITES}")
         if not 0 < self.afrac <= 1:
             raise ValueError(f"afrac must be in (0, 1], got {self.afrac}")
-        self.abstopk_sites = tuple(self.abstopk_sites)
+        object.__setattr__(self, "abstopk_sites", tuple(self.abstopk_sites))  # lists from JSON
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -46,23 +46,24 @@ from circuitbook.models.gpt import GPT, Block, GPTConfig, Norm, lm_loss
 from circuitbook.train import Checkpoint, clip_gradients, cosine_schedule, get_batch
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class VLMConfig:
-    image_size: int = 32
+    """The ViT, its pooling into image tokens, and the GPT that reads them as a prefix."""
+
+    image_size: int = 32  # pixels per side
     patch_size: int = 4  # 32 / 4 = an 8 x 8 patch grid
-    vit_d_model: int = 64
-    vit_layers: int = 4
-    vit_heads: int = 4
-    vit_d_head: int = 16
-    vit_d_mlp: int = 256
-    vit_norm: str = "layer"
+    vit_d_model: int = 64  # ViT width
+    vit_layers: int = 4  # ViT blocks
+    vit_heads: int = 4  # ViT attention heads
+    vit_d_head: int = 16  # ViT head width
+    vit_d_mlp: int = 256  # ViT MLP neurons
+    vit_norm: str = "layer"  # ViT norm: "layer" or "rms"
     pool: int = 2  # pool x pool patches -> one image token: 8x8 patches -> 4x4 = 16 image tokens
-    lm: GPTConfig = field(default_factory=GPTConfig)
-    extra: dict = field(default_factory=dict)
+    lm: GPTConfig = field(default_factory=GPTConfig)  # the language model (a dict from JSON is converted)
 
     def __post_init__(self) -> None:
         if isinstance(self.lm, dict):
-            self.lm = GPTConfig(**{**self.lm, "abstopk_sites": tuple(self.lm.get("abstopk_sites", ()))})
+            object.__setattr__(self, "lm", GPTConfig(**self.lm))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.grid % self.pool:
@@ -360,23 +361,25 @@ def answer_accuracy(model: VLM, pairs: ImageTextPairs, batch_size: int = 256, im
 # ---------------------------------------------------------------- training
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class VLMTrainConfig:
-    steps: int
+    """Settings of `train_vlm`."""
+
+    steps: int  # optimizer steps
     batch_size: int = 32  # image-text pairs per step
     text_batch_size: int = 8  # windows of the text corpus per step (0: none)
-    text_ctx: int = 64
+    text_ctx: int = 64  # tokens per corpus window
     text_weight: float = 1.0  # loss = pair loss + text_weight * corpus loss
     answer_only: bool = False  # pair loss on the answer (and EOT) only, as instruction tuning does
-    lr: float = 2e-3
+    lr: float = 2e-3  # peak learning rate of the ViT and the projection
     lm_lr_mult: float = 1.0  # the GPT's LR multiplier (below 1 when it starts from a pretrained model)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    clip_value: float = 1.0
-    warmup_frac: float = 0.05
-    eval_every: int = 200
-    ckpt_every: int = 200
-    seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    weight_decay: float = 0.1  # AdamW weight decay
+    clip_value: float = 1.0  # global gradient-norm clip
+    warmup_frac: float = 0.05  # cosine schedule's warmup share
+    eval_every: int = 200  # steps between validation evaluations
+    ckpt_every: int = 200  # steps between resumable checkpoints
+    seed: int = 0  # seeds the init (by the caller) and the batch order
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

@@ -50,6 +50,8 @@ from circuitbook.zoo.vlm import (
     VLM_DOT_COUNTS,
     VLM_KIND_WEIGHTS,
     VLM_N_TEXT,
+    TranscoderSettings,
+    VLMData,
     text_windows,
     vlm,
     vlm_configs,
@@ -59,11 +61,11 @@ from circuitbook.zoo.vlm import (
 )
 
 __all__ = [
-    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'THE_SPARSE_MODEL', 'TaskSets', 'VLM_DOT_COUNTS',
-    'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair',
-    'circuit_means', 'circuit_search', 'clip_demo', 'dense_baseline', 'dense_checkpoints', 'dense_configs',
-    'fit_gpt', 'half', 'pruned_circuit', 'scratch_dir', 'sparse_configs', 'sparse_model', 'sparse_name',
-    'sparse_widths', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows', 'the_sparse_model', 'thin',
-    'token_streams', 'tokenizer', 'vlm', 'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs',
-    'vlm_transcoders',
+    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'THE_SPARSE_MODEL', 'TaskSets', 'TranscoderSettings',
+    'VLMData', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE', 'bridge_configs',
+    'bridge_fit_batches', 'bridged_pair', 'circuit_means', 'circuit_search', 'clip_demo', 'dense_baseline',
+    'dense_checkpoints', 'dense_configs', 'fit_gpt', 'half', 'pruned_circuit', 'scratch_dir', 'sparse_configs',
+    'sparse_model', 'sparse_name', 'sparse_widths', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows',
+    'the_sparse_model', 'thin', 'token_streams', 'tokenizer', 'vlm', 'vlm_configs', 'vlm_scenes',
+    'vlm_transcoder_configs', 'vlm_transcoders',
 ]

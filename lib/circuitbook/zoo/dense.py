@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state
@@ -9,7 +11,7 @@ from circuitbook.train import TrainConfig, cosine_schedule
 from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, half, suffix
 
 
-def dense_configs(profile: str | Profile) -> tuple[GPTConfig, TrainConfig]:
+def dense_configs(profile: str | Profile, seed: int = 0) -> tuple[GPTConfig, TrainConfig]:
     """Model and training settings of the dense baseline for a profile."""
     gcfg = pick(
         profile,
@@ -23,7 +25,7 @@ def dense_configs(profile: str | Profile) -> tuple[GPTConfig, TrainConfig]:
         full=TrainConfig(steps=4000, batch_size=32, n_ctx=128, lr=3e-3, eval_every=250, eval_batches=16,
                          ckpt_every=100, keep_steps=(50, 150, 400, 1000, 2000, 4000)),
     )
-    return gcfg, tcfg
+    return gcfg, replace(tcfg, seed=seed)
 
 
 
@@ -32,8 +34,7 @@ def dense_baseline(
 ) -> tuple[GPT, dict]:
     """The dense GPT every later chapter compares against. Returns (model, meta with metrics)."""
     prof = get_profile(profile)
-    gcfg, tcfg = dense_configs(prof)
-    tcfg.seed = seed
+    gcfg, tcfg = dense_configs(prof, seed)
     name = f"dense_baseline{suffix(seed)}"
     config = {"model": gcfg.to_dict(), "train": tcfg.to_dict()}
 

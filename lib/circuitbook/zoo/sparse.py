@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 
 from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
-from circuitbook.sparsity import WeightSparsifier, kept_fraction, sharkfin, sparse_adamw, total_l0
+from circuitbook.sparsity import SparsityConfig, WeightSparsifier, sparse_adamw, total_l0
 from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, suffix
 from circuitbook.zoo.dense import dense_configs
 
@@ -24,8 +23,9 @@ def sparse_widths(profile: str | Profile) -> tuple[int, ...]:
     return pick(profile, ci=(16, 32), full=(64, 128))
 
 
-def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str = "rms_normalize"):
-    """Model and training settings of a weight-sparse GPT keeping `kept` of every matrix at width `d_model`.
+def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0):
+    """Model, training and sparsity settings of a weight-sparse GPT keeping `kept` of every matrix at width
+    `d_model`: (GPTConfig, TrainConfig, SparsityConfig).
 
     The paper's recipe: AbsTopK (1/4) at its eight sites, attention sinks, RMSNorm, AdamW (0.9, 0.95),
     weight decay 0.1, eps 0.1, gradient RMS set to 1, sharkfin LR, L0 annealed over the first half.
@@ -39,13 +39,13 @@ def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str 
         n_layers=pick(profile, ci=2, full=4), n_heads=d_model // 16, d_head=16, d_mlp=4 * d_model,
         attn_sink=True, abstopk_sites=ABSTOPK_PAPER_SITES, afrac=0.25,
     )
-    _, dense_t = dense_configs(profile)
+    _, dense_t = dense_configs(profile, seed)
     tcfg = replace(
         dense_t, steps=pick(profile, ci=40, full=1500), batch_size=pick(profile, ci=8, full=16),
         lr=pick(profile, ci=1e-2, full=1e-2), eps=0.1, eval_every=pick(profile, ci=20, full=150),
-        clip=clip, clip_value=1.0, keep_steps=(), extra={"kept_fraction": kept, "min_per_row": 4},
+        clip=clip, clip_value=1.0, keep_steps=(),
     )
-    return gcfg, tcfg
+    return gcfg, tcfg, SparsityConfig(kept_fraction=kept, min_per_row=4)
 
 
 def clip_demo(profile: str | Profile) -> dict:
@@ -70,19 +70,18 @@ def sparse_model(
 ) -> tuple[GPT, dict]:
     """A weight-sparse GPT trained with the chapter-2 recipe (stored sparsely). Returns (model, meta)."""
     prof = get_profile(profile)
-    gcfg, tcfg = sparse_configs(prof, kept, d_model, clip)
-    tcfg.seed = seed
+    gcfg, tcfg, scfg = sparse_configs(prof, kept, d_model, clip, seed)
     name = sparse_name(kept, d_model, clip, seed)
-    config = {"model": gcfg.to_dict(), "train": tcfg.to_dict()}
-    kept_fn = partial(kept_fraction, target=kept)
+    config = {"model": gcfg.to_dict(), "train": tcfg.to_dict(), "sparsity": scfg.to_dict()}
 
     def fit():
         seed_everything(seed)
         model = GPT(gcfg)
-        sparsifier = WeightSparsifier(model, lambda s: kept_fn(s, tcfg.steps), min_per_row=4)
+        kept_at = scfg.kept()
+        sparsifier = WeightSparsifier(model, lambda s: kept_at(s, tcfg.steps), min_per_row=scfg.min_per_row)
         model, metrics = fit_gpt(
             prof, name, model, tcfg, config, progress, after_step=sparsifier.step,
-            lr_schedule=partial(sharkfin, kept=kept_fn), optimizer=lambda ps: sparse_adamw(ps, tcfg.lr),
+            lr_schedule=scfg.lr_schedule(), optimizer=lambda ps: sparse_adamw(ps, tcfg.lr),
         )
         metrics |= {"l0": total_l0(model, sparsifier.names),
                     "n_sparsified": sum(model.get_parameter(n).numel() for n in sparsifier.names)}

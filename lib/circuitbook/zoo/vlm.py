@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+
 import numpy as np
 import torch
 
@@ -20,7 +22,36 @@ VLM_KIND_WEIGHTS = (2.0, 0.5, 1.0, 3.0, 1.0)
 VLM_DOT_COUNTS = (1, 2, 3, 4, 5, 6)
 
 
-def vlm_configs(profile: str | Profile):
+@dataclass(frozen=True, kw_only=True)
+class VLMData:
+    """The VLM's training scenes."""
+
+    n_train: int  # training scenes
+    n_val: int  # validation scenes
+    n_text: int = VLM_N_TEXT  # caption tokens per scene
+    kind_weights: tuple[float, ...] = VLM_KIND_WEIGHTS  # mix of planet, shuttle, hand, dots, shape
+    dot_counts: tuple[int, ...] = VLM_DOT_COUNTS  # how many dots a dots scene may have
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscoderSettings:
+    """Chapter 6's transcoders: width, k, steps, and how many sequences of each kind they read."""
+
+    n_features: int  # dictionary width (8 x d_model)
+    k: int  # TopK active features per position
+    steps: int  # training steps per layer
+    batch_size: int = 512  # positions per step
+    n_seq: int  # sequences of each kind (corpus windows; scenes with captions)
+    text_ctx: int = 32  # tokens per corpus window
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def vlm_configs(profile: str | Profile, seed: int = 0) -> tuple[VLMConfig, VLMTrainConfig, VLMData]:
     """The VLM (a ViT prefix on the chapter-1 dense baseline), its training settings and its data settings."""
     prof = get_profile(profile)
     gcfg, _ = dense_configs(prof)
@@ -32,9 +63,8 @@ def vlm_configs(profile: str | Profile):
                                   answer_only=True, eval_every=50, ckpt_every=50),
                 full=VLMTrainConfig(steps=4000, batch_size=32, text_batch_size=8, text_ctx=64, lr=2e-3,
                                     lm_lr_mult=0.5, answer_only=True, eval_every=250, ckpt_every=100))
-    data = {"n_train": pick(prof, ci=768, full=20_000), "n_val": pick(prof, ci=128, full=500), "n_text": VLM_N_TEXT,
-            "kind_weights": list(VLM_KIND_WEIGHTS), "dot_counts": list(VLM_DOT_COUNTS)}
-    return vcfg, tcfg, data
+    data = VLMData(n_train=pick(prof, ci=768, full=20_000), n_val=pick(prof, ci=128, full=500))
+    return vcfg, replace(tcfg, seed=seed), data
 
 
 def vlm_scenes(profile: str | Profile, split: str, n: int, seed: int = 0, **kw):
@@ -51,10 +81,9 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
     synthetic scenes mixed with the code corpus (artifact `vlm`, fp16; resumable from data/scratch).
     Returns (model, meta)."""
     prof = get_profile(profile)
-    vcfg, tcfg, data = vlm_configs(prof)
-    tcfg.seed = seed
+    vcfg, tcfg, data = vlm_configs(prof, seed)
     name = f"vlm{suffix(seed)}"
-    config = {"model": vcfg.to_dict(), "train": tcfg.to_dict(), "data": data}
+    config = {"model": vcfg.to_dict(), "train": tcfg.to_dict(), "data": data.to_dict()}
 
     def fit():
         seed_everything(seed)
@@ -73,12 +102,12 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
     return vlm_from_state(tensors, vcfg).eval(), meta
 
 
-def vlm_transcoder_configs(profile: str | Profile) -> dict:
-    """Transcoder settings of chapter 6: width, k, steps, and how many sequences of each kind they read."""
+def vlm_transcoder_configs(profile: str | Profile) -> TranscoderSettings:
+    """Transcoder settings of chapter 6."""
     prof = get_profile(profile)
     d = dense_configs(prof)[0].d_model
-    return {"n_features": 8 * d, "k": pick(prof, ci=8, full=16), "steps": pick(prof, ci=300, full=1500),
-            "batch_size": 512, "n_seq": pick(prof, ci=256, full=3000), "text_ctx": 32}
+    return TranscoderSettings(n_features=8 * d, k=pick(prof, ci=8, full=16), steps=pick(prof, ci=300, full=1500),
+                              n_seq=pick(prof, ci=256, full=3000))
 
 
 def text_windows(profile: str | Profile, n: int, split: str = "train", ctx: int = 32) -> torch.Tensor:
@@ -93,8 +122,6 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
     (`kind="text"`: corpus windows) or of a multimodal mix (`"multimodal"`: equal numbers of corpus positions
     and image + caption positions, image tokens included). Artifact `vlm_transcoders_<kind>`, fp16.
     Returns (list of Transcoders, meta)."""
-    from circuitbook.models.vlm import encode_scenes
-
     if kind not in ("text", "multimodal"):
         raise ValueError(f"kind must be 'text' or 'multimodal', got {kind!r}")
     prof = get_profile(profile)
@@ -102,13 +129,13 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
     L, D = model.cfg.lm.n_layers, model.cfg.lm.d_model
     tc = vlm_transcoder_configs(prof)
     name = f"vlm_transcoders_{kind}{suffix(seed)}"
-    config = {"kind": kind, **tc, "vlm": vmeta["config"]}
+    config = {"kind": kind, **tc.to_dict(), "vlm": vmeta["config"]}
 
     def fit():
         seed_everything(seed)
-        xt, yt, _ = mlp_io(model, None, text_windows(prof, tc["n_seq"], "train", tc["text_ctx"]), range(L))
+        xt, yt, _ = mlp_io(model, None, text_windows(prof, tc.n_seq, "train", tc.text_ctx), range(L))
         if kind == "multimodal":
-            pairs = encode_scenes(vlm_scenes(prof, "transcoder", tc["n_seq"], seed), tokenizer(prof), VLM_N_TEXT)
+            pairs = encode_scenes(vlm_scenes(prof, "transcoder", tc.n_seq, seed), tokenizer(prof), VLM_N_TEXT)
             xm, ym, _ = mlp_io(model, pairs.images, pairs.tokens, range(L))
         tensors, metrics = {}, {}
         for layer in range(L):
@@ -117,14 +144,14 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
                 xi, yi = xm[layer].reshape(-1, D), ym[layer].reshape(-1, D)
                 n = min(len(x), len(xi))
                 x, y = torch.cat([x[:n], xi[:n]]), torch.cat([y[:n], yi[:n]])
-            t, h = train_transcoder((x, y), tc["n_features"], tc["k"], steps=tc["steps"], seed=seed + layer,
-                                    batch_size=tc["batch_size"], progress=progress)
+            t, h = train_transcoder((x, y), tc.n_features, tc.k, steps=tc.steps, seed=seed + layer,
+                                    batch_size=tc.batch_size, progress=progress)
             tensors |= {f"l{layer}.{k}": v.half() for k, v in t.to_tensors().items()}
             metrics[f"l{layer}_train_fvu"] = float(np.mean(h["fvu"][-20:]))
         return tensors, metrics
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
-    cfg = {"kind": "Transcoder", "d_in": D, "d_out": D, "n_features": tc["n_features"], "k": tc["k"]}
+    cfg = {"kind": "Transcoder", "d_in": D, "d_out": D, "n_features": tc.n_features, "k": tc.k}
     return [Transcoder.from_tensors({k[len(f"l{la}."):]: v.float() for k, v in tensors.items()
                                      if k.startswith(f"l{la}.")}, cfg) for la in range(L)], meta
 
