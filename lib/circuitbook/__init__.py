@@ -1,4 +1,4 @@
-"""circuitbook: the thin library behind the book. One module per idea (see DESIGN.md)."""
+"""circuitbook: the thin library behind the book. One module per idea; layers and where things go: book/design.md."""
 
 from circuitbook.config import PROFILES, Profile, get_profile, seed_everything, set_threads
 
