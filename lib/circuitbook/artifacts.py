@@ -2,9 +2,15 @@
 
 An artifact `name` of a profile is two files in the profile's directory:
 `name.safetensors` (tensors only: nothing is ever unpickled) and `name.json`
-(config, metrics, the tensor file's sha256). `load_or_train` loads it if the
-checksum and config match, trains it if it is missing (or `retrain=True`), and
-raises `ArtifactError` if it is corrupt or was made with another config.
+(config, metrics, the tensor file's sha256, and the sha256 of every artifact it
+was built from: its `parents`). `load_or_train` loads it if the checksum, the config
+and the parents match, trains it if it is missing (or `retrain=True`), and raises
+`ArtifactError` if a shipped one is corrupt, was made with another config, or was
+built from a parent that has changed since (a generated `ci` one is trained again).
+
+Writes are atomic as a pair: the old tensors stay reachable (a hard link named after
+their sha256) until the new JSON is in place, so a process killed at any point leaves
+the old artifact loadable, or the new one.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -54,49 +61,102 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """`np.save` to `path` atomically, through a unique temporary name (two processes may race to build it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
-    """Save tensors to `path` (.safetensors) and `meta` + sha256 beside it (.json), atomically.
+def _tmp_path(path: Path) -> Path:
+    """A fresh, unique temporary name beside `path` (so concurrent writers never share one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
 
-    The JSON is written last, so a tensor file without a matching JSON sum is never trusted.
-    Returns the sha256 of the tensor file.
+
+def _backup(path: Path, digest: str) -> Path:
+    """Where the tensors of `path` with sha256 `digest` are kept while a new version is being committed."""
+    return path.with_name(f"{path.stem}.{digest[:16]}.bak")
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
+    """Save tensors to `path` (.safetensors) and `meta` + sha256 beside it (.json), atomically as a pair.
+
+    Both files are written to unique temporary names first. The old tensor file is hard-linked to a backup
+    named after its sha256 before the new one replaces it, and the backup is removed only after the new
+    JSON is in place; `load_tensors` falls back to that backup when the JSON still describes the old
+    tensors. So a kill at any point leaves the old artifact loadable, or the new one. Returns the sha256.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path = path.with_suffix(".json")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp, tmp_meta, backup = _tmp_path(path), None, None
     try:
-        save_file(tensors, tmp)
+        save_file(tensors, str(tmp))
         os.chmod(tmp, 0o644)
-        digest = sha256(Path(tmp))
+        digest = sha256(tmp)
+        tmp_meta = _tmp_path(meta_path)
+        tmp_meta.write_text(json.dumps({**(meta or {}), "sha256": digest, "file": path.name}, indent=2,
+                                       sort_keys=True) + "\n")
+        os.chmod(tmp_meta, 0o644)
+        old = _read_meta(meta_path) if path.exists() and meta_path.exists() else None
+        if old and old.get("sha256"):
+            backup = _backup(path, old["sha256"])
+            backup.unlink(missing_ok=True)
+            os.link(path, backup)  # the old tensors stay reachable until the new JSON is in place
         os.replace(tmp, path)
+        os.replace(tmp_meta, meta_path)  # the commit point
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        if tmp_meta is not None:
+            tmp_meta.unlink(missing_ok=True)
         raise
-    atomic_write_json(path.with_suffix(".json"), {**(meta or {}), "sha256": digest, "file": path.name})
+    if backup is not None:
+        backup.unlink(missing_ok=True)
     return digest
 
 
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{meta_path} is not valid JSON ({e}); delete it or retrain") from e
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load tensors saved by `save_tensors`, after checking the sha256 recorded beside them."""
+    """Load tensors saved by `save_tensors`, after checking the sha256 recorded beside them. When a write was
+    interrupted after the tensors were replaced but before the JSON was, the old tensors are read from
+    their backup (and put back)."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.exists() or not meta_path.exists():
         raise FileNotFoundError(f"artifact {path} (or its {meta_path.name}) is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{meta_path} is not valid JSON ({e}); delete it or retrain") from e
+    meta = _read_meta(meta_path)
     digest = sha256(path)
     if meta.get("sha256") != digest:
-        raise ArtifactError(
-            f"checksum mismatch for {path}: expected {meta.get('sha256')}, found {digest}. "
-            "The file is corrupt or was changed; delete it or pass retrain=True."
-        )
+        backup = _backup(path, str(meta.get("sha256")))
+        if backup.exists() and sha256(backup) == meta.get("sha256"):
+            os.replace(backup, path)  # roll back the interrupted write
+            digest = meta["sha256"]
+        else:
+            raise ArtifactError(
+                f"checksum mismatch for {path}: expected {meta.get('sha256')}, found {digest}. "
+                "The file is corrupt or was changed; delete it or pass retrain=True."
+            )
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises several types on a bad header
@@ -113,33 +173,58 @@ def exists(name: str, profile: str | Profile) -> bool:
     return p.exists() and p.with_suffix(".json").exists()
 
 
+def parent_digests(parents: Sequence[Path]) -> dict[str, str]:
+    """{parent file name: its sha256 as recorded in its JSON meta} for artifact files (any profile)."""
+    out = {}
+    for p in parents:
+        p = Path(p)
+        meta_path = p.with_name(p.name.split(".")[0] + ".json")
+        if not meta_path.exists():
+            raise ArtifactError(f"parent artifact {p} is missing (its meta {meta_path.name} is not there)")
+        out[p.name] = _read_meta(meta_path)["sha256"]
+    return out
+
+
 def load_or_train(
     name: str,
     profile: str | Profile,
     train_fn: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
     config: dict[str, Any],
     retrain: bool = False,
+    parents: Sequence[Path] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load artifact `name` of `profile`, or train it with `train_fn() -> (tensors, metrics)` and save it.
 
-    `config` is stored in the meta and must match on load: a shipped artifact made with another
-    config raises ArtifactError instead of being silently used; a generated cache entry (ci profile)
-    made with another config is stale and is trained again.
+    `config` is stored in the meta and must match on load, and so must the sha256 of every artifact in
+    `parents` (the files it is built from: `artifact_path(...)`, `corpus.STDLIB`). A shipped artifact
+    made with another config, or from a parent that has changed since, raises ArtifactError naming the
+    difference and the way to rebuild it, instead of being silently used or silently retrained; a
+    generated cache entry (ci profile) in that state is stale and is trained again.
     """
     prof = get_profile(profile)
     path = artifact_path(name, prof)
     config = json.loads(json.dumps(config))  # normalise (tuples -> lists) for comparison
     if not retrain and exists(name, prof):
         tensors, meta = load_tensors(path)
-        if meta.get("config") == config:
+        lineage = parent_digests(parents)
+        if meta.get("config") == config and meta.get("parents", {}) == lineage:
             return tensors, meta
         if prof.shipped:
+            if meta.get("config") != config:
+                raise ArtifactError(
+                    f"artifact {path} was made with another config:\n stored: {meta.get('config')}\n"
+                    f" asked:  {config}\npass retrain=True to train it again."
+                )
+            changed = [f"{p} (built from {meta.get('parents', {}).get(p, 'nothing recorded')[:12]}, now "
+                       f"{d[:12]})" for p, d in lineage.items() if meta.get("parents", {}).get(p) != d]
             raise ArtifactError(
-                f"artifact {path} was made with another config:\n stored: {meta.get('config')}\n"
-                f" asked:  {config}\npass retrain=True to train it again."
+                f"artifact {path} is stale: its parent {', '.join(changed) or sorted(meta.get('parents', {}))} "
+                "changed since it was built. Rebuild it (retrain=True, or `python scripts/train_models.py` "
+                "for its chapter), then its own children."
             )
     tensors, metrics = train_fn()
-    meta = {"name": name, "profile": prof.name, "config": config, "metrics": metrics}
+    meta = {"name": name, "profile": prof.name, "config": config, "metrics": metrics,
+            "parents": parent_digests(parents)}
     save_tensors(path, tensors, meta)
     if prof.shipped:
         update_manifest()
@@ -147,11 +232,12 @@ def load_or_train(
 
 
 def update_manifest() -> None:
-    """Rewrite data/MANIFEST: one line `sha256  relative/path` per shipped artifact file."""
+    """Rewrite data/MANIFEST: one line `sha256  relative/path` per shipped file (tensors, metadata, corpus)."""
     root = get_profile("full").artifact_dir
     lines = []
-    for p in sorted(root.rglob("*.safetensors")):
-        lines.append(f"{sha256(p)}  {p.relative_to(DATA).as_posix()}")
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith((".tmp", ".bak")):
+            lines.append(f"{sha256(p)}  {p.relative_to(DATA).as_posix()}")
     atomic_write_bytes(MANIFEST, ("\n".join(lines) + "\n").encode() if lines else b"")
 
 

@@ -10,9 +10,9 @@ from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, total_l0
 from circuitbook.train import get_batch
-from circuitbook.zoo.core import half, scratch_dir, suffix, thin, token_streams
+from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, token_streams
 from circuitbook.zoo.dense import dense_baseline, dense_configs
-from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_configs, sparse_widths, the_sparse_model
+from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_configs, sparse_name, sparse_widths, the_sparse_model
 
 
 def bridge_configs(profile: str | Profile, seed: int = 0):
@@ -73,7 +73,8 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
         return tensors, {"history": thin(out["history"]), "tokens_per_s": out["tokens_per_s"],
                          "l0": total_l0(sparse, sparsifier.names)}
 
-    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    family = parents(prof, f"dense_baseline{suffix(seed)}", sparse_name(scfg.kept_fraction, gcfg.d_model, seed=seed))
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=family)
     packed = {k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")}
     sparse = gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval()
     bridge = Bridge.for_models(dense, sparse)

@@ -12,7 +12,7 @@ import torch
 
 from circuitbook import artifacts
 from circuitbook.config import DATA, Profile, get_profile, pick
-from circuitbook.data.corpus import load_corpus
+from circuitbook.data.corpus import STDLIB, load_corpus
 from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
 from circuitbook.models.gpt import GPT
@@ -32,7 +32,7 @@ def tokenizer(profile: str | Profile, retrain: bool = False) -> CodeTokenizer:
         tok = train_tokenizer([load_corpus(profile)["train"]], VOCAB_SIZE)
         return {"tokenizer_json": tok.to_tensor()}, {"vocab_size": tok.vocab_size}
 
-    t, _ = artifacts.load_or_train("tokenizer", profile, fit, {"vocab_size": VOCAB_SIZE}, retrain)
+    t, _ = artifacts.load_or_train("tokenizer", profile, fit, {"vocab_size": VOCAB_SIZE}, retrain, parents=[STDLIB])
     return CodeTokenizer.from_tensor(t["tokenizer_json"])
 
 
@@ -49,10 +49,7 @@ def token_streams(profile: str | Profile, tok: CodeTokenizer | None = None) -> d
             out[split] = np.load(path, allow_pickle=False)
             continue
         ids = np.array(tok.encode(text), dtype=np.uint16)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, ids, allow_pickle=False)
-        tmp.replace(path)
+        artifacts.atomic_save_npy(path, ids)
         out[split] = ids
     return out
 
@@ -106,8 +103,14 @@ def half(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
 
 
+def parents(profile: str | Profile, *names: str) -> list[Path]:
+    """The files of the named artifacts of `profile`: the `parents` a child artifact records and checks."""
+    return [artifacts.artifact_path(n, profile) for n in names]
+
+
 def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dict, progress: bool, **train_kw):
-    """Train `model` on the profile's corpus (resumable from data/scratch), keeping checkpoints as artifacts."""
+    """Train `model` on the profile's corpus (resumable from data/scratch), keeping checkpoints as artifacts
+    (children of the tokenizer, like the final model)."""
     tok = tokenizer(prof)
     streams = token_streams(prof, tok)
     sets = task_sets(prof, tok, tcfg.seed)
@@ -118,7 +121,8 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
             continue  # the final checkpoint is the artifact itself
         artifacts.save_tensors(
             artifacts.artifact_path(f"{name}_step{step}", prof), half(sd),
-            {"name": f"{name}_step{step}", "profile": prof.name, "config": config, "step": step},
+            {"name": f"{name}_step{step}", "profile": prof.name, "config": config, "step": step,
+             "parents": artifacts.parent_digests(parents(prof, "tokenizer"))},
         )
     return model, {"history": thin(out["history"]), "tokens_per_s": out["tokens_per_s"]}
 

@@ -8,7 +8,7 @@ from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state
 from circuitbook.train import TrainConfig, cosine_schedule
-from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, half, suffix
+from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, half, parents, suffix
 
 
 def dense_configs(profile: str | Profile, seed: int = 0) -> tuple[GPTConfig, TrainConfig]:
@@ -43,18 +43,23 @@ def dense_baseline(
         model, metrics = fit_gpt(prof, name, GPT(gcfg), tcfg, config, progress, lr_schedule=cosine_schedule())
         return half(model.state_dict()), metrics
 
-    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=parents(prof, "tokenizer"))
     return gpt_from_state(tensors, gcfg).eval(), meta
 
 
 
 def dense_checkpoints(profile: str | Profile, seed: int = 0) -> dict[int, GPT]:
-    """The dense baseline's kept checkpoints {step: model} (trains the baseline if they are missing)."""
+    """The dense baseline's kept checkpoints {step: model}. Missing ones are trained (the whole baseline again)
+    only for a generated profile; a shipped profile raises instead of silently retraining its shipped model."""
     prof = get_profile(profile)
     gcfg, tcfg = dense_configs(prof)
     name = f"dense_baseline{suffix(seed)}"
     earlier = [s for s in tcfg.keep_steps if s != tcfg.steps]
-    if not all(artifacts.exists(f"{name}_step{s}", prof) for s in earlier):
+    missing = [s for s in earlier if not artifacts.exists(f"{name}_step{s}", prof)]
+    if missing and prof.shipped:
+        raise artifacts.ArtifactError(f"shipped checkpoints {name}_step{missing} are missing; restore them from git, "
+                                      f"or rebuild the dense baseline (retrain=True) and everything built on it")
+    if missing:
         dense_baseline(prof, seed, retrain=True)
     out = {}
     for s in earlier:

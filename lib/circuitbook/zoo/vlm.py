@@ -12,7 +12,7 @@ from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.data.scenes import KINDS, make_dataset
 from circuitbook.dictionaries.sae import Transcoder, train_transcoder
 from circuitbook.models.vlm import VLM, VLMConfig, VLMTrainConfig, encode_scenes, mlp_io, train_vlm, vlm_from_state
-from circuitbook.zoo.core import half, scratch_dir, suffix, token_streams, tokenizer
+from circuitbook.zoo.core import half, parents, scratch_dir, suffix, token_streams, tokenizer
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 
 VLM_N_TEXT = 24  # caption tokens: the longest question, the answer and EOT fit
@@ -98,7 +98,8 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
         return half(model.state_dict()), {"history": hist, "seconds": out["seconds"],
                                            "pairs_per_s": out["pairs_per_s"]}
 
-    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
+                                            parents=parents(prof, f"dense_baseline{suffix(seed)}"))
     return vlm_from_state(tensors, vcfg).eval(), meta
 
 
@@ -150,7 +151,8 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
             metrics[f"l{layer}_train_fvu"] = float(np.mean(h["fvu"][-20:]))
         return tensors, metrics
 
-    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain)
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
+                                            parents=parents(prof, f"vlm{suffix(seed)}"))
     cfg = {"kind": "Transcoder", "d_in": D, "d_out": D, "n_features": tc.n_features, "k": tc.k}
     return [Transcoder.from_tensors({k[len(f"l{la}."):]: v.float() for k, v in tensors.items()
                                      if k.startswith(f"l{la}.")}, cfg) for la in range(L)], meta
