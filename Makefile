@@ -49,11 +49,14 @@ unit: venv
 	@echo "unit: start $$(date -u +%T), OMP_NUM_THREADS=$$OMP_NUM_THREADS"
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=12 tests
 
-# nbval re-executes the committed notebooks; their results files go to a scratch dir, not data/results.
+# nbval re-executes the committed notebooks; their results files go to a scratch dir, not data/results, and
+# then every claim they wrote is compared with data/results/*.json (tests/test_results.py: a changed exact
+# claim fails, naming it with both values).
 nbval: venv
 	@echo "nbval: start $$(date -u +%T), OMP_NUM_THREADS=$$OMP_NUM_THREADS"
-	cd notebooks && CIRCUITBOOK_RESULTS=$$(mktemp -d) ../$(PY) -m pytest -q -p no:cacheprovider --nbval-lax \
-	  --nbval-cell-timeout=1200 -n 2 --dist loadfile $(notdir $(NOTEBOOKS))
+	R=$$(mktemp -d) && (cd notebooks && CIRCUITBOOK_RESULTS=$$R ../$(PY) -m pytest -q -p no:cacheprovider \
+	  --nbval-lax --nbval-cell-timeout=1200 -n 2 --dist loadfile $(notdir $(NOTEBOOKS))) && \
+	CIRCUITBOOK_NBVAL_RESULTS=$$R $(PY) -m pytest -q -p no:cacheprovider tests/test_results.py -k rerun
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
