@@ -50,3 +50,33 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
     with pytest.warns(UserWarning, match="another config"):
         out = train(model, toks, toks, other, ckpt_dir=tmp_path, progress=False)
     assert out["history"][0]["step"] == 1  # started from scratch
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    """DDP over 2 CPU processes (gloo) on the weight-sparse recipe ends at the weights of one process that
+    sees the whole global batch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from circuitbook.artifacts import load_tensors
+
+    worker = Path(__file__).with_name("ddp_worker.py")
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "lib")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(worker), str(out)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp, meta = load_tensors(out)
+    assert meta["world_size"] == 2
+    sys.path.insert(0, str(worker.parent))
+    try:
+        from ddp_worker import run
+    finally:
+        sys.path.pop(0)
+    alone = run().state_dict()
+    assert set(ddp) == set(alone)
+    for k, v in alone.items():
+        torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=k)
