@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from circuitbook.artifacts import load_tensors, save_tensors
@@ -47,7 +50,9 @@ def evaluate_lm(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
     """Mean next-token loss per token over `batches`."""
     was = model.training
     model.eval()
-    loss = sum(float(lm_loss(model(b), b)) * b.shape[0] for b in batches) / sum(b.shape[0] for b in batches)
+    dev = next(model.parameters()).device
+    total = sum(float(lm_loss(model(b.to(dev)), b.to(dev))) * b.shape[0] for b in batches)
+    loss = total / sum(b.shape[0] for b in batches)
     model.train(was)
     return loss
 
@@ -128,6 +133,26 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised (torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Under `torchrun`, join the process group (NCCL on GPUs, gloo on CPU) and return (rank, world size);
+    alone, return (0, 1). On GPUs each process takes the device of its LOCAL_RANK."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return world()
+
+
 class Checkpoint:
     """`ckpt_dir/latest.safetensors` of a training loop: each module's weights (keys `<name>.<param>`), the
     optimizer state and a meta (step = steps done, history, config, extras). Shared by every loop of the book
@@ -165,7 +190,7 @@ class Checkpoint:
         return stop_at is not None and done >= stop_at
 
     def save(self, step: int, history: list[dict], **extra) -> None:
-        if self.path is None:
+        if self.path is None or world()[0] != 0:  # one writer: rank 0
             return
         ot, om = optimizer_tensors(self.opt)
         mt = {f"{name}.{k}": v for name, m in self.modules.items() for k, v in m.state_dict().items()}
@@ -191,6 +216,11 @@ def train(
     step (the weight sparsifier plugs in here); eval_fn(model) adds metrics at each
     evaluation; stop_at simulates an interruption (the run stops after that step, leaving a
     checkpoint). Returns {"history": [...], "kept": {step: state_dict}, "tokens_per_s": ...}.
+
+    Batches go to the model's device. Under torchrun (`init_distributed`), each of the W processes runs
+    its 1/W slice of the same global batch through DistributedDataParallel, which averages the gradients,
+    so every rank ends with the weights one process would reach on the whole batch; rank 0 writes the
+    checkpoints.
     """
     lr_schedule = lr_schedule or cosine_schedule()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -214,6 +244,11 @@ def train(
         for s in meta["kept"]:
             kept[s] = load_tensors(Path(ckpt_dir) / f"kept_{s}.safetensors")[0]
     val = val_batches(val_tokens, cfg.eval_batches, cfg.batch_size, cfg.n_ctx)
+    dev = next(model.parameters()).device
+    rank, n_proc = world()
+    if cfg.batch_size % n_proc:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {n_proc} processes")
+    fwd = DistributedDataParallel(model) if n_proc > 1 else model
 
     model.train()
     t0, tokens_seen = time.perf_counter(), 0
@@ -221,15 +256,15 @@ def train(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_schedule(step, cfg.steps)
-        batch = get_batch(train_tokens, step, cfg.batch_size, cfg.n_ctx, cfg.seed)
-        loss = lm_loss(model(batch), batch)
+        batch = get_batch(train_tokens, step, cfg.batch_size, cfg.n_ctx, cfg.seed).chunk(n_proc)[rank].to(dev)
+        loss = lm_loss(fwd(batch), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gstat = clip_gradients(params, cfg.clip, cfg.clip_value)
         opt.step()
         if after_step is not None:
             after_step(step)
-        tokens_seen += batch.numel()
+        tokens_seen += batch.numel() * n_proc
         done = step + 1
         row = {"step": done, "train_loss": loss.item(), "lr": opt.param_groups[0]["lr"], "grad_stat": gstat}
         if done % cfg.eval_every == 0 or done == cfg.steps:
@@ -240,7 +275,7 @@ def train(
         history.append(row)
         if done in cfg.keep_steps:
             kept[done] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and rank == 0:
                 save_tensors(Path(ckpt_dir) / f"kept_{done}.safetensors", kept[done], {"step": done})
         if ckpt.step_done(done, cfg.steps, cfg.ckpt_every, stop_at, history, kept=sorted(kept)):
             break
