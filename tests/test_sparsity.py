@@ -156,6 +156,14 @@ def test_sparsity_config_schedules_and_cap():
     capped = SparsityConfig(kept_fraction=1 / 64, lr_max_factor=2.0).lr_schedule()
     assert capped(500, 1000) == pytest.approx((500 / 990) * 2.0)  # 1/sqrt(1/64) = 8, capped at 2
     assert capped(10, 1000) == pytest.approx(1.0 / math.sqrt(0.9803125))  # below the cap: unchanged
+    geo = SparsityConfig(kept_fraction=1 / 64, anneal_shape="geometric").kept()
+    assert geo(0, 1000) == 1.0 and geo(250, 1000) == pytest.approx(1 / 8) and geo(500, 1000) == 1 / 64
+    ratios = [geo(s + 1, 1000) / geo(s, 1000) for s in range(499)]
+    assert max(ratios) == pytest.approx(min(ratios))  # the same share pruned every step
+    lin = cfg.kept()
+    assert lin(499, 1000) / lin(498, 1000) < min(ratios)  # linear prunes a larger share at the end
+    with pytest.raises(ValueError, match="anneal_shape"):
+        SparsityConfig(kept_fraction=0.5, anneal_shape="cosine")
     with pytest.raises(ValueError, match="kept_fraction"):
         SparsityConfig(kept_fraction=0)
     with pytest.raises(ValueError, match="lr_max_factor"):

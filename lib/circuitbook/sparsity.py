@@ -62,7 +62,8 @@ class SparsityConfig:
 
     kept_fraction: float  # share of every projected matrix's entries kept once the anneal ends
     min_per_row: int = 4  # j: each nn.Linear row keeps at least this many entries (binds at j / d_in)
-    anneal: float = 0.5  # the kept fraction falls linearly from 1 to its target over this share of training
+    anneal: float = 0.5  # the kept fraction falls from 1 to its target over this share of training
+    anneal_shape: str = "linear"  # "linear" (equal steps, the paper's) or "geometric" (equal ratios)
     lr_max_factor: float | None = None  # cap of sharkfin's 1/sqrt(kept) LR factor (None: uncapped, the paper's)
 
     def __post_init__(self) -> None:
@@ -70,12 +71,14 @@ class SparsityConfig:
             raise ValueError(f"kept_fraction must be in (0, 1], got {self.kept_fraction}")
         if not 0 < self.anneal <= 1:
             raise ValueError(f"anneal must be in (0, 1], got {self.anneal}")
+        if self.anneal_shape not in ("linear", "geometric"):
+            raise ValueError(f"anneal_shape must be 'linear' or 'geometric', got {self.anneal_shape!r}")
         if self.lr_max_factor is not None and self.lr_max_factor < 1:
             raise ValueError(f"lr_max_factor must be >= 1 or None, got {self.lr_max_factor}")
 
     def kept(self) -> Callable[[int, int], float]:
         """The L0 annealing schedule f(step, total_steps) -> kept fraction."""
-        return partial(kept_fraction, target=self.kept_fraction, anneal=self.anneal)
+        return partial(kept_fraction, target=self.kept_fraction, anneal=self.anneal, shape=self.anneal_shape)
 
     def lr_schedule(self) -> Callable[[int, int], float]:
         """The sharkfin LR multiplier f(step, total_steps) for this sparsity."""
@@ -85,12 +88,18 @@ class SparsityConfig:
         return asdict(self)
 
 
-def kept_fraction(step: int, total_steps: int, *, target: float, anneal: float = 0.5) -> float:
-    """L0 annealing: the kept fraction falls linearly from 1.0 at step 0 to `target` at
-    `anneal * total_steps`, and stays there."""
+def kept_fraction(step: int, total_steps: int, *, target: float, anneal: float = 0.5, shape: str = "linear") -> float:
+    """L0 annealing: the kept fraction falls from 1.0 at step 0 to `target` at `anneal * total_steps`, and
+    stays there. `shape="linear"` (the paper's) falls by the same amount each step, so the share of the
+    remaining weights pruned per step grows to (1 - target) / (anneal * total_steps * target) at the end;
+    `"geometric"` falls by the same factor each step, target ** (1 / (anneal * total_steps))."""
     end = anneal * total_steps
     if step >= end:
         return target
+    if shape == "geometric":
+        return target ** (step / end)
+    if shape != "linear":
+        raise ValueError(f"shape must be 'linear' or 'geometric', got {shape!r}")
     return 1.0 - (1.0 - target) * step / end
 
 
