@@ -55,7 +55,7 @@ unit: venv
 nbval: venv
 	@echo "nbval: start $$(date -u +%T), OMP_NUM_THREADS=$$OMP_NUM_THREADS"
 	R=$$(mktemp -d) && (cd notebooks && CIRCUITBOOK_RESULTS=$$R ../$(PY) -m pytest -q -p no:cacheprovider \
-	  --nbval-lax --nbval-cell-timeout=1200 -n 2 --dist loadfile $(notdir $(NOTEBOOKS))) && \
+	  --nbval-lax --nbval-sanitize-with nbval_sanitize.cfg --nbval-cell-timeout=1200 -n 2 --dist loadfile $(notdir $(NOTEBOOKS))) && \
 	CIRCUITBOOK_NBVAL_RESULTS=$$R $(PY) -m pytest -q -p no:cacheprovider tests/test_results.py -k rerun
 
 lab: venv

