@@ -218,3 +218,16 @@ def test_dead_neurons():
     acts[0, 0, 3] = -2.0
     assert dead_neurons(acts).tolist() == [False, True, True, False, True, True]
     assert dead_neurons(acts, eps=1.0).tolist() == [True, True, True, False, True, True]
+
+
+def test_non_embedding_l0_leaves_out_the_token_embedding_and_the_unembedding():
+    from circuitbook.models.gpt import GPT, GPTConfig
+    from circuitbook.sparsity import non_embedding_l0, total_l0
+
+    m = GPT(GPTConfig(vocab_size=50, n_ctx=8, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32))
+    with torch.no_grad():
+        m.unembed.bias.fill_(1.0)
+    emb = int((m.embed.weight != 0).sum() + (m.unembed.weight != 0).sum() + (m.unembed.bias != 0).sum())
+    assert non_embedding_l0(m) == total_l0(m) - emb
+    assert non_embedding_l0(m) >= int((m.pos_embed.weight != 0).sum())  # positions count: not the token embedding
+    assert non_embedding_l0(m, ["embed.weight", "blocks.0.mlp.W_in.weight"]) == 16 * 32

@@ -286,6 +286,17 @@ def nonzeros(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, 
     return {n: int(params[n].count_nonzero()) for n in (params if names is None else names)}
 
 
+EMBEDDINGS = (r"(^|\.)embed\.", r"(^|\.)unembed\.")  # the token embedding and the unembedding (weights, bias)
+
+
+def non_embedding_l0(model: nn.Module, names: Iterable[str] | None = None) -> int:
+    """Nonzero entries of every parameter in `names` (default: all) except the token embedding and the
+    unembedding: the L0 that grows with width at a fixed kept fraction (the embeddings grow only with d)."""
+    pats = [re.compile(p) for p in EMBEDDINGS]
+    names = [n for n, _ in model.named_parameters()] if names is None else list(names)
+    return total_l0(model, [n for n in names if not any(p.search(n) for p in pats)])
+
+
 def total_l0(model: nn.Module, names: Iterable[str] | None = None) -> int:
     """The model's L0: nonzero weights summed over all parameters (or just `names`)."""
     return sum(nonzeros(model, names).values())

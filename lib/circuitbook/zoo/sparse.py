@@ -7,7 +7,7 @@ from dataclasses import replace
 from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
-from circuitbook.sparsity import SparsityConfig, WeightSparsifier, sparse_adamw, total_l0
+from circuitbook.sparsity import SparsityConfig, WeightSparsifier, non_embedding_l0, sparse_adamw, total_l0
 from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, parents, suffix
 from circuitbook.zoo.dense import dense_configs
 
@@ -18,20 +18,36 @@ SPARSE_FRACTIONS = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 THE_SPARSE_MODEL = {"kept": 1 / 16, "d_model": 128}  # the one chapters 3 and 4 explain
 CLIP_DEMO = {"kept": 1 / 16, "d_model": 64}  # trained again without gradient normalisation, for chapter 2
 
+# Recipe 2 (issue 17): 4x the tokens (3072 steps of 32 x 128 = 12.6M), width 256, and a family laid out on
+# non-embedding L0 (every matrix but the token embedding and the unembedding: 48 d^2 weights in 4 blocks, so
+# L0 = 48 d^2 f). Each point is shared by two or three widths; the 4-per-row floor binds at f = 4 / d_in, so
+# d256 stops at 1/64. {point: ((d_model, 1 / kept), ...)}
+FAMILY_R2 = {
+    "49k": ((64, 4), (128, 16), (256, 64)),
+    "98k": ((64, 2), (128, 8), (256, 32)),
+    "197k": ((128, 4), (256, 16)),
+}
+R2_ANNEAL_SHAPE = "geometric"  # the same share of what is left pruned every step (see SparsityConfig)
+
 
 def sparse_widths(profile: str | Profile) -> tuple[int, ...]:
     return pick(profile, ci=(16, 32), full=(64, 128))
 
 
-def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0):
+def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0,
+                   recipe: int = 1, length: int = 1):
     """Model, training and sparsity settings of a weight-sparse GPT keeping `kept` of every matrix at width
-    `d_model`: (GPTConfig, TrainConfig, SparsityConfig).
+    `d_model`: (GPTConfig, TrainConfig, SparsityConfig). `recipe` 1 is the first family's (1500 steps of
+    16 x 128 tokens, linear anneal); 2 trains on 4x the tokens with `R2_ANNEAL_SHAPE`; `length` multiplies
+    recipe 2's steps (2: the convergence check).
 
     The paper's recipe: AbsTopK (1/4) at its eight sites, attention sinks, RMSNorm, AdamW (0.9, 0.95),
     weight decay 0.1, eps 0.1, gradient RMS set to 1, sharkfin LR, L0 annealed over the first half.
     """
     if not 0 < kept <= 1:
         raise ValueError(f"kept fraction must be in (0, 1], got {kept}")
+    if recipe not in (1, 2) or length < 1 or (recipe == 1 and length != 1):
+        raise ValueError(f"recipe must be 1 or 2 (length >= 1 only for recipe 2), got {recipe}, {length}")
     if d_model % 16:
         raise ValueError(f"d_model must be a multiple of the head size 16, got {d_model}")
     gcfg = GPTConfig(
@@ -45,7 +61,12 @@ def sparse_configs(profile: str | Profile, kept: float, d_model: int, clip: str 
         lr=pick(profile, ci=1e-2, full=1e-2), eps=0.1, eval_every=pick(profile, ci=20, full=150),
         clip=clip, clip_value=1.0, keep_steps=(),
     )
-    return gcfg, tcfg, SparsityConfig(kept_fraction=kept, min_per_row=4)
+    scfg = SparsityConfig(kept_fraction=kept, min_per_row=4)
+    if recipe == 2:
+        tcfg = replace(tcfg, steps=pick(profile, ci=40, full=3072) * length, batch_size=pick(profile, ci=8, full=32),
+                       eval_every=pick(profile, ci=20, full=256), ckpt_every=pick(profile, ci=20, full=64))
+        scfg = replace(scfg, anneal_shape=R2_ANNEAL_SHAPE)
+    return gcfg, tcfg, scfg
 
 
 def clip_demo(profile: str | Profile) -> dict:
@@ -59,19 +80,21 @@ def the_sparse_model(profile: str | Profile, seed: int = 0, retrain: bool = Fals
     return sparse_model(profile, THE_SPARSE_MODEL["kept"], d, seed=seed, retrain=retrain)
 
 
-def sparse_name(kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0) -> str:
+def sparse_name(kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0, recipe: int = 1,
+                length: int = 1) -> str:
     c = "" if clip == "rms_normalize" else f"_clip-{clip}"
-    return f"sparse_d{d_model}_k{round(1 / kept)}{c}{suffix(seed)}"
+    r = "" if recipe == 1 else f"_r{recipe}" + ("" if length == 1 else f"x{length}")
+    return f"sparse_d{d_model}_k{round(1 / kept)}{c}{r}{suffix(seed)}"
 
 
 def sparse_model(
     profile: str | Profile, kept: float, d_model: int, seed: int = 0, clip: str = "rms_normalize",
-    retrain: bool = False, progress: bool = True,
+    retrain: bool = False, progress: bool = True, recipe: int = 1, length: int = 1,
 ) -> tuple[GPT, dict]:
     """A weight-sparse GPT trained with the chapter-2 recipe (stored sparsely). Returns (model, meta)."""
     prof = get_profile(profile)
-    gcfg, tcfg, scfg = sparse_configs(prof, kept, d_model, clip, seed)
-    name = sparse_name(kept, d_model, clip, seed)
+    gcfg, tcfg, scfg = sparse_configs(prof, kept, d_model, clip, seed, recipe, length)
+    name = sparse_name(kept, d_model, clip, seed, recipe, length)
     config = {"model": gcfg.to_dict(), "train": tcfg.to_dict(), "sparsity": scfg.to_dict()}
 
     def fit():
@@ -84,6 +107,8 @@ def sparse_model(
             lr_schedule=scfg.lr_schedule(), optimizer=lambda ps: sparse_adamw(ps, tcfg.lr),
         )
         metrics |= {"l0": total_l0(model, sparsifier.names),
+                    "l0_non_embedding": non_embedding_l0(model, sparsifier.names),
+                    "tokens_trained": tcfg.steps * tcfg.batch_size * tcfg.n_ctx,
                     "n_sparsified": sum(model.get_parameter(n).numel() for n in sparsifier.names)}
         return artifacts.pack_sparse(model.state_dict()), metrics
 
