@@ -7,7 +7,7 @@ KL(target ‖ masked) for language models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -142,3 +142,15 @@ class ImportanceMinimality:
         for g in s.ci.upper.values():  # [..., C]
             total = total + ((g + self.eps) ** p).reshape(-1, g.shape[-1]).mean(0).sum()
         return total
+
+
+@dataclass(frozen=True, kw_only=True)
+class Minimality:
+    """The settings of `ImportanceMinimality` that a run records."""
+
+    coeff: float  # weight of the importance-minimality loss
+    p: float  # exponent of |g|^p
+
+    def loss(self) -> ImportanceMinimality:
+        return ImportanceMinimality(**asdict(self))
+

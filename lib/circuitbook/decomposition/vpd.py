@@ -15,7 +15,7 @@ the output must survive the *worst* r ∈ [0, 1]. Three pieces:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -164,3 +164,27 @@ def random_mask_loss(
             recon_loss(model(x, masks=masks, delta_masks=dmasks, deltas=deltas), target_out, output_loss)
         )
     return total / n_samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGDSettings:
+    """The settings of `PersistentPGDRecon` that a run records."""
+
+    coeff: float  # weight of the adversarial reconstruction loss
+    n_ascent: int  # Adam ascent steps on the adversarial sources per training step
+    routing: bool  # uniform subset routing: mask a random subset of matrices per example
+
+    def loss(self) -> PersistentPGDRecon:
+        return PersistentPGDRecon(**asdict(self))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrequencySettings:
+    """The settings of `FrequencyMinimality` that a run records."""
+
+    coeff: float  # weight of the frequency-minimality loss
+    p: float  # exponent of |g|^p
+
+    def loss(self) -> FrequencyMinimality:
+        return FrequencyMinimality(**asdict(self))
+

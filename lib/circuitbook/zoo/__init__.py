@@ -13,8 +13,16 @@ from circuitbook.zoo.bridges import (
 )
 from circuitbook.zoo.circuits import (
     CIRCUIT_TASKS,
+    PRUNE_CONFIGS,
+    batch_fingerprint,
+    cached_mean_activations,
+    cached_prune,
+    cached_search,
     circuit_means,
     circuit_search,
+    model_fingerprint,
+    n_trials_for,
+    prune_config,
     pruned_circuit,
 )
 from circuitbook.zoo.core import (
@@ -29,6 +37,20 @@ from circuitbook.zoo.core import (
     thin,
     token_streams,
     tokenizer,
+)
+from circuitbook.zoo.decomposition import (
+    LM_CONFIGS,
+    TOY_DECOMPOSITIONS,
+    TOY_TARGETS,
+    TOY_TRAINING,
+    TOY_VPD,
+    lm_config,
+    lm_decomposition,
+    toy_decomposition,
+    toy_decomposition_config,
+    toy_target,
+    toy_training,
+    train_toy_target,
 )
 from circuitbook.zoo.dense import (
     dense_baseline,
@@ -59,11 +81,14 @@ from circuitbook.zoo.vlm import (
 )
 
 __all__ = [
-    'CIRCUIT_TASKS', 'CLIP_DEMO', 'SPARSE_FRACTIONS', 'THE_SPARSE_MODEL', 'TaskSets', 'VLM_DOT_COUNTS',
-    'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair',
-    'circuit_means', 'circuit_search', 'clip_demo', 'dense_baseline', 'dense_checkpoints', 'dense_configs',
-    'fit_gpt', 'half', 'pruned_circuit', 'scratch_dir', 'sparse_configs', 'sparse_model', 'sparse_name',
-    'sparse_widths', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows', 'the_sparse_model', 'thin',
-    'token_streams', 'tokenizer', 'vlm', 'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs',
+    'CIRCUIT_TASKS', 'CLIP_DEMO', 'LM_CONFIGS', 'PRUNE_CONFIGS', 'SPARSE_FRACTIONS', 'THE_SPARSE_MODEL',
+    'TOY_DECOMPOSITIONS', 'TOY_TARGETS', 'TOY_TRAINING', 'TOY_VPD', 'TaskSets', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS',
+    'VLM_N_TEXT', 'VOCAB_SIZE', 'batch_fingerprint', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair',
+    'cached_mean_activations', 'cached_prune', 'cached_search', 'circuit_means', 'circuit_search', 'clip_demo',
+    'dense_baseline', 'dense_checkpoints', 'dense_configs', 'fit_gpt', 'half', 'lm_config', 'lm_decomposition',
+    'model_fingerprint', 'n_trials_for', 'prune_config', 'pruned_circuit', 'scratch_dir', 'sparse_configs',
+    'sparse_model', 'sparse_name', 'sparse_widths', 'suffix', 'task_eval_fn', 'task_sets', 'text_windows',
+    'the_sparse_model', 'thin', 'token_streams', 'tokenizer', 'toy_decomposition', 'toy_decomposition_config',
+    'toy_target', 'toy_training', 'train_toy_target', 'vlm', 'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs',
     'vlm_transcoders',
 ]
