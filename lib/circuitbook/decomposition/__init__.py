@@ -18,12 +18,14 @@ from circuitbook.decomposition.importance import CIMLP, lower_leaky_hard_sigmoid
 from circuitbook.decomposition.losses import (
     Faithfulness,
     ImportanceMinimality,
+    LossSettings,
     Minimality,
     Step,
     StochasticRecon,
     StochasticReconLayerwise,
     recon_loss,
     stochastic_masks,
+    stochastic_recon,
 )
 from circuitbook.decomposition.metrics import (
     activation_density,
@@ -67,6 +69,7 @@ __all__ = [
     "FrequencySettings",
     "ImportanceMinimality",
     "LinearComponents",
+    "LossSettings",
     "Minimality",
     "PGDSettings",
     "PersistentPGDRecon",
@@ -95,6 +98,7 @@ __all__ = [
     "recon_loss",
     "single_feature_ci",
     "stochastic_masks",
+    "stochastic_recon",
     "toy_inputs",
     "toy_losses",
     "toy_metrics",

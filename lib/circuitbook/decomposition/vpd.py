@@ -15,12 +15,12 @@ the output must survive the *worst* r ∈ [0, 1]. Three pieces:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from circuitbook.decomposition.components import ComponentModel
-from circuitbook.decomposition.losses import OutputLoss, Step, recon_loss, stochastic_masks
+from circuitbook.decomposition.losses import LossSettings, Minimality, OutputLoss, Step, recon_loss, stochastic_masks
 
 
 def uniform_subset_routing(
@@ -167,24 +167,17 @@ def random_mask_loss(
 
 
 @dataclass(frozen=True, kw_only=True)
-class PGDSettings:
+class PGDSettings(LossSettings):
     """The settings of `PersistentPGDRecon` that a run records."""
 
+    loss_type = PersistentPGDRecon
     coeff: float  # weight of the adversarial reconstruction loss
     n_ascent: int  # Adam ascent steps on the adversarial sources per training step
     routing: bool  # uniform subset routing: mask a random subset of matrices per example
 
-    def loss(self) -> PersistentPGDRecon:
-        return PersistentPGDRecon(**asdict(self))
-
 
 @dataclass(frozen=True, kw_only=True)
-class FrequencySettings:
-    """The settings of `FrequencyMinimality` that a run records."""
+class FrequencySettings(Minimality):
+    """The settings of `FrequencyMinimality` (coeff, p) that a run records."""
 
-    coeff: float  # weight of the frequency-minimality loss
-    p: float  # exponent of |g|^p
-
-    def loss(self) -> FrequencyMinimality:
-        return FrequencyMinimality(**asdict(self))
-
+    loss_type = FrequencyMinimality
