@@ -3,10 +3,11 @@
     nodes = NodeSet.from_model(model)                       # every (site, channel) node
     means = mean_activations(model, streams["train"], nodes)
     circuit = prune(model, task_batch, means, PruneConfig(steps=500, k_coef=1e-3))
-    # the book's settings per profile and its cached means and circuits: circuitbook.zoo.circuits
     circuit_alone(model, circuit, test_batch, means), circuit_removed(model, circuit, test_batch, means)
     circuit_size(model, circuit)                            # {"nodes", "edges", ...}
     plotly_circuit(model, circuit)
+
+The book's settings per profile, and its cached means, searches and circuits: `circuitbook.zoo.circuits`.
 """
 
 from circuitbook.circuits.ablation import (
