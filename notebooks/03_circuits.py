@@ -75,7 +75,6 @@ from circuitbook.circuits import (
     heaviside,
     node_examples,
     plotly_circuit,
-    prune_config,
     size_loss_curve,
     top_k_kept,
 )
@@ -83,7 +82,7 @@ from circuitbook.circuits.draw import short_site
 from circuitbook.data.attacks import bracket_attack_examples, bracket_length_sweep
 from circuitbook.data.corpus import EOT, load_corpus
 from circuitbook.data.strings import IN_DOUBLE, IN_SINGLE, IN_TRIPLE, string_windows
-from circuitbook.data.tasks import TaskBatch, encode_examples, evaluate_task, last_occurrence
+from circuitbook.data.tasks import encode_examples, evaluate_task, last_occurrence
 from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
@@ -191,7 +190,7 @@ plt.show()
 # (`scripts/train_models.py ch3` makes them).
 
 # %%
-base = prune_config(prof, seed=seed)
+base = zoo.prune_config(prof, seed=seed)
 print(base)
 searches, timings = {}, {}
 for t in zoo.CIRCUIT_TASKS:
@@ -335,16 +334,13 @@ print("positive at both opening quotes (detector candidates):", list(detectors.i
 # goes to the opening quote, in the whole model and in the circuit alone?
 
 # %%
-d_head = model.cfg.d_head
-heads = sorted({(nodes.layer(s), ch // d_head) for s, ch in qc.node_list() if nodes.kind(s) in ("q", "k", "v")})
 with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks(qc.masks(), means)):
     _, circ_cache = model.run_with_cache(quote_test.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 head_rows = []
-for l, h in heads:
+for (l, h), n_qkv in qc.heads.items():
     key = f"blocks.{l}.attn.hook_pattern"
     head_rows.append({"head": f"L{l}h{h}",
-                      "q/k/v nodes": sum(1 for s, ch in qc.node_list() if nodes.kind(s) in ("q", "k", "v")
-                                         and nodes.layer(s) == l and ch // d_head == h),
+                      "q/k/v nodes": n_qkv,
                       "attn last->quote (model)": float(cache[key][ar, h, quote_test.last, openpos].mean()),
                       "attn last->quote (circuit)": float(circ_cache[key][ar, h, quote_test.last, openpos].mean())})
 display(pd.DataFrame(head_rows).set_index("head").round(3))
@@ -430,12 +426,11 @@ bc = circuits[BRACKET]
 draw_circuit(model, bc)
 plt.show()
 bt = sets.test[BRACKET]
-bheads = sorted({(nodes.layer(s), ch // d_head) for s, ch in bc.node_list() if nodes.kind(s) in ("q", "k", "v")})
 bracket_ids = [i for i in range(len(tok.tok.get_vocab())) if "[" in tok.decode([i])]
 with torch.no_grad():
     _, bcache = model.run_with_cache(bt.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 rows = []
-for l, h in bheads:
+for l, h in bc.heads:
     p = bcache[f"blocks.{l}.attn.hook_pattern"][torch.arange(len(bt.last)), h, bt.last]  # [batch, key]
     on_bracket = torch.isin(bt.tokens, torch.tensor(bracket_ids)).float()
     ent = -(p.clamp_min(1e-9).log() * p).sum(-1)
@@ -457,7 +452,7 @@ for kind in ("normal", "flat", "distractor", "long"):
     exs = [e for e in bracket_attack_examples(kind, n_attack, seed=123 + seed)
            if len(tok.encode(e.prompt)) <= model.cfg.n_ctx]
     b = encode_examples(exs, tok)
-    d1 = TaskBatch(*(getattr(b, f)[b.labels == 0] for f in ("tokens", "last", "correct", "wrong", "labels")))
+    d1 = b[b.labels == 0]
     attacks[kind] = {"prompts": len(exs), "model acc": evaluate_task(model, b)["acc"],
                      "model acc, depth 1": evaluate_task(model, d1)["acc"],
                      "circuit acc": circuit_alone(model, bc, b, means)["acc"]}
@@ -526,11 +521,10 @@ plt.show()
 st = sets.test[SOS]
 cur = tok.encode("\n    current")[-1]
 first_cur = torch.tensor([int((row == cur).nonzero()[0, 0]) if (row == cur).any() else 0 for row in st.tokens])
-sheads = sorted({(nodes.layer(s), ch // d_head) for s, ch in sc_.node_list() if nodes.kind(s) in ("q", "k", "v")})
 with torch.no_grad():
     _, scache = model.run_with_cache(st.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 rows = []
-for l, h in sheads:
+for l, h in sc_.heads:
     p = scache[f"blocks.{l}.attn.hook_pattern"][torch.arange(len(st.last)), h, st.last]  # [batch, key]
     ar_s = torch.arange(len(st.last))
     rows.append({"head": f"L{l}h{h}", "attn last -> first `current`": float(p[ar_s, first_cur].mean()),
@@ -585,7 +579,7 @@ attr_ratio = float(attr_table.loc[QUOTE, "edge ratio"])
 # %%
 # NBVAL_CHECK_OUTPUT
 dense = zoo.dense_baseline(prof, seed=seed)[0].float().eval()
-dense_name = "dense_baseline" if seed == 0 else f"dense_baseline_s{seed}"
+dense_name = f"dense_baseline{zoo.suffix(seed)}"
 dc = zoo.pruned_circuit(prof, dense, dense_name, QUOTE, base, seed)
 qc_base = zoo.pruned_circuit(prof, model, model_name, QUOTE, base, seed)
 dense_means = zoo.circuit_means(prof, dense, dense_name, seed)

@@ -214,7 +214,7 @@ plt.show()
 def class0_prompts(task: str) -> tuple[TaskBatch, list[int]]:
     """The held-out class-0 prompts of `task`, and [class 0's answer, class 1's answer] token ids."""
     test = sets.test[task]
-    a = TaskBatch(*(getattr(test, f)[test.labels == 0] for f in ("tokens", "last", "correct", "wrong", "labels")))
+    a = test[test.labels == 0]
     return a, [int(a.correct[0]), int(a.wrong[0])]
 
 

@@ -62,11 +62,9 @@ import torch
 
 from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.config import pick
-from circuitbook.data.tasks import TaskBatch
-from circuitbook.decomposition import (TOY_CONFIGS, adversarial_attack, feature_matches, lower_leaky_hard_sigmoid,
-                                       random_mask_loss, single_feature_ci, toy_decomposition, toy_inputs,
-                                       toy_metrics, toy_target, upper_leaky_hard_sigmoid)
-from circuitbook.decomposition.lm import (LM_CONFIGS, component_ci, lm_decomposition, lm_eval, select_edit,
+from circuitbook.decomposition import (adversarial_attack, feature_matches, lower_leaky_hard_sigmoid, random_mask_loss,
+                                       single_feature_ci, toy_inputs, toy_metrics, upper_leaky_hard_sigmoid)
+from circuitbook.decomposition.lm import (component_ci, lm_eval, select_edit,
                                           task_last_logits, task_metrics, text_ce, token_purity, window_fn)
 from circuitbook.results import Claim, claims_table, write_results
 
@@ -85,7 +83,7 @@ viz.setup()
 # `linear2` ($W^\top$, with the bias $b$); these are the names the decomposition selects.
 
 # %%
-tms52, tms52_meta = toy_target("tms_5_2", prof, seed, retrain)
+tms52, tms52_meta = zoo.toy_target("tms_5_2", prof, seed, retrain)
 W52 = tms52.W.detach()  # [2, 5]
 print(f"TMS 5-2 target: reconstruction MSE {tms52_meta['metrics']['loss']:.4f}")
 fig, ax = plt.subplots(figsize=(3.5, 3.5))
@@ -146,10 +144,10 @@ plt.show()
 # decomposition takes a minute or two on one CPU core.
 
 # %%
-cfg52 = TOY_CONFIGS["tms_5_2"][prof.name]
-spd52, spd52_meta = toy_decomposition("tms_5_2", tms52, prof, "spd", seed, retrain)
-m52 = toy_metrics("tms_5_2", spd52.model)
-print(f"SPD on TMS 5-2: {cfg52['steps']} steps x batch {cfg52['batch_size']}, "
+cfg52 = zoo.toy_decomposition_config("tms_5_2", prof)
+spd52, spd52_meta = zoo.toy_decomposition("tms_5_2", tms52, prof, "spd", seed, retrain)
+m52 = toy_metrics(zoo.TOY_TARGETS["tms_5_2"], spd52.model)
+print(f"SPD on TMS 5-2: {cfg52.steps} steps x batch {cfg52.batch_size}, "
       f"trained in {spd52.seconds:.0f} s (when the artifact was made)")
 
 # %%
@@ -224,9 +222,9 @@ plot_one_hot_ci(spd52.model, 5, ["linear1", "linear2"], "TMS 5-2: causal importa
 # while $W$ and $W^\top$ still split into one subcomponent per feature.
 
 # %%
-tms52id, _ = toy_target("tms_5_2_id", prof, seed, retrain)
-spd52id, _ = toy_decomposition("tms_5_2_id", tms52id, prof, "spd", seed, retrain)
-m52id = toy_metrics("tms_5_2_id", spd52id.model)
+tms52id, _ = zoo.toy_target("tms_5_2_id", prof, seed, retrain)
+spd52id, _ = zoo.toy_decomposition("tms_5_2_id", tms52id, prof, "spd", seed, retrain)
+m52id = toy_metrics(zoo.TOY_TARGETS["tms_5_2_id"], spd52id.model)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -246,12 +244,12 @@ plot_one_hot_ci(spd52id.model, 5, ["linear1", "hidden", "linear2"], "TMS 5-2 + i
 # batches of 4096 for 10k steps on a GPU.
 
 # %%
-tms4010, tms4010_meta = toy_target("tms_40_10", prof, seed, retrain)
-spd4010, _ = toy_decomposition("tms_40_10", tms4010, prof, "spd", seed, retrain)
-m4010 = toy_metrics("tms_40_10", spd4010.model)
-cfg4010 = TOY_CONFIGS["tms_40_10"][prof.name]
-print(f"SPD on TMS 40-10: C {cfg4010.get('C', TOY_CONFIGS['tms_40_10']['C'])}, {cfg4010['steps']} steps x batch "
-      f"{cfg4010['batch_size']}, trained in {spd4010.seconds:.0f} s")
+tms4010, tms4010_meta = zoo.toy_target("tms_40_10", prof, seed, retrain)
+spd4010, _ = zoo.toy_decomposition("tms_40_10", tms4010, prof, "spd", seed, retrain)
+m4010 = toy_metrics(zoo.TOY_TARGETS["tms_40_10"], spd4010.model)
+cfg4010 = zoo.toy_decomposition_config("tms_40_10", prof)
+print(f"SPD on TMS 40-10: C {cfg4010.C}, {cfg4010.steps} steps x batch "
+      f"{cfg4010.batch_size}, trained in {spd4010.seconds:.0f} s")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -274,16 +272,16 @@ plot_one_hot_ci(spd4010.model, 40, ["linear1", "linear2"], "TMS 40-10: causal im
 # makes them separable. The output matrix, by contrast, is used densely.
 
 # %%
-rmlp, rmlp_meta = toy_target("resid_mlp", prof, seed, retrain)
+rmlp, rmlp_meta = zoo.toy_target("resid_mlp", prof, seed, retrain)
 print(f"residual MLP target: final training MSE {rmlp_meta['metrics']['final_loss']:.5f}")
-spd_r, _ = toy_decomposition("resid_mlp", rmlp, prof, "spd", seed, retrain)
-m_r = toy_metrics("resid_mlp", spd_r.model)
+spd_r, _ = zoo.toy_decomposition("resid_mlp", rmlp, prof, "spd", seed, retrain)
+m_r = toy_metrics(zoo.TOY_TARGETS["resid_mlp"], spd_r.model)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"alive: mlp_in {m_r['alive/mlp_in']} (goal 100 ± 10), mlp_out {m_r['alive/mlp_out']}")
 print(f"mlp_in CI entries off the one-subcomponent-per-feature pattern on one-hot inputs: {m_r['ci_error/mlp_in']}"
-      f" (of {100 * TOY_CONFIGS['resid_mlp']['C']['mlp_in']})")
+      f" (of {100 * zoo.toy_decomposition_config('resid_mlp', prof).C['mlp_in']})")
 
 # %%
 plot_one_hot_ci(spd_r.model, 100, ["mlp_in", "mlp_out"], "residual MLP: causal importance on one-hot inputs")
@@ -305,9 +303,9 @@ plot_one_hot_ci(spd_r.model, 100, ["mlp_in", "mlp_out"], "residual MLP: causal i
 # subset routing), and attack both decompositions on the same 4096 inputs.
 
 # %%
-vpd52, _ = toy_decomposition("tms_5_2", tms52, prof, "vpd", seed, retrain)
-m52v = toy_metrics("tms_5_2", vpd52.model)
-x_eval = toy_inputs("tms_5_2", 512 if prof.is_ci else 4096)
+vpd52, _ = zoo.toy_decomposition("tms_5_2", tms52, prof, "vpd", seed, retrain)
+m52v = toy_metrics(zoo.TOY_TARGETS["tms_5_2"], vpd52.model)
+x_eval = toy_inputs(zoo.TOY_TARGETS["tms_5_2"], 512 if prof.is_ci else 4096)
 attack = {name: adversarial_attack(d.model, x_eval, n_steps=20, step_size=0.1)
           for name, d in (("SPD", spd52), ("VPD", vpd52))}
 rand = {name: random_mask_loss(d.model, x_eval) for name, d in (("SPD", spd52), ("VPD", vpd52))}
@@ -358,12 +356,13 @@ plt.show()
 gpt, _ = zoo.dense_baseline(prof)
 tok = zoo.tokenizer(prof)
 streams = zoo.token_streams(prof, tok)
-lm_cfg = LM_CONFIGS[prof.name]
-vpd_lm, lm_meta = lm_decomposition(gpt, streams["train"], prof, val_stream=streams["val"], seed=seed, retrain=retrain)
-lm_val = window_fn(streams["val"], lm_cfg["n_ctx"])(16 if prof.is_ci else 128, torch.Generator().manual_seed(seed))
+lm_cfg = zoo.lm_config(prof)
+vpd_lm, lm_meta = zoo.lm_decomposition(gpt, streams["train"], prof, val_stream=streams["val"], seed=seed,
+                                       retrain=retrain)
+lm_val = window_fn(streams["val"], lm_cfg.n_ctx)(16 if prof.is_ci else 128, torch.Generator().manual_seed(seed))
 ev = lm_eval(vpd_lm.model, lm_val)
 print(f"VPD on the GPT: {len(vpd_lm.model.names)} matrices, {ev['total']} subcomponents; "
-      f"{lm_cfg['steps']} steps x {lm_cfg['batch_size']} x {lm_cfg['n_ctx']} tokens, trained in {vpd_lm.seconds:.0f} s")
+      f"{lm_cfg.steps} steps x {lm_cfg.batch_size} x {lm_cfg.n_ctx} tokens, trained in {vpd_lm.seconds:.0f} s")
 
 # %%
 h = vpd_lm.history
@@ -474,9 +473,8 @@ for n, c, count, purity, t, ci_c in labels:
 edit_task = "single_double_quote"
 sets = zoo.task_sets(prof, tok, seed)
 n_sel = pick(prof, ci=32, full=160)
-fields = ("tokens", "last", "correct", "wrong", "labels")
-sel_batch = TaskBatch(*(getattr(sets.train[edit_task], f)[:n_sel] for f in fields))  # training prompts
-text_train = window_fn(streams["train"], lm_cfg["n_ctx"])(pick(prof, ci=8, full=48),
+sel_batch = sets.train[edit_task][:n_sel]  # training prompts
+text_train = window_fn(streams["train"], lm_cfg.n_ctx)(pick(prof, ci=8, full=48),
                                                           torch.Generator().manual_seed(seed + 2))
 removal, candidates = select_edit(vpd_lm.model, sel_batch, text_train, n_candidates=pick(prof, ci=4, full=40),
                                   budget=0.01)

@@ -2,7 +2,7 @@
 
     python scripts/bench_circuits.py [--threads 2] [--task single_double_quote]
 
-Prunes with the base settings (`prune_config("full")`: mask training plus bisection plus calibration), never
+Prunes with the base settings (`zoo.prune_config("full")`: mask training plus bisection plus calibration), never
 cached, and prints the seconds taken and the circuit. Needs the shipped artifacts (model, means).
 """
 
@@ -14,7 +14,7 @@ import time
 import torch
 
 from circuitbook import zoo
-from circuitbook.circuits import NodeSet, circuit_size, prune, prune_config
+from circuitbook.circuits import NodeSet, circuit_size, prune
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     name = zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], zoo.THE_SPARSE_MODEL["d_model"])
     means = zoo.circuit_means("full", model, name)
     sets = zoo.task_sets("full", zoo.tokenizer("full"))
-    cfg = prune_config("full")
+    cfg = zoo.prune_config("full")
     t0 = time.perf_counter()
     c = prune(model, sets.train[args.task], means, cfg, NodeSet.from_model(model), progress=False)
     secs = time.perf_counter() - t0

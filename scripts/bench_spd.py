@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from circuitbook.decomposition import TOY_CONFIGS, decompose_toy, toy_metrics, train_toy_target
+from circuitbook import zoo
+from circuitbook.decomposition import decompose_toy, toy_metrics
 
 
 def main() -> None:
@@ -24,18 +25,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    target = train_toy_target("tms_5_2", "full", progress=False)
+    target = zoo.train_toy_target("tms_5_2", "full", progress=False)
     t_target = time.perf_counter() - t0
     overrides = {} if args.steps is None else {"steps": args.steps}
     t0 = time.perf_counter()
-    d = decompose_toy("tms_5_2", target, "full", progress=False, **overrides)
+    cfg = zoo.toy_decomposition_config("tms_5_2", "full", **overrides)
+    d = decompose_toy(zoo.TOY_TARGETS["tms_5_2"], target, cfg, progress=False)
     t_spd = time.perf_counter() - t0
-    cfg = {**TOY_CONFIGS["tms_5_2"]["full"], **overrides}
-    print(f"settings: steps={cfg['steps']} batch={cfg['batch_size']} threads={args.threads}")
+    print(f"settings: steps={cfg.steps} batch={cfg.batch_size} threads={args.threads}")
     print(f"target training: {t_target:.1f} s")
     print(f"SPD decomposition: {t_spd:.1f} s (goal <= 300 s on 2 cores: {'met' if t_spd <= 300 else 'missed'}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run)")
-    print({k: round(float(v), 4) for k, v in toy_metrics("tms_5_2", d.model).items()})
+    print({k: round(float(v), 4) for k, v in toy_metrics(zoo.TOY_TARGETS["tms_5_2"], d.model).items()})
 
 
 if __name__ == "__main__":

@@ -41,11 +41,9 @@ def ch3(profile: str) -> None:
 
 
 def ch3_frontier(profile: str) -> None:
-    """The quote task pruned with the base settings (`prune_config`) on the dense baseline and on every model
+    """The quote task pruned with the base settings (`zoo.prune_config`) on the dense baseline and on every model
     of the chapter-2 family: the frontier, and the dense-vs-sparse comparison."""
-    from circuitbook.circuits import prune_config
-
-    quote, cfg = zoo.CIRCUIT_TASKS[0], prune_config(profile)
+    quote, cfg = zoo.CIRCUIT_TASKS[0], zoo.prune_config(profile)
     models = {"dense_baseline": lambda: zoo.dense_baseline(profile)[0]}
     for d in sorted(zoo.sparse_widths(profile), reverse=True):
         for kept in zoo.SPARSE_FRACTIONS:
@@ -76,12 +74,10 @@ def ch6(profile: str) -> None:
 
 def ch5(profile: str) -> None:
     """Chapter 5's VPD of the dense GPT (resumes from data/scratch after an interruption)."""
-    from circuitbook.decomposition.lm import lm_decomposition
-
     t0 = time.time()
     streams = zoo.token_streams(profile)
-    d, _ = lm_decomposition(zoo.dense_baseline(profile)[0], streams["train"], profile, val_stream=streams["val"],
-                            retrain=True)
+    d, _ = zoo.lm_decomposition(zoo.dense_baseline(profile)[0], streams["train"], profile, val_stream=streams["val"],
+                                retrain=True)
     print(f"vpd_lm: {d.seconds:.0f}s of training ({time.time() - t0:.0f}s in this call)", flush=True)
 
 

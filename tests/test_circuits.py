@@ -15,8 +15,6 @@ from circuitbook.circuits import (
     all_kept,
     attribution_scores,
     bisect_smallest,
-    cached_mean_activations,
-    cached_prune,
     circuit_alone,
     circuit_edges,
     circuit_removed,
@@ -30,12 +28,14 @@ from circuitbook.circuits import (
     prune,
     run_masked,
     search,
+    size_loss_curve,
     top_activations,
     top_k_kept,
     train_mask,
 )
 from circuitbook.data.tasks import TaskBatch, logit_diff
 from circuitbook.models.gpt import GPT, GPTConfig
+from circuitbook.zoo.circuits import cached_mean_activations, cached_prune, cached_search
 
 matplotlib.use("Agg")
 TINY = dict(vocab_size=20, n_ctx=8, d_model=16, n_layers=2, n_heads=2, d_head=4, d_mlp=16)
@@ -327,8 +327,6 @@ def test_search_runs_and_returns_the_best_trial(task):
 
 
 def test_cached_search_round_trips_and_the_loss_curve_agrees_with_the_circuit(task, tmp_data):
-    from circuitbook.circuits import cached_search, size_loss_curve
-
     model, nodes, batch, means, _ = task
     base = PruneConfig(steps=15, batch_size=16, target_loss=0.6, lbfgs_steps=2)
     a = cached_search("search_test", "ci", model, batch, means, base, n_trials=2, progress=False)
@@ -373,3 +371,47 @@ def test_smallest_circuit_searches_within_the_masks_nodes_when_loss_is_not_monot
     # and when the mask's nodes miss the target, the search falls back to the full range
     k_all, _ = smallest_circuit(lambda k: 1.0 if k < 95 else 0.1, scores, target=0.15)
     assert k_all == 95
+
+
+def test_circuit_heads_counts_kept_qkv_channels_per_head():
+    model, nodes, kept = hand_built()  # kept: q 2 and k 0 (head 0), v 5 (head 1), all in layer 0
+    kept = kept.clone()
+    kept[nodes.index("blocks.1.attn.hook_k", 7)] = True  # d_head 4: channel 7 is head 1
+    circuit = Circuit(nodes, kept, kept.float(), 0.15, 0.1)
+    assert circuit.heads == {(0, 0): 2, (0, 1): 1, (1, 1): 1}
+    assert list(circuit.heads) == sorted(circuit.heads)
+    assert sum(circuit.heads.values()) == sum(nodes.kind(s) in ("q", "k", "v") for s, _ in circuit.node_list())
+    none = Circuit(nodes, torch.zeros(len(nodes), dtype=torch.bool), kept.float(), 0.15, 0.1)
+    assert none.heads == {}
+
+
+def test_a_broken_ci_cache_is_made_again_but_a_broken_shipped_artifact_raises(tmp_data):
+    from circuitbook import artifacts
+
+    model, nodes = tiny_gpt(), NodeSet.from_model(tiny_gpt())
+    for profile in ("ci", "full"):
+        m1 = {s: m.clone() for s, m in cached_mean_activations("means_t", profile, model, stream(), nodes,
+                                                                n_batches=2, batch_size=4).items()}
+        path = artifacts.artifact_path("means_t", profile)
+        path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # corrupt: the checksum no longer matches
+        if profile == "ci":
+            with pytest.warns(UserWarning, match="making means_t again"):
+                m2 = cached_mean_activations("means_t", profile, model, stream(), nodes, n_batches=2, batch_size=4)
+            assert all(torch.equal(m1[s], m2[s]) for s in nodes.sites)
+        else:
+            with pytest.raises(artifacts.ArtifactError, match="checksum"):
+                cached_mean_activations("means_t", profile, model, stream(), nodes, n_batches=2, batch_size=4)
+
+
+def test_the_zoo_prune_settings_are_the_shipped_searches_base():
+    import json
+
+    from circuitbook.config import get_profile
+    from circuitbook.zoo import CIRCUIT_TASKS, n_trials_for, prune_config
+
+    for t in CIRCUIT_TASKS:
+        stored = json.loads((get_profile("full").artifact_dir / f"circuit_search_{t}.json").read_text())["config"]
+        assert stored["base"] == prune_config("full").to_dict() and stored["n_trials"] == n_trials_for("full")
+    assert prune_config("ci", seed=3).seed == 3 and prune_config("ci").steps < prune_config("full").steps
+    with pytest.raises(AttributeError):
+        prune_config("full").steps = 1  # frozen: settings are replaced, never mutated

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -245,10 +247,11 @@ def tiny_gpt():
 
 
 def test_lm_component_model_exact_and_edit():
-    from circuitbook.decomposition.lm import LM_CONFIGS, ablation_ce_delta, lm_C, lm_eval
+    from circuitbook.decomposition.lm import ablation_ce_delta, lm_C, lm_eval
+    from circuitbook.zoo import LM_CONFIGS
 
     gpt = tiny_gpt()
-    C = lm_C({**LM_CONFIGS["ci"], "C_attn": 16, "C_mlp": 32})
+    C = lm_C(replace(LM_CONFIGS["ci"], C_attn=16, C_mlp=32))
     assert len(C) == 6 and C["blocks.0.mlp.W_in"] == 32 and C["blocks.0.attn.W_O"] == 16
     mods = dict(gpt.named_modules())
     C = {n: mods[n].in_features for n in C}  # C = d_in, so V = I gives an exact decomposition
@@ -278,7 +281,7 @@ def test_lm_component_model_exact_and_edit():
 
 def test_toy_artifacts_round_trip(tmp_path, monkeypatch):
     from circuitbook import config
-    from circuitbook.decomposition import toy_decomposition, toy_target
+    from circuitbook.zoo import toy_decomposition, toy_target
 
     monkeypatch.setitem(config.PROFILES, "ci", config.Profile("ci", tmp_path, shipped=False))
     target, meta = toy_target("tms_5_2", "ci", progress=False)
@@ -298,7 +301,8 @@ def test_toy_artifacts_round_trip(tmp_path, monkeypatch):
 
 def exact_gpt_components(ci_fn: str = "mlp") -> tuple[torch.nn.Module, ComponentModel]:
     """The tiny GPT with every matrix decomposed exactly (C = d_in, U = W, V = I)."""
-    from circuitbook.decomposition.lm import LM_CONFIGS, lm_C
+    from circuitbook.decomposition.lm import lm_C
+    from circuitbook.zoo import LM_CONFIGS
 
     gpt = tiny_gpt()
     mods = dict(gpt.named_modules())
@@ -397,3 +401,24 @@ def test_decompose_resumes_from_checkpoint(tmp_path):
     # another config never resumes
     with pytest.warns(UserWarning, match="another config"):
         decompose(tms, {"linear1": 6, "linear2": 6}, data, [Faithfulness(1.0)], **{**kw, "ckpt_config": {"run": 2}})
+
+
+def test_zoo_configs_are_what_the_shipped_artifacts_record():
+    """The typed configs must reproduce the shipped artifacts' stored configs exactly (or loading raises)."""
+    import json
+    from dataclasses import asdict
+
+    from circuitbook.config import get_profile
+    from circuitbook.decomposition import ToyDecompConfig
+    from circuitbook.zoo import TOY_TARGETS, lm_config, toy_decomposition, toy_decomposition_config, toy_target
+
+    stored = json.loads((get_profile("full").artifact_dir / "vpd_lm.json").read_text())["config"]
+    assert json.loads(json.dumps({"decomposition": asdict(lm_config("full")), "seed": 0})) == stored
+    for name in TOY_TARGETS:  # load_or_train raises ArtifactError on a shipped artifact with another config
+        target, _ = toy_target(name, "full")
+        toy_decomposition(name, target, "full", "spd")
+    toy_decomposition("tms_5_2", toy_target("tms_5_2", "full")[0], "full", "vpd")
+    assert toy_decomposition_config("tms_5_2", "ci", "vpd", steps=3).steps == 3
+    with pytest.raises(ValueError, match="VPD needs its losses"):
+        replace(toy_decomposition_config("tms_5_2", "full"), method="vpd")
+    assert isinstance(toy_decomposition_config("resid_mlp", "full"), ToyDecompConfig)

@@ -105,3 +105,18 @@ def test_last_occurrence_finds_the_opening_quote():
     b = TaskBatch(tokens=torch.tensor([[5, 7, 1, 7, 2], [7, 3, 3, 0, 0], [1, 1, 1, 1, 7]]),
                   last=torch.tensor([4, 2, 3]), correct=torch.zeros(3), wrong=torch.zeros(3), labels=torch.zeros(3))
     assert last_occurrence(b, [7]).tolist() == [3, 0, -1]
+
+
+def test_task_batch_rows_and_device():
+    b = TaskBatch(tokens=torch.arange(12).view(4, 3), last=torch.tensor([0, 1, 2, 1]),
+                  correct=torch.tensor([5, 6, 7, 8]), wrong=torch.tensor([9, 10, 11, 12]),
+                  labels=torch.tensor([0, 1, 0, 1]))
+    for idx in (slice(1, 3), torch.tensor([3, 0]), b.labels == 1):
+        sub = b[idx]
+        assert isinstance(sub, TaskBatch)
+        for f in ("tokens", "last", "correct", "wrong", "labels"):
+            assert torch.equal(getattr(sub, f), getattr(b, f)[idx])
+    assert b[b.labels == 1].labels.tolist() == [1, 1] and b[:0].tokens.shape == (0, 3)
+    moved = b.to("cpu")
+    assert moved is not b and all(torch.equal(getattr(moved, f), getattr(b, f)) for f in ("tokens", "labels"))
+    assert moved.to(torch.device("cpu")).tokens.device.type == "cpu"

@@ -1,18 +1,19 @@
 """Circuits (chapter 3): nodes, mean ablation, learned pruning, the attribution baseline, edges, drawing.
 
     nodes = NodeSet.from_model(model)                       # every (site, channel) node
-    means = mean_activations(model, streams["train"], nodes)  # or cached_mean_activations(...)
-    circuit = prune(model, task_batch, means, prune_config(profile))
+    means = mean_activations(model, streams["train"], nodes)
+    circuit = prune(model, task_batch, means, PruneConfig(steps=500, k_coef=1e-3))
     circuit_alone(model, circuit, test_batch, means), circuit_removed(model, circuit, test_batch, means)
     circuit_size(model, circuit)                            # {"nodes", "edges", ...}
     plotly_circuit(model, circuit)
+
+The book's settings per profile, and its cached means, searches and circuits: `circuitbook.zoo.circuits`.
 """
 
 from circuitbook.circuits.ablation import (
     ablate,
     ablation_hooks,
     all_kept,
-    cached_mean_activations,
     circuit_alone,
     circuit_removed,
     evaluate_masked,
@@ -36,24 +37,21 @@ from circuitbook.circuits.nodes import FINAL_SITE, KINDS, NodeSet, node_sites, s
 from circuitbook.circuits.prune import (
     PruneConfig,
     bisect_smallest,
-    cached_prune,
     circuit_from_scores,
     fit_logit_calibration,
     prune,
-    prune_config,
     size_loss_curve,
     top_k_kept,
     train_mask,
 )
-from circuitbook.circuits.search import SearchResult, cached_search, n_trials_for, search
+from circuitbook.circuits.search import SPACE, SearchResult, objective_value, search
 
 __all__ = [
-    "FINAL_SITE", "KINDS", "Circuit", "Edge", "HeavisideSigmoid", "NodeMask", "NodeSet", "PruneConfig",
+    "FINAL_SITE", "KINDS", "SPACE", "Circuit", "Edge", "HeavisideSigmoid", "NodeMask", "NodeSet", "PruneConfig",
     "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune", "attribution_scores",
-    "bisect_smallest", "cached_mean_activations", "cached_search", "cached_prune", "circuit_alone", "circuit_edges",
-    "circuit_from_scores", "circuit_removed", "circuit_size", "draw_circuit", "evaluate_masked",
-    "examples_html", "examples_text", "fit_logit_calibration", "heaviside", "masked_logit_diff",
-    "mean_activations", "n_trials_for", "node_examples", "node_sites", "plotly_circuit", "prune",
-    "prune_config", "run_masked", "search", "site_kind", "size_loss_curve", "task_tokens", "top_activations",
+    "bisect_smallest", "circuit_alone", "circuit_edges", "circuit_from_scores", "circuit_removed", "circuit_size",
+    "draw_circuit", "evaluate_masked", "examples_html", "examples_text", "fit_logit_calibration", "heaviside",
+    "masked_logit_diff", "mean_activations", "node_examples", "node_sites", "objective_value", "plotly_circuit",
+    "prune", "run_masked", "search", "site_kind", "size_loss_curve", "task_tokens", "top_activations",
     "top_k_kept", "train_mask",
 ]

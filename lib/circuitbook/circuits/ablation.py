@@ -13,17 +13,14 @@ nodes. A good circuit keeps the task alone and loses it when removed.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from circuitbook import artifacts
 from circuitbook.circuits.circuit import Circuit
 from circuitbook.circuits.nodes import NodeSet
-from circuitbook.config import Profile
 from circuitbook.data.tasks import TaskBatch, logit_diff
 from circuitbook.train import get_batch
 
@@ -61,41 +58,6 @@ def mean_activations(
     return {s: (v / count).float() for s, v in sums.items()}
 
 
-def model_fingerprint(model) -> str:
-    """A short sha1 of the model's weights: means are cached per exact model."""
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def cached_mean_activations(
-    name: str,
-    profile: str | Profile,
-    model,
-    tokens: np.ndarray,
-    nodes: NodeSet,
-    n_batches: int = 16,
-    batch_size: int = 16,
-    seed: int = 0,
-    retrain: bool = False,
-) -> dict[str, Tensor]:
-    """`mean_activations` through `artifacts.load_or_train` as artifact `name` (e.g. 'means_dense_baseline').
-
-    The config holds a fingerprint of the model's weights; means made for other weights (or settings)
-    are recomputed rather than used.
-    """
-    config = {"model": model_fingerprint(model), "sites": list(nodes.sites), "n_batches": n_batches,
-              "batch_size": batch_size, "n_ctx": model.cfg.n_ctx, "seed": seed, "n_tokens": int(len(tokens))}
-    fit = lambda: (mean_activations(model, tokens, nodes, n_batches, batch_size, None, seed), {})
-    try:
-        tensors, _ = artifacts.load_or_train(name, profile, fit, config, retrain)
-    except artifacts.ArtifactError:  # made for another model or corrupt: means are cheap, recompute
-        tensors, _ = artifacts.load_or_train(name, profile, fit, config, retrain=True)
-    return {s: tensors[s].to(_device(model)) for s in nodes.sites}
-
-
 # ---------------------------------------------------------------- the masking forward
 
 
@@ -118,24 +80,15 @@ def run_masked(model, tokens: Tensor, masks: dict[str, Tensor], means: dict[str,
         return model(tokens)
 
 
-def sub_batch(batch: TaskBatch, idx) -> TaskBatch:
-    """Rows `idx` (a slice or index tensor) of a TaskBatch."""
-    return TaskBatch(*(getattr(batch, f)[idx] for f in ("tokens", "last", "correct", "wrong", "labels")))
-
-
-def to_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
-    return TaskBatch(*(getattr(batch, f).to(device) for f in ("tokens", "last", "correct", "wrong", "labels")))
-
-
 @torch.no_grad()
 def masked_logit_diff(
     model, batch: TaskBatch, masks: dict[str, Tensor], means: dict[str, Tensor], chunk: int = 128
 ) -> Tensor:
     """Correct-minus-wrong logit at the last position under the masks, [batch], in chunks."""
-    batch = to_device(batch, _device(model))
+    batch = batch.to(_device(model))
     out = []
     for i in range(0, len(batch.tokens), chunk):
-        sub = sub_batch(batch, slice(i, i + chunk))
+        sub = batch[i : i + chunk]
         out.append(logit_diff(run_masked(model, sub.tokens, masks, means), sub))
     return torch.cat(out)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuitbook.circuits.ablation import _device, ablation_hooks, sub_batch, to_device
+from circuitbook.circuits.ablation import _device, ablation_hooks
 from circuitbook.circuits.circuit import Circuit
 from circuitbook.circuits.nodes import NodeSet
 from circuitbook.circuits.prune import circuit_from_scores, frozen
@@ -30,12 +30,12 @@ def attribution_scores(
     """score [N]: |activation x gradient| of each prompt's task loss, averaged over prompts."""
     nodes = nodes or NodeSet.from_model(model)
     dev = _device(model)
-    batch = to_device(batch, dev)
+    batch = batch.to(dev)
     base = means if centered else {s: torch.zeros_like(m) for s, m in means.items()}
     total = torch.zeros(len(nodes), device=dev)
     with frozen(model):
         for i in range(0, len(batch.tokens), chunk):
-            sub = sub_batch(batch, slice(i, i + chunk))
+            sub = batch[i : i + chunk]
             scale = torch.ones(len(sub.tokens), len(nodes), device=dev, requires_grad=True)  # [batch, N]
             with model.hooks(fwd_hooks=ablation_hooks(nodes.split(scale), base)):
                 diff = logit_diff(model(sub.tokens), sub)  # [batch]

@@ -44,6 +44,17 @@ class Circuit:
         """Kept nodes as (site, channel), in forward order."""
         return [self.nodes.node(int(i)) for i in self.kept.nonzero()[:, 0]]
 
+    @property
+    def heads(self) -> dict[tuple[int, int], int]:
+        """{(layer, head): number of kept q/k/v channels of that head}, in (layer, head) order; q/k/v channel j
+        belongs to head j // d_head."""
+        count: dict[tuple[int, int], int] = {}
+        for s, ch in self.node_list():
+            if self.nodes.kind(s) in ("q", "k", "v"):
+                key = (self.nodes.layer(s), ch // self.nodes.d_head)
+                count[key] = count.get(key, 0) + 1
+        return dict(sorted(count.items()))
+
     def by_site(self) -> dict[str, list[int]]:
         """{site: kept channels} for sites with at least one kept node."""
         return {s: ix.tolist() for s, ix in self.nodes.by_site(self.kept).items() if len(ix)}

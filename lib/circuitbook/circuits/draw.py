@@ -18,6 +18,7 @@ from circuitbook.circuits.circuit import Circuit
 from circuitbook.circuits.edges import Edge, circuit_edges
 from circuitbook.circuits.nodes import FINAL_SITE, site_kind
 from circuitbook.train import val_batches
+from circuitbook.viz import token_html
 
 Node = tuple[str, int]
 KIND_COLOURS = {"read": "#4c72b0", "q": "#dd8452", "k": "#c44e52", "v": "#8172b3", "write": "#55a868",
@@ -176,8 +177,6 @@ def examples_text(examples: list[dict], n_tokens: int = 6) -> str:
 
 def examples_html(examples: list[dict], title: str = "") -> str:
     """HTML rows of tokens shaded by the node's activation (the example's own maximum = full colour)."""
-    from circuitbook.viz import token_html
-
     rows = [f"<b>{html.escape(title)}</b>"] if title else []
     for ex in examples:
         a = torch.tensor(ex["acts"])

@@ -15,9 +15,7 @@ only in how they rank nodes.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,50 +25,31 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import trange
 
-from circuitbook import artifacts
-from circuitbook.circuits.ablation import (
-    _device,
-    masked_logit_diff,
-    model_fingerprint,
-    run_masked,
-    sub_batch,
-    to_device,
-)
+from circuitbook.circuits.ablation import _device, masked_logit_diff, run_masked
 from circuitbook.circuits.circuit import Circuit
 from circuitbook.circuits.masks import NodeMask
 from circuitbook.circuits.nodes import NodeSet
-from circuitbook.config import Profile, pick
 from circuitbook.data.tasks import TaskBatch, task_loss
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class PruneConfig:
-    """Hyperparameters of learned pruning; defaults are the paper's search centres."""
+    """Hyperparameters of learned pruning; defaults are the paper's search centres. `asdict` is what a
+    circuit artifact records (field names and order are part of the stored configs)."""
 
     k_coef: float = 1e-4  # penalty per kept node
-    lr: float = 3e-3  # Adam
+    lr: float = 3e-3  # Adam learning rate of the node scores
     temperature: float = 1.0  # of the sigmoid surrogate gradient
     init_noise_scale: float = 1e-2  # score_i = init_noise_bias + init_noise_scale * N(0, 1)
     init_noise_bias: float = 1e-1  # > 0: every node starts kept
-    steps: int = 1000
+    steps: int = 1000  # Adam steps of mask training
     batch_size: int = 64  # prompts per step
-    target_loss: float = 0.15
-    lbfgs_steps: int = 20
-    seed: int = 0
+    target_loss: float = 0.15  # task loss the bisection must reach on the train prompts
+    lbfgs_steps: int = 20  # LBFGS iterations of the logit calibration
+    seed: int = 0  # initial scores and prompt sampling
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
-
-
-def prune_config(profile: str | Profile, **overrides) -> PruneConfig:
-    """Settings by profile: `ci` runs every code path in seconds; `full` is the real run.
-
-    Both bisect to a train-prompt loss of 0.12, not the paper's 0.15: the mask is fitted to the train
-    prompts, and the margin is what keeps held-out prompts under 0.15. `full` starts from k_coef 1e-3:
-    at the paper's 1e-4 our 5,760-node model keeps ~100 nodes at a loss far below the target."""
-    base = pick(profile, ci=dict(steps=150, batch_size=32, lbfgs_steps=10, target_loss=0.12),
-                full=dict(steps=500, batch_size=32, k_coef=1e-3, target_loss=0.12))
-    return PruneConfig(**(base | overrides))
 
 
 @contextmanager
@@ -95,7 +74,7 @@ def train_mask(
 ) -> tuple[NodeMask, list[dict]]:
     """Train node scores on `batch`; returns the mask and a history [{step, task_loss, n_kept}]."""
     dev = _device(model)
-    batch = to_device(batch, dev)
+    batch = batch.to(dev)
     mask = NodeMask(nodes, cfg.init_noise_scale, cfg.init_noise_bias, cfg.temperature, cfg.seed).to(dev)
     opt = torch.optim.Adam(mask.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -104,7 +83,7 @@ def train_mask(
     with frozen(model):
         bar = trange(cfg.steps, desc="mask", disable=not progress, leave=False)
         for step in bar:
-            sub = sub_batch(batch, torch.randperm(n, generator=g)[:bs].to(dev))
+            sub = batch[torch.randperm(n, generator=g)[:bs].to(dev)]
             gates = mask()  # [N] 0/1
             task = task_loss(run_masked(model, sub.tokens, nodes.split(gates), means), sub)
             loss = task + cfg.k_coef * gates.sum()
@@ -269,37 +248,3 @@ def prune(
     info = {"config": cfg.to_dict(), "history": history, "n_kept_by_mask": mask.n_kept()}
     return circuit_from_scores(model, batch, means, nodes, mask.score.detach(), cfg.target_loss,
                                cfg.lbfgs_steps, "learned", info)
-
-
-def cached_prune(
-    name: str,
-    profile: str | Profile,
-    model,
-    batch: TaskBatch,
-    means: dict[str, Tensor],
-    cfg: PruneConfig | None = None,
-    nodes: NodeSet | None = None,
-    retrain: bool = False,
-    progress: bool = True,
-) -> Circuit:
-    """`prune` through `artifacts.load_or_train` as artifact `name` (e.g. 'circuit_quote_sparse').
-    The config records the model's fingerprint, the node sites, the batch and the hyperparameters; a
-    circuit stored for anything else is pruned again (with a warning)."""
-    cfg = cfg or PruneConfig()
-    nodes = nodes or NodeSet.from_model(model)
-    config = {"model": model_fingerprint(model), "nodes": nodes.to_dict(), "prune": cfg.to_dict(),
-              "batch": _batch_fingerprint(batch)}
-    fit = lambda: prune(model, batch, means, cfg, nodes, progress).to_artifact()
-    try:
-        tensors, meta = artifacts.load_or_train(name, profile, fit, config, retrain)
-    except artifacts.ArtifactError as e:
-        warnings.warn(f"pruning {name} again: {str(e).splitlines()[0]}", stacklevel=2)
-        tensors, meta = artifacts.load_or_train(name, profile, fit, config, retrain=True)
-    return Circuit.from_artifact(tensors, meta["metrics"])
-
-
-def _batch_fingerprint(batch: TaskBatch) -> str:
-    h = hashlib.sha1()
-    for f in ("tokens", "last", "correct", "wrong"):
-        h.update(getattr(batch, f).cpu().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -8,18 +8,14 @@ the paper's search centre; a seeded TPE sampler makes the search repeatable.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 
 import optuna
 from torch import Tensor
 
-from circuitbook import artifacts
-from circuitbook.circuits.ablation import model_fingerprint
 from circuitbook.circuits.circuit import Circuit
 from circuitbook.circuits.nodes import NodeSet
-from circuitbook.circuits.prune import PruneConfig, _batch_fingerprint, prune
-from circuitbook.config import Profile, pick
+from circuitbook.circuits.prune import PruneConfig, prune
 from circuitbook.data.tasks import TaskBatch
 
 # name -> (low, high), all sampled log-uniformly around the paper's centres
@@ -38,11 +34,6 @@ class SearchResult:
     circuit: Circuit  # the best trial's circuit
     trials: list[dict]  # one row per trial: params, n_nodes, loss, objective
     study: optuna.Study | None = None  # None when loaded from an artifact
-
-
-def n_trials_for(profile: str | Profile) -> int:
-    """ci: 3 trials (every code path); full: 6 (the paper ran 32 CARBS iterations; 6 fit our CPU budget)."""
-    return pick(profile, ci=3, full=6)
 
 
 def objective_value(circuit: Circuit) -> float:
@@ -83,36 +74,3 @@ def search(
     study.optimize(objective, n_trials=n_trials, show_progress_bar=progress)
     best = study.best_trial
     return SearchResult(replace(base, **best.params), circuits[best.number], rows, study)
-
-
-def cached_search(
-    name: str,
-    profile: str | Profile,
-    model,
-    batch: TaskBatch,
-    means: dict[str, Tensor],
-    base: PruneConfig,
-    n_trials: int,
-    nodes: NodeSet | None = None,
-    seed: int = 0,
-    retrain: bool = False,
-    progress: bool = True,
-) -> SearchResult:
-    """`search` through `artifacts.load_or_train` as artifact `name`: the best circuit's tensors, with the
-    best config and every trial's row in the meta. A search stored for other inputs is run again."""
-    nodes = nodes or NodeSet.from_model(model)
-    config = {"model": model_fingerprint(model), "nodes": nodes.to_dict(), "base": base.to_dict(),
-              "batch": _batch_fingerprint(batch), "n_trials": n_trials, "seed": seed, "space": SPACE}
-
-    def fit():
-        r = search(model, batch, means, base, n_trials, nodes, seed, progress=progress)
-        tensors, meta = r.circuit.to_artifact()
-        return tensors, {"circuit": meta, "best": r.config.to_dict(), "trials": r.trials}
-
-    try:
-        tensors, meta = artifacts.load_or_train(name, profile, fit, config, retrain)
-    except artifacts.ArtifactError as e:
-        warnings.warn(f"searching {name} again: {str(e).splitlines()[0]}", stacklevel=2)
-        tensors, meta = artifacts.load_or_train(name, profile, fit, config, retrain=True)
-    m = meta["metrics"]
-    return SearchResult(PruneConfig(**m["best"]), Circuit.from_artifact(tensors, m["circuit"]), m["trials"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -188,6 +188,13 @@ class TaskBatch:
     wrong: torch.Tensor  # [batch] token id
     labels: torch.Tensor  # [batch]
 
+    def __getitem__(self, idx) -> TaskBatch:
+        """The prompts `idx` (a slice, an index tensor or a bool mask [batch]) of every field."""
+        return TaskBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
 
 def encode_examples(examples: list[Example], tokenizer, pad_id: int | None = None) -> TaskBatch:
     """Tokenize prompts (right-padded) and the two single-token targets."""
@@ -228,7 +235,7 @@ def evaluate_task(model, batch: TaskBatch, chunk: int = 256) -> dict[str, float]
     """Task loss and accuracy of `model` (tokens -> logits) on a TaskBatch, in chunks."""
     diffs = []
     for i in range(0, len(batch.tokens), chunk):
-        sub = TaskBatch(*(getattr(batch, f)[i : i + chunk] for f in ("tokens", "last", "correct", "wrong", "labels")))
+        sub = batch[i : i + chunk]
         diffs.append(logit_diff(model(sub.tokens), sub))
     d = torch.cat(diffs)
     return {"loss": float(F.softplus(-d).mean()), "acc": float((d > 0).float().mean())}

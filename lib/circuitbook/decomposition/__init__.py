@@ -6,7 +6,10 @@ losses.py      faithfulness, stochastic (layerwise) reconstruction, importance m
 vpd.py         persistent-PGD adversarial masks, subset routing, frequency minimality, evaluation attack
 metrics.py     MMCS, ML2R, alive subcomponents, L0, identity-insertion CI error
 decompose.py   the training loop
-toys.py        TOY_CONFIGS and one-call runs for TMS 5-2, TMS 40-10 (+identity), the residual MLP
+toys.py        toy targets (TMS, the residual MLP) as specs, the toy decomposition config, one call to run it
+lm.py          VPD of a GPT: its config, evaluation, edits
+
+The book's toys and settings per profile, and the stored decompositions: circuitbook.zoo.decomposition.
 """
 
 from circuitbook.decomposition.components import CausalImportances, ComponentModel, LinearComponents
@@ -15,11 +18,14 @@ from circuitbook.decomposition.importance import CIMLP, lower_leaky_hard_sigmoid
 from circuitbook.decomposition.losses import (
     Faithfulness,
     ImportanceMinimality,
+    LossSettings,
+    Minimality,
     Step,
     StochasticRecon,
     StochasticReconLayerwise,
     recon_loss,
     stochastic_masks,
+    stochastic_recon,
 )
 from circuitbook.decomposition.metrics import (
     activation_density,
@@ -32,20 +38,22 @@ from circuitbook.decomposition.metrics import (
     single_feature_ci,
 )
 from circuitbook.decomposition.toys import (
-    TOY_CONFIGS,
+    ResidMLPTarget,
+    TMSTarget,
+    ToyDecompConfig,
+    ToyTarget,
+    ToyTrain,
+    VPDLosses,
     decompose_toy,
-    decomposition_config,
-    toy_data_fn,
-    toy_decomposition,
     toy_inputs,
     toy_losses,
     toy_metrics,
-    toy_target,
-    train_toy_target,
 )
 from circuitbook.decomposition.vpd import (
     FrequencyMinimality,
+    FrequencySettings,
     PersistentPGDRecon,
+    PGDSettings,
     adversarial_attack,
     random_mask_loss,
     uniform_subset_routing,
@@ -53,42 +61,47 @@ from circuitbook.decomposition.vpd import (
 
 __all__ = [
     "CIMLP",
-    "TOY_CONFIGS",
     "CausalImportances",
     "ComponentModel",
     "Decomposition",
     "Faithfulness",
     "FrequencyMinimality",
+    "FrequencySettings",
     "ImportanceMinimality",
     "LinearComponents",
+    "LossSettings",
+    "Minimality",
+    "PGDSettings",
     "PersistentPGDRecon",
+    "ResidMLPTarget",
     "Step",
     "StochasticRecon",
     "StochasticReconLayerwise",
+    "TMSTarget",
+    "ToyDecompConfig",
+    "ToyTarget",
+    "ToyTrain",
+    "VPDLosses",
+    "activation_density",
     "adversarial_attack",
     "alive_count",
     "ci_l0",
     "decompose",
     "decompose_toy",
-    "decomposition_config",
     "faithfulness_warmup",
     "feature_matches",
     "identity_ci_error",
     "lower_leaky_hard_sigmoid",
-    "activation_density",
     "mmcs_ml2r",
     "module_mmcs_ml2r",
     "random_mask_loss",
     "recon_loss",
     "single_feature_ci",
     "stochastic_masks",
-    "toy_data_fn",
-    "toy_decomposition",
+    "stochastic_recon",
     "toy_inputs",
     "toy_losses",
     "toy_metrics",
-    "toy_target",
-    "train_toy_target",
     "uniform_subset_routing",
     "upper_leaky_hard_sigmoid",
 ]

@@ -16,7 +16,8 @@ greedy set under an off-target budget, all on training data), `edited_logits` (W
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,60 +25,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from circuitbook.artifacts import load_or_train
-from circuitbook.config import DATA, get_profile, pick
+from circuitbook.data.tasks import TaskBatch, logit_diff
 from circuitbook.decomposition.components import ComponentModel
 from circuitbook.decomposition.decompose import DataFn, Decomposition, decompose
-from circuitbook.decomposition.losses import Faithfulness, ImportanceMinimality, StochasticRecon
-from circuitbook.decomposition.vpd import PersistentPGDRecon
+from circuitbook.decomposition.losses import Faithfulness, Minimality, StochasticRecon
+from circuitbook.decomposition.vpd import PGDSettings
 
 LM_MATRICES = ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out")
 
-LM_CONFIGS: dict[str, dict[str, Any]] = {
-    "full": {
-        "layers": [0, 1, 2, 3],
-        "C_attn": 128,
-        "C_mlp": 128,
-        "steps": 5000,
-        "batch_size": 4,
-        "n_ctx": 64,
-        "lr": 1e-3,
-        "lr_schedule": "cosine",
-        "warmup_steps": 400,
-        "ci_fn": "shared_mlp",
-        "ci_hidden": 128,
-        "importance": {"coeff": 3e-4, "p": 2.0, "p_final": 0.5},
-        "stochastic": 0.5,
-        "pgd": {"coeff": 0.5, "n_ascent": 1, "routing": True},
-        "faithfulness": 1e4,
-    },
-    "ci": {
-        "layers": [0],
-        "C_attn": 16,
-        "C_mlp": 16,
-        "steps": 10,
-        "batch_size": 2,
-        "n_ctx": 16,
-        "lr": 1e-3,
-        "lr_schedule": "cosine",
-        "warmup_steps": 10,
-        "ci_fn": "shared_mlp",
-        "ci_hidden": 16,
-        "importance": {"coeff": 3e-4, "p": 2.0, "p_final": 0.5},
-        "stochastic": 0.5,
-        "pgd": {"coeff": 0.5, "n_ascent": 1, "routing": True},
-        "faithfulness": 1e4,
-    },
-}
+
+@dataclass(frozen=True, kw_only=True)
+class AnnealedMinimality(Minimality):
+    """Importance minimality with p annealed linearly over training."""
+
+    p_final: float  # p at the end of training
 
 
-def lm_C(cfg: dict[str, Any]) -> dict[str, int]:
+@dataclass(frozen=True, kw_only=True)
+class LMDecompConfig:
+    """Every setting of VPD on a GPT (what the artifact's config records, as `asdict`)."""
+
+    layers: tuple[int, ...]  # blocks whose six matrices are decomposed
+    C_attn: int  # subcomponents per attention matrix (W_Q, W_K, W_V, W_O)
+    C_mlp: int  # subcomponents per MLP matrix (W_in, W_out)
+    steps: int  # Adam steps
+    batch_size: int  # windows per step
+    n_ctx: int  # tokens per window
+    lr: float  # Adam learning rate
+    lr_schedule: str  # "cosine" (to 0) or "constant"
+    warmup_steps: int  # faithfulness warm-up steps before the main loop
+    ci_fn: str  # causal-importance function: "mlp" (per subcomponent) or "shared_mlp" (per matrix)
+    ci_hidden: int  # hidden width of the causal-importance MLPs
+    importance: AnnealedMinimality  # importance minimality
+    stochastic: float  # coefficient of the stochastic reconstruction loss
+    pgd: PGDSettings  # persistent-PGD adversarial reconstruction with subset routing
+    faithfulness: float  # coefficient of the faithfulness loss
+
+
+def lm_C(cfg: LMDecompConfig) -> dict[str, int]:
     """Subcomponents per decomposed matrix: {"blocks.0.attn.W_Q": C_attn, ..., "blocks.3.mlp.W_out": C_mlp}."""
-    return {
-        f"blocks.{l}.{m}": cfg["C_mlp"] if m.startswith("mlp") else cfg["C_attn"]
-        for l in cfg["layers"]
-        for m in LM_MATRICES
-    }
+    return {f"blocks.{l}.{m}": cfg.C_mlp if m.startswith("mlp") else cfg.C_attn
+            for l in cfg.layers for m in LM_MATRICES}
 
 
 def window_fn(stream: np.ndarray, n_ctx: int) -> DataFn:
@@ -91,81 +79,59 @@ def window_fn(stream: np.ndarray, n_ctx: int) -> DataFn:
     return fn
 
 
-def lm_losses(cfg: dict[str, Any]) -> list:
+def lm_losses(cfg: LMDecompConfig) -> list:
     """VPD's losses for a language model (KL divergences; subset routing instead of layerwise terms)."""
-    return [
-        StochasticRecon(cfg["stochastic"]),
-        PersistentPGDRecon(**cfg["pgd"]),
-        ImportanceMinimality(**cfg["importance"]),
-        Faithfulness(cfg["faithfulness"]),
-    ]
+    return [StochasticRecon(cfg.stochastic), cfg.pgd.loss(), cfg.importance.loss(), Faithfulness(cfg.faithfulness)]
 
 
-def lm_decomposition(
+def lm_component_model(target: nn.Module, cfg: LMDecompConfig) -> ComponentModel:
+    """An untrained component model of `target` with `cfg`'s matrices and CI functions."""
+    return ComponentModel(target, lm_C(cfg), ci_hidden=cfg.ci_hidden, ci_fn=cfg.ci_fn)
+
+
+def decompose_lm(
     target: nn.Module,
     train_stream: np.ndarray,
-    profile: str = "full",
+    cfg: LMDecompConfig,
     val_stream: np.ndarray | None = None,
     seed: int = 0,
-    retrain: bool = False,
+    ckpt_dir: Path | None = None,
+    ckpt_config: dict | None = None,
     progress: bool = True,
-    name: str = "vpd_lm",
-) -> tuple[Decomposition, dict[str, Any]]:
-    """VPD of the GPT `target` (loaded from artifact `name`, or trained on `train_stream` and saved).
-
-    Training resumes from data/scratch/<profile>/<name>/ after an interruption. With `val_stream`, the
-    CI-masked CE ratio, L0 and alive count on 16 fixed held-out windows are logged during training.
-    """
-    cfg = pick(profile, ci=LM_CONFIGS["ci"], full=LM_CONFIGS["full"])
-    C = lm_C(cfg)
-    config = {"decomposition": cfg, "seed": seed}
-    target = copy.deepcopy(target).eval()
+) -> Decomposition:
+    """VPD of the GPT `target` on random windows of `train_stream` (checkpoints in `ckpt_dir`, resumed when
+    `ckpt_config` matches). With `val_stream`, the CI-masked CE ratio, L0 and alive count on 16 fixed held-out
+    windows are logged 20 times during training."""
     eval_fn = None
     if val_stream is not None:
-        val = window_fn(val_stream, cfg["n_ctx"])(16, torch.Generator().manual_seed(seed + 1))
+        val = window_fn(val_stream, cfg.n_ctx)(16, torch.Generator().manual_seed(seed + 1))
 
         def eval_fn(model: ComponentModel) -> dict[str, float]:
             ev = lm_eval(model, val)
             return {"ce_ratio": ev["ce_masked"] / ev["ce_target"], "l0": ev["l0_per_position"], "alive": ev["alive"]}
 
-    def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        d = decompose(
-            target,
-            C,
-            window_fn(train_stream, cfg["n_ctx"]),
-            lm_losses(cfg),
-            steps=cfg["steps"],
-            batch_size=cfg["batch_size"],
-            lr=cfg["lr"],
-            lr_schedule=cfg["lr_schedule"],
-            warmup_steps=cfg["warmup_steps"],
-            ci_fn=cfg.get("ci_fn", "mlp"),
-            ci_hidden=cfg.get("ci_hidden", 16),
-            output_loss="kl",
-            seed=seed,
-            log_every=max(cfg["steps"] // 200, 1),
-            eval_fn=eval_fn,
-            eval_every=max(cfg["steps"] // 20, 1),
-            ckpt_dir=DATA / "scratch" / get_profile(profile).name / name,
-            ckpt_every=max(cfg["steps"] // 40, 1),
-            ckpt_config=config,
-            progress=progress,
-        )
-        tensors = {  # U, V and the CI functions in fp16 (half the size; Δ absorbs the rounding of U Vᵀ),
-            # the target's frozen biases (copied into the components) exact
-            k: v.detach().clone() if k.startswith("components.") and k.endswith(".bias") else v.detach().half()
-            for k, v in d.model.state_dict().items()
-            if not k.startswith("target.")
-        }
-        return tensors, {"history": d.history, "seconds": d.seconds}
-
-    tensors, meta = load_or_train(name, profile, fit, config, retrain)
-    model = ComponentModel(copy.deepcopy(target), C, ci_hidden=cfg.get("ci_hidden", 16), ci_fn=cfg.get("ci_fn", "mlp"))
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
-    if unexpected or any(not k.startswith("target.") for k in missing):
-        raise ValueError(f"decomposition artifact does not fit: missing {missing}, unexpected {unexpected}")
-    model.requires_grad_(False)
-    return Decomposition(model, meta["metrics"]["history"], meta["metrics"]["seconds"]), meta
+    return decompose(
+        target,
+        lm_C(cfg),
+        window_fn(train_stream, cfg.n_ctx),
+        lm_losses(cfg),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_steps,
+        ci_fn=cfg.ci_fn,
+        ci_hidden=cfg.ci_hidden,
+        output_loss="kl",
+        seed=seed,
+        log_every=max(cfg.steps // 200, 1),
+        eval_fn=eval_fn,
+        eval_every=max(cfg.steps // 20, 1),
+        ckpt_dir=ckpt_dir,
+        ckpt_every=max(cfg.steps // 40, 1),
+        ckpt_config=ckpt_config,
+        progress=progress,
+    )
 
 
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -283,19 +249,17 @@ def edited_logits(model: ComponentModel, x: torch.Tensor, removal: Removal) -> t
     return model(x, masks=masks, deltas=deltas)
 
 
-def task_attribution(model: ComponentModel, batch: Any, chunk: int = 64) -> dict[str, torch.Tensor]:
+def task_attribution(model: ComponentModel, batch: TaskBatch, chunk: int = 64) -> dict[str, torch.Tensor]:
     """Per subcomponent [C], the first-order effect of removing it on a task's logit difference (mean over prompts).
 
     At m = 1 (Δ kept) removing c everywhere changes the logit difference by about −Σ_t ∂LD/∂m_{c,t}; we return
     minus that: positive means removing c lowers the correct-vs-wrong margin. `batch` is a `TaskBatch`.
     """
-    from circuitbook.data.tasks import logit_diff
-
     total = {n: torch.zeros(model.C[n]) for n in model.names}
     deltas = {n: d.detach() for n, d in model.weight_deltas().items()}
     for i in range(0, len(batch.tokens), chunk):
         x = batch.tokens[i : i + chunk]  # [b, T]
-        sub = type(batch)(*(getattr(batch, f)[i : i + chunk] for f in ("tokens", "last", "correct", "wrong", "labels")))
+        sub = batch[i : i + chunk]
         masks = {n: torch.ones(*x.shape, model.C[n], requires_grad=True) for n in model.names}
         with torch.enable_grad():
             ld = logit_diff(model(x, masks=masks, deltas=deltas), sub).sum()
@@ -307,7 +271,7 @@ def task_attribution(model: ComponentModel, batch: Any, chunk: int = 64) -> dict
 
 @torch.no_grad()
 def task_last_logits(
-    model: ComponentModel, batch: Any, removal: Removal | None = None, chunk: int = 128
+    model: ComponentModel, batch: TaskBatch, removal: Removal | None = None, chunk: int = 128
 ) -> torch.Tensor:
     """Logits [N, vocab] at each task prompt's last position, with `removal` applied (None: the target)."""
     out = []
@@ -318,7 +282,7 @@ def task_last_logits(
     return torch.cat(out)
 
 
-def task_metrics(last_logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
+def task_metrics(last_logits: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
     """Per prompt: the correct token's next-token CE over the whole vocabulary ("ce"), the correct-minus-wrong
     logit difference ("ld") and whether it is positive ("acc")."""
     ce = F.cross_entropy(last_logits, batch.correct, reduction="none")
@@ -340,7 +304,7 @@ def text_ce(
 
 def select_edit(
     model: ComponentModel,
-    batch: Any,
+    batch: TaskBatch,
     text: torch.Tensor,
     n_candidates: int = 20,
     budget: float = 0.01,

@@ -7,8 +7,8 @@ KL(target ‖ masked) for language models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,23 @@ class Faithfulness:
         return total / sum(d.numel() for d in deltas.values())
 
 
+def _only(d: dict | None, names: list[str]) -> dict | None:
+    return None if d is None else {n: d[n] for n in names}
+
+
+def stochastic_recon(s: Step, n_samples: int = 1, layerwise: bool = False) -> torch.Tensor:
+    """D(f(x | stochastically masked), f(x)) averaged over `n_samples` draws of the masks, with every matrix
+    masked at once or, `layerwise`, one matrix at a time (the others keep their original weights)."""
+    losses = []
+    for _ in range(n_samples):
+        masks, dmasks = stochastic_masks(s.ci.lower, s.deltas)
+        for names in [[n] for n in masks] if layerwise else [list(masks)]:
+            out = s.model(s.x, masks=_only(masks, names), delta_masks=_only(dmasks, names),
+                          deltas=_only(s.deltas, names))
+            losses.append(recon_loss(out, s.target_out, s.output_loss))
+    return sum(losses) / len(losses)
+
+
 @dataclass
 class StochasticRecon:
     """D(f(x | all matrices stochastically masked), f(x))."""
@@ -81,35 +98,17 @@ class StochasticRecon:
     name: str = "stochastic_recon"
 
     def __call__(self, s: Step) -> torch.Tensor:
-        loss = 0.0
-        for _ in range(self.n_samples):
-            masks, dmasks = stochastic_masks(s.ci.lower, s.deltas)
-            out = s.model(s.x, masks=masks, delta_masks=dmasks, deltas=s.deltas)
-            loss = loss + recon_loss(out, s.target_out, s.output_loss)
-        return loss / self.n_samples
+        return stochastic_recon(s, self.n_samples)
 
 
 @dataclass
-class StochasticReconLayerwise:
+class StochasticReconLayerwise(StochasticRecon):
     """The same with one matrix masked at a time (the others keep their original weights), averaged."""
 
-    coeff: float = 1.0
-    n_samples: int = 1
     name: str = "stochastic_recon_layerwise"
 
     def __call__(self, s: Step) -> torch.Tensor:
-        loss, count = 0.0, 0
-        for _ in range(self.n_samples):
-            masks, dmasks = stochastic_masks(s.ci.lower, s.deltas)
-            for n in masks:
-                out = s.model(
-                    s.x,
-                    masks={n: masks[n]},
-                    delta_masks=None if dmasks is None else {n: dmasks[n]},
-                    deltas=None if s.deltas is None else {n: s.deltas[n]},
-                )
-                loss, count = loss + recon_loss(out, s.target_out, s.output_loss), count + 1
-        return loss / count
+        return stochastic_recon(s, self.n_samples, layerwise=True)
 
 
 def annealed_p(frac: float, p: float, p_final: float | None, start: float, end: float) -> float:
@@ -142,3 +141,23 @@ class ImportanceMinimality:
         for g in s.ci.upper.values():  # [..., C]
             total = total + ((g + self.eps) ** p).reshape(-1, g.shape[-1]).mean(0).sum()
         return total
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossSettings:
+    """The settings of a loss that a run records (`asdict`); `loss()` makes the loss object of `loss_type`."""
+
+    loss_type: ClassVar[type]
+
+    def loss(self):
+        return self.loss_type(**asdict(self))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Minimality(LossSettings):
+    """The settings of `ImportanceMinimality` that a run records."""
+
+    loss_type = ImportanceMinimality
+    coeff: float  # weight of the loss
+    p: float  # exponent of |g|^p
+

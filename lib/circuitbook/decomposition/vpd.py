@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuitbook.decomposition.components import ComponentModel
-from circuitbook.decomposition.losses import OutputLoss, Step, recon_loss, stochastic_masks
+from circuitbook.decomposition.losses import LossSettings, Minimality, OutputLoss, Step, recon_loss, stochastic_masks
 
 
 def uniform_subset_routing(
@@ -164,3 +164,20 @@ def random_mask_loss(
             recon_loss(model(x, masks=masks, delta_masks=dmasks, deltas=deltas), target_out, output_loss)
         )
     return total / n_samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGDSettings(LossSettings):
+    """The settings of `PersistentPGDRecon` that a run records."""
+
+    loss_type = PersistentPGDRecon
+    coeff: float  # weight of the adversarial reconstruction loss
+    n_ascent: int  # Adam ascent steps on the adversarial sources per training step
+    routing: bool  # uniform subset routing: mask a random subset of matrices per example
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrequencySettings(Minimality):
+    """The settings of `FrequencyMinimality` (coeff, p) that a run records."""
+
+    loss_type = FrequencyMinimality

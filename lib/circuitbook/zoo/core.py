@@ -13,7 +13,7 @@ import torch
 from circuitbook import artifacts
 from circuitbook.config import DATA, Profile, get_profile, pick
 from circuitbook.data.corpus import STDLIB, load_corpus
-from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, sample_examples
+from circuitbook.data.tasks import TASKS, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
 from circuitbook.models.gpt import GPT
 from circuitbook.train import TrainConfig, train
@@ -82,8 +82,7 @@ def task_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> Task
 
 def task_eval_fn(sets: TaskSets, n: int = 200):
     """An eval_fn for `train`: held-out accuracy of each task on the first n test prompts."""
-    small = {t: TaskBatch(*(getattr(b, f)[:n] for f in ("tokens", "last", "correct", "wrong", "labels")))
-             for t, b in sets.test.items()}
+    small = {t: b[:n] for t, b in sets.test.items()}
 
     def f(model) -> dict[str, float]:
         model.eval()
