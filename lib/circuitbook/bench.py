@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from circuitbook.models.gpt import GPT, GPTConfig, lm_loss
-from circuitbook.sparsity import WeightSparsifier, clip_grad_rms_, sparse_adamw, to_csr
+from circuitbook.sparsity import CSRLinear, WeightSparsifier, clip_grad_rms_, n_kept, project_, sparse_adamw, to_csr
 
 
 def best_time(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -93,8 +93,6 @@ def csr_inference_speedup(model: GPT, batch_size: int = 8, repeats: int = 5) -> 
 @torch.no_grad()
 def csr_linear_speedup(linear: torch.nn.Linear, kept: float, n_tokens: int = 1024, repeats: int = 5) -> dict:
     """One Linear layer alone: dense over CSR forward time after keeping `kept` of its weights (no row floor)."""
-    from circuitbook.sparsity import CSRLinear, n_kept, project_
-
     lin = torch.nn.Linear(linear.in_features, linear.out_features)
     lin.load_state_dict(linear.state_dict())
     project_(lin.weight.data, n_kept(kept, lin.weight.numel()))
