@@ -60,7 +60,6 @@ from circuitbook.bridges import (
     class_move,
     control_move,
     hybrid_kl_per_site,
-    run_prefix,
     run_with_delta,
     separation,
     sparse_activations,
@@ -373,7 +372,7 @@ for t in (QUOTE, WHILE):
     s, chans = f["site"], f["channels"]
     a, targets = class0_prompts(t)
     h = sparse_activations(s, tr.tokens, tr.last, dense=dense, bridge=bridge)[:, chans]
-    x = run_prefix(dense, tr.tokens, s).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
+    x = dense.run_to(tr.tokens, s).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
     own = x[tr.labels == 1].mean(0) - x[tr.labels == 0].mean(0)  # the dense model's own class difference
     base = steer(dense, bridge, a.tokens, s, f["move"], 0.0, targets, at=a.last).p_diff
     p = run_with_delta(dense, a.tokens, s, own, a.last)[torch.arange(len(a.tokens)), a.last].softmax(-1)[:, targets]

@@ -18,9 +18,6 @@ from circuitbook.bridges import (
     hybrid_sparse_to_dense,
     kl_div,
     nmse,
-    run_prefix,
-    run_suffix,
-    run_with_resids,
     separation,
     steer,
     steer_sparse,
@@ -51,45 +48,7 @@ def test_sites_are_the_sublayer_boundaries():
     assert bridge_sites(m) == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid",
                                "blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid"]
     assert set(bridge_sites(m)) <= set(m.hook_names)  # named with the model's hook names
-    with pytest.raises(ValueError):
-        run_prefix(m, torch.zeros(1, 3, dtype=torch.long), "blocks.5.hook_resid_pre")
-
-
-@pytest.mark.parametrize("norm", ["rms", "layer"])
-def test_suffix_of_prefix_is_the_model_at_every_site(norm):
-    m = every_option(norm)
-    tokens = torch.randint(0, 40, (3, 11))
-    with torch.no_grad():
-        full = m(tokens)
-        _, cache = m.run_with_cache(tokens)
-        sites = [*bridge_sites(m), "blocks.1.hook_resid_post", "blocks.0.hook_resid_post"]
-        for site in sites:
-            resid = run_prefix(m, tokens, site)
-            assert torch.equal(resid, cache[site]), site
-            assert torch.allclose(run_suffix(m, resid, site, tokens), full, atol=1e-6), site
-        logits, resids = run_with_resids(m, tokens, sites)
-        assert torch.allclose(logits, full, atol=1e-6)
-        assert all(torch.equal(resids[s], cache[s]) for s in sites)
-    with pytest.raises(ValueError, match="bigram"):
-        run_suffix(m, resid, sites[0])  # a bigram model needs the tokens
-
-
-def test_suffix_changes_when_the_residual_changes_and_hooks_fire():
-    m = every_option()
-    tokens = torch.randint(0, 40, (2, 9))
-    site = "blocks.1.hook_resid_pre"
-    with torch.no_grad():
-        r = run_prefix(m, tokens, site)
-        r2 = r.clone()
-        r2[:, 5] += 3.0
-        a, b = run_suffix(m, r, site, tokens), run_suffix(m, r2, site, tokens)
-        assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)  # causal: earlier positions untouched
-        assert not torch.allclose(a[:, 5:], b[:, 5:])
-        seen = []
-        m.add_hook("blocks.1.hook_resid_mid", lambda act, hook: seen.append(hook.name))
-        run_suffix(m, r, site, tokens)
-        m.reset_hooks()
-    assert seen == ["blocks.1.hook_resid_mid"]
+    assert set(bridge_sites(m)) <= set(m.resid_sites)  # the GPT runs to and from each of them
 
 
 def test_identity_bridge_between_copies_gives_zero_kl_at_every_site():
@@ -118,7 +77,7 @@ def test_random_bridge_hybrids_run_with_finite_positive_kl():
     with torch.no_grad():
         ref = dense(tokens)
         for site in bridge.sites:
-            h = bridge.encode(site, run_prefix(dense, tokens, site))
+            h = bridge.encode(site, dense.run_to(tokens, site))
             assert h.shape == (2, 10, 24) and ((h != 0).sum(-1) == 6).all()  # AbsTopK: k = 24 / 4
             for hyb in (hybrid_dense_to_sparse, hybrid_sparse_to_dense):
                 kl = float(kl_div(ref, hyb(dense, sparse, bridge, tokens, site)))
@@ -260,8 +219,8 @@ def test_least_squares_bridge_between_copies_is_exact():
     fitted, rand = Bridge.for_models(dense, other, afrac=1.0), Bridge.for_models(dense, other, afrac=1.0)
     fitted.fit_least_squares(dense, other, tokens)
     with torch.no_grad():
-        _, dr = run_with_resids(dense, tokens[0], fitted.sites)
-        _, sr = run_with_resids(other, tokens[0], fitted.sites)
+        _, dr = dense.run_with_resids(tokens[0], fitted.sites)
+        _, sr = other.run_with_resids(tokens[0], fitted.sites)
         for site in fitted.sites:
             assert nmse(fitted.decode(site, sr[site]), dr[site]) < min(1.0, nmse(rand.decode(site, sr[site]), dr[site]))
 
