@@ -27,7 +27,8 @@ Pieces:
     KLDenseToSparse, KLSparseToDense, default_losses()    the losses, each an object with its coefficient
     BridgeTrainConfig, train_bridged(...)                 the training loop (dense frozen), checkpoints, resume
     hybrid_kl_per_site(...)                               evaluation, with the dense entropy for scale
-    separation, class_means, contrast_channels, class_move   which sparse channels carry a task, and their move
+    class_means, contrast_channels, class_move            which sparse channels carry a task, and their move
+                                                          (how they are chosen for a task: `bridges_tasks`)
     steer, steer_sparse, control_move                     interventions through the decoder (and in the
                                                           sparse model itself), with a control
 
@@ -564,17 +565,6 @@ def class_means(
 def contrast_channels(mean_a: torch.Tensor, mean_b: torch.Tensor, k: int = 5) -> list[int]:
     """The k sparse channels whose class means differ most, |mean_b - mean_a|, largest first."""
     return (mean_b - mean_a).abs().topk(k).indices.tolist()
-
-
-def separation(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How well each channel's side of the midpoint between the two class means tells the labels apart:
-    h [batch, d], labels [batch] in {0, 1} -> [d] in [0, 1] (1: every prompt on its class's side, 0.5:
-    chance). Strict on both sides, so a channel that never changes scores 0, not 1."""
-    a, b = h[labels == 0], h[labels == 1]
-    mid = (a.mean(0) + b.mean(0)) / 2
-    up = ((a > mid).float().mean(0) + (b < mid).float().mean(0)) / 2
-    down = ((a < mid).float().mean(0) + (b > mid).float().mean(0)) / 2
-    return torch.maximum(up, down)
 
 
 def class_move(mean_from: torch.Tensor, mean_to: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
