@@ -8,6 +8,7 @@ import torch
 from circuitbook.bridges import (
     Bridge,
     BridgeTrainConfig,
+    NMSELoss,
     bridge_sites,
     class_means,
     class_move,
@@ -230,6 +231,8 @@ def test_default_losses_have_names_and_coefficients():
     ls = default_losses(kl_s2d=0.5)
     assert [l.name for l in ls] == ["sparse_lm", "nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d"]
     assert ls[-1].coeff == 0.5
+    with pytest.raises(ValueError, match="direction"):
+        NMSELoss("dense_to_sparse")
 
 
 # ----------------------------------------------------------------------------- a task through the bridges

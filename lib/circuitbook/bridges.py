@@ -23,8 +23,8 @@ Pieces:
     Bridge.fit_least_squares(dense, sparse, batches)      start each map at its affine least-squares fit
     hybrid_dense_to_sparse / hybrid_sparse_to_dense       the two hybrid passes
     nmse, kl_div, entropy                                 the measures
-    SparseLM, NMSEDenseToSparse, NMSESparseToDense,
-    KLDenseToSparse, KLSparseToDense, default_losses()    the losses, each an object with its coefficient
+    SparseLM, NMSELoss("d2s" | "s2d"),
+    KLLoss("d2s" | "s2d"), default_losses()               the losses, each an object with its coefficient
     BridgeTrainConfig, train_bridged(...)                 the training loop (dense frozen), checkpoints, resume
     hybrid_kl_per_site(...)                               evaluation, with the dense entropy for scale
     class_means, contrast_channels, class_move            which sparse channels carry a task, and their move
@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -247,72 +248,67 @@ class SparseLM:
 
 
 @dataclass
-class NMSEDenseToSparse:
-    """Mean over sites of NMSE(encoder(dense resid), sparse resid). Trains the encoder and the sparse
-    model (the target is the sparse model's stream; NMSE is scale-free, so shrinking it gains nothing)."""
+class _DirectedLoss:
+    """A loss on one bridge direction: "d2s" (dense -> sparse) or "s2d" (sparse -> dense), named
+    `<measure>_<direction>`."""
 
+    direction: str  # "d2s" | "s2d"
     coeff: float = 1.0
-    name: str = "nmse_d2s"
+    measure: ClassVar[str] = ""
 
-    def __call__(self, run: BridgeRun) -> torch.Tensor:
-        b = run.bridge
-        return torch.stack([nmse(b.encode(s, run.dense_resids[s]), run.sparse_resids[s]) for s in b.sites]).mean()
+    def __post_init__(self) -> None:
+        if self.direction not in ("d2s", "s2d"):
+            raise ValueError(f"direction must be 'd2s' or 's2d', got {self.direction!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.measure}_{self.direction}"
 
 
 @dataclass
-class NMSESparseToDense:
-    """Mean over sites of NMSE(decoder(sparse resid), dense resid). Trains the decoder and the sparse model."""
+class NMSELoss(_DirectedLoss):
+    """Mean over sites of one direction's NMSE. "d2s": NMSE(encoder(dense resid), sparse resid), which trains
+    the encoder and the sparse model (the target is the sparse model's stream; NMSE is scale-free, so
+    shrinking it gains nothing). "s2d": NMSE(decoder(sparse resid), dense resid), which trains the decoder and
+    the sparse model."""
 
-    coeff: float = 1.0
-    name: str = "nmse_s2d"
+    measure: ClassVar[str] = "nmse"
 
     def __call__(self, run: BridgeRun) -> torch.Tensor:
-        b = run.bridge
-        return torch.stack([nmse(b.decode(s, run.sparse_resids[s]), run.dense_resids[s]) for s in b.sites]).mean()
+        b, dr, sr = run.bridge, run.dense_resids, run.sparse_resids
+        if self.direction == "d2s":
+            return torch.stack([nmse(b.encode(s, dr[s]), sr[s]) for s in b.sites]).mean()
+        return torch.stack([nmse(b.decode(s, sr[s]), dr[s]) for s in b.sites]).mean()
 
 
 @dataclass
-class KLDenseToSparse:
-    """Mean over `run.kl_sites` of KL(dense output || sparse suffix run on the encoded dense stream)."""
+class KLLoss(_DirectedLoss):
+    """Mean over `run.kl_sites` of KL(dense output || one hybrid pass). "d2s": the sparse suffix run on the
+    encoded dense stream. "s2d": the dense suffix run on the decoded sparse stream (the dense weights are
+    frozen, but gradients flow through its suffix to the decoder and the sparse prefix)."""
 
-    coeff: float = 1.0
-    name: str = "kl_d2s"
+    measure: ClassVar[str] = "kl"
 
-    def __call__(self, run: BridgeRun) -> torch.Tensor:
-        kls = [
-            _kl_from_logp(run.dense_logp, hybrid_dense_to_sparse(run.dense, run.sparse, run.bridge, run.tokens, s,
-                                                            dense_resid=run.dense_resids[s]))
-            for s in run.kl_sites
-        ]
-        return torch.stack(kls).mean()
-
-
-@dataclass
-class KLSparseToDense:
-    """Mean over `run.kl_sites` of KL(dense output || dense suffix run on the decoded sparse stream).
-    The dense weights are frozen, but gradients flow through its suffix to the decoder and the sparse prefix."""
-
-    coeff: float = 1.0
-    name: str = "kl_s2d"
+    def hybrid(self, run: BridgeRun, site: str) -> torch.Tensor:
+        """This direction's hybrid logits at `site`, from the residuals the run already holds."""
+        args = run.dense, run.sparse, run.bridge, run.tokens, site
+        if self.direction == "d2s":
+            return hybrid_dense_to_sparse(*args, dense_resid=run.dense_resids[site])
+        return hybrid_sparse_to_dense(*args, sparse_resid=run.sparse_resids[site])
 
     def __call__(self, run: BridgeRun) -> torch.Tensor:
-        kls = [
-            _kl_from_logp(run.dense_logp, hybrid_sparse_to_dense(run.dense, run.sparse, run.bridge, run.tokens, s,
-                                                            sparse_resid=run.sparse_resids[s]))
-            for s in run.kl_sites
-        ]
-        return torch.stack(kls).mean()
+        return torch.stack([_kl_from_logp(run.dense_logp, self.hybrid(run, s)) for s in run.kl_sites]).mean()
 
 
-BridgeLoss = SparseLM | NMSEDenseToSparse | NMSESparseToDense | KLDenseToSparse | KLSparseToDense
+BridgeLoss = SparseLM | NMSELoss | KLLoss
 
 
 def default_losses(
     lm: float = 1.0, nmse_d2s: float = 1.0, nmse_s2d: float = 1.0, kl_d2s: float = 1.0, kl_s2d: float = 1.0
 ) -> list[BridgeLoss]:
     """The paper's five terms. Its coefficients are not published; 1 each is the book's default."""
-    return [SparseLM(lm), NMSEDenseToSparse(nmse_d2s), NMSESparseToDense(nmse_s2d), KLDenseToSparse(kl_d2s),
-            KLSparseToDense(kl_s2d)]
+    return [SparseLM(lm), NMSELoss("d2s", nmse_d2s), NMSELoss("s2d", nmse_s2d), KLLoss("d2s", kl_d2s),
+            KLLoss("s2d", kl_s2d)]
 
 
 def compute_losses(run: BridgeRun, losses: Sequence[BridgeLoss]) -> tuple[torch.Tensor, dict[str, float]]:
