@@ -295,7 +295,7 @@ class GPT(HookedRootModule):
     @property
     def resid_sites(self) -> list[str]:
         """Every residual-stream site, in forward order: blocks.{l}.hook_resid_pre, _mid, _post per layer."""
-        return [f"blocks.{l}.hook_resid_{k}" for l in range(self.cfg.n_layers) for k in ("pre", "mid", "post")]
+        return [site for site, _ in self._resid_steps()]
 
     def _resid_steps(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         """[(site, fn)] in forward order; fn carries the residual from the previous site to this one and ends
