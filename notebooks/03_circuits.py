@@ -291,20 +291,14 @@ print("kept nodes per site:", {short_site(s): len(ch) for s, ch in qc.by_site().
 # both quotes; a *quote-type* node is one whose sign separates `'` from `"`.
 
 # %%
+from circuitbook.separation import sign_separation
+
 quote_ids = [tok.single_token(q) for q in ("'", '"', " '", ' "')]  # a string opens with one of these tokens
 openpos = last_occurrence(quote_test, quote_ids)  # the last quote before the end opens the unclosed string
 is_double = (quote_test.correct == tok.single_token('"')).long()
 ar = torch.arange(len(openpos))
 with torch.no_grad():
     _, cache = model.run_with_cache(quote_test.tokens)
-
-
-def sign_separation(v: torch.Tensor, double: torch.Tensor) -> float:
-    """Fraction of prompts on the majority side of zero for their quote type (0.5 = no signal, 1 = perfect)."""
-    s, d = v[double == 0], v[double == 1]
-    return max(float(((s > 0).float().mean() + (d < 0).float().mean()) / 2),
-               float(((s < 0).float().mean() + (d > 0).float().mean()) / 2))
-
 
 rows = []
 for site, ch in qc.node_list():
@@ -314,7 +308,7 @@ for site, ch in qc.node_list():
         v = a[ar, pos]
         row[f"{where}: mean '"] = float(v[is_double == 0].mean())
         row[f'{where}: mean "'] = float(v[is_double == 1].mean())
-        row[f"{where}: sign separates"] = sign_separation(v, is_double)
+        row[f"{where}: sign separates"] = float(sign_separation(v, is_double))  # share on its quote's side of 0
     rows.append(row)
 quote_nodes = pd.DataFrame(rows).set_index("node")
 display(quote_nodes.sort_values("last: sign separates", ascending=False).head(30).round(3))

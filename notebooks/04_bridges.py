@@ -56,19 +56,25 @@ from IPython.display import display
 from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.bridges import (
     Bridge,
-    class_means,
     class_move,
     control_move,
     hybrid_kl_per_site,
-    run_prefix,
     run_with_delta,
-    separation,
     sparse_activations,
     steer,
     steer_sparse,
 )
+from circuitbook.bridges_tasks import (
+    choose_site,
+    scan_sites,
+    steering_curve,
+    task_channels,
+    task_class_means,
+    task_move,
+)
 from circuitbook.data.tasks import TaskBatch, evaluate_task
 from circuitbook.results import Claim, claims_table, write_results
+from circuitbook.separation import midpoint_separation
 from circuitbook.train import val_batches
 
 prof = get_profile(profile)
@@ -193,7 +199,7 @@ plt.show()
 # The recipe, in four steps, each computed below:
 #
 # 1. **Which channels carry the task.** At every site, the sparse residual channels whose value at the
-#    last token tells the two classes apart (the sign-separation measure: the share of prompts on their
+#    last token tells the two classes apart (the midpoint separation: the share of prompts on their
 #    class's side of the midpoint between the class means; we keep channels at 0.9 or more). For the quote
 #    task these are the quote-type channels chapter 3's circuit runs through.
 # 2. **Which site.** Move those channels from their class-0 mean to their class-1 mean *in the sparse model
@@ -218,81 +224,22 @@ def class0_prompts(task: str) -> tuple[TaskBatch, list[int]]:
     return a, [int(a.correct[0]), int(a.wrong[0])]
 
 
-def train_class_means(task: str, site: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sparse model's class-0 and class-1 mean residuals [d_sparse] at `site` on the task's train prompts."""
-    tr = sets.train[task]
-    return class_means(site, tr.tokens[tr.labels == 0], tr.tokens[tr.labels == 1], tr.last[tr.labels == 0],
-                       tr.last[tr.labels == 1], sparse=sparse)
-
-
-SEPARATES = 0.9  # a channel "carries the task" at this sign separation or more
-
-
-def task_channels(task: str, site: str) -> tuple[list[int], torch.Tensor]:
-    """The channels at `site` that separate the task's classes (train prompts, last token), best first (at
-    least the best one), and every channel's separation [d_sparse]."""
-    tr = sets.train[task]
-    sep = separation(sparse_activations(site, tr.tokens, tr.last, sparse=sparse), tr.labels)
-    order = sep.argsort(descending=True).tolist()
-    return [c for c in order if sep[c] >= SEPARATES] or order[:1], sep
-
-
-def site_table(task: str) -> pd.DataFrame:
-    """Per site: how many channels carry the task, the best one's separation, and what moving them does to
-    the sparse model's own answer on the train class-0 prompts (the site choice) and, for the record, to the
-    dense model's answer on held-out prompts through the decoder."""
-    tr = sets.train[task]
-    a_tr = tr.labels == 0
-    targets = [int(tr.correct[a_tr][0]), int(tr.wrong[a_tr][0])]
-    held, _ = class0_prompts(task)
-    rows = []
-    for s in sites:
-        chans, sep = task_channels(task, s)
-        move = class_move(*train_class_means(task, s), chans)
-        own = (steer_sparse(sparse, tr.tokens[a_tr], s, move, 1.0, targets, at=tr.last[a_tr]).p_diff
-               - steer_sparse(sparse, tr.tokens[a_tr], s, move, 0.0, targets, at=tr.last[a_tr]).p_diff)
-        dense_move = (steer(dense, bridge, held.tokens, s, move, 1.0, targets, at=held.last).p_diff
-                      - steer(dense, bridge, held.tokens, s, move, 0.0, targets, at=held.last).p_diff)
-        rows.append({"site": s, "channels": len(chans), "best separation": round(float(sep[chans[0]]), 3),
-                     "sparse model: change": round(own, 3), "dense via decoder: change": round(dense_move, 3)})
-    return pd.DataFrame(rows).set_index("site")
-
-
-tables = {t: site_table(t) for t in (QUOTE, WHILE)}
-for t, tb in tables.items():
+scans = {t: scan_sites(dense, sparse, bridge, sets.train[t], sets.test[t], sites) for t in (QUOTE, WHILE)}
+for t, rows in scans.items():
     print(t)
-    display(tb)
+    display(pd.DataFrame([{"site": r.site, "channels": len(r.channels), "best separation": round(r.best_separation, 3),
+                           "sparse model: change": round(r.sparse_change, 3),
+                           "dense via decoder: change": round(r.dense_change, 3)} for r in rows]).set_index("site"))
 
 # %%
 strengths = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0])  # 1 = the whole class difference; 2, 4 overshoot
-
-
-def steering_curve(task: str) -> tuple[pd.DataFrame, dict]:
-    """Steer the dense model through the chosen site's task channels, with the control, and the same move
-    made in the sparse model itself, at each strength (held-out class-0 prompts)."""
-    tb = tables[task]
-    s = str(tb["sparse model: change"].abs().idxmax())  # the site where the sparse model itself responds most
-    chans, sep = task_channels(task, s)
-    m0, m1 = train_class_means(task, s)
-    move = class_move(m0, m1, chans)
-    ctl = control_move(bridge, s, move, seed=seed)
-    a, targets = class0_prompts(task)
-    rows = []
-    for st in strengths:
-        rows.append({"strength": st,
-                     "dense": steer(dense, bridge, a.tokens, s, move, st, targets, at=a.last).p_diff,
-                     "control": steer(dense, bridge, a.tokens, s, ctl, st, targets, at=a.last).p_diff,
-                     "sparse model": steer_sparse(sparse, a.tokens, s, move, st, targets, at=a.last).p_diff,
-                     "dense, best channel only": steer(dense, bridge, a.tokens, s, class_move(m0, m1, chans[:1]),
-                                                       st, targets, at=a.last).p_diff})
-    info = {"site": s, "channels": chans, "separations": [round(float(sep[c]), 3) for c in chans],
-            "control channels": torch.nonzero(ctl).flatten().tolist(), "move": move, "control move": ctl}
-    return pd.DataFrame(rows).set_index("strength"), info
-
-
 curves, found = {}, {}
 for t in (QUOTE, WHILE):
-    curves[t], found[t] = steering_curve(t)
+    tm = task_move(sparse, bridge, sets.train[t], choose_site(scans[t]), seed=seed)  # the sparse model's best site
+    curves[t] = pd.DataFrame(steering_curve(dense, sparse, bridge, sets.test[t], tm, strengths)).set_index("strength")
+    found[t] = {"site": tm.site, "channels": tm.channels, "separations": [round(x, 3) for x in tm.separations],
+                "control channels": torch.nonzero(tm.control).flatten().tolist(), "move": tm.move,
+                "control move": tm.control}
 display(pd.DataFrame({t: {k: f[k] for k in ("site", "channels", "separations", "control channels")}
                       for t, f in found.items()}).T)
 
@@ -303,8 +250,8 @@ for ax, (t, cv) in zip(axes, curves.items()):
     site = found[t]["site"].replace("blocks.", "L").replace(".hook_resid_", " ")
     ax.plot(cv.index, cv["dense"], "o-", label=f"dense, via the decoder ({site}, {len(found[t]['channels'])} ch)")
     ax.plot(cv.index, cv["control"], "s--", color="grey", label="dense, control (other channels, same norm)")
-    ax.plot(cv.index, cv["dense, best channel only"], ":", color="C0", alpha=0.6, label="dense, best channel only")
-    ax.plot(cv.index, cv["sparse model"], "^-", color="C2", alpha=0.7, label="the sparse model itself")
+    ax.plot(cv.index, cv["dense_best_channel"], ":", color="C0", alpha=0.6, label="dense, best channel only")
+    ax.plot(cv.index, cv["sparse"], "^-", color="C2", alpha=0.7, label="the sparse model itself")
     ax.axvline(1.0, color="k", lw=0.5)
     ax.set(xlabel="steering strength", ylabel=labels[t][0], title=labels[t][1])
     ax.legend(fontsize=7)
@@ -317,8 +264,8 @@ delta = {t: float(cv.loc[1.0, "dense"] - cv.loc[0.0, "dense"]) for t, cv in curv
 control = {t: float(cv.loc[1.0, "control"] - cv.loc[0.0, "control"]) for t, cv in curves.items()}
 for t, cv in curves.items():
     print(f"{t}: change at full strength {delta[t]:+.3f} (control {control[t]:+.3f}; the sparse model itself "
-          f"{float(cv.loc[1.0, 'sparse model'] - cv.loc[0.0, 'sparse model']):+.3f}; best channel alone "
-          f"{float(cv.loc[1.0, 'dense, best channel only'] - cv.loc[0.0, 'dense, best channel only']):+.3f}); "
+          f"{float(cv.loc[1.0, 'sparse'] - cv.loc[0.0, 'sparse']):+.3f}; best channel alone "
+          f"{float(cv.loc[1.0, 'dense_best_channel'] - cv.loc[0.0, 'dense_best_channel']):+.3f}); "
           f"at 4x {float(cv.loc[4.0, 'dense'] - cv.loc[0.0, 'dense']):+.3f} "
           f"(control {float(cv.loc[4.0, 'control'] - cv.loc[0.0, 'control']):+.3f})")
 
@@ -373,7 +320,7 @@ for t in (QUOTE, WHILE):
     s, chans = f["site"], f["channels"]
     a, targets = class0_prompts(t)
     h = sparse_activations(s, tr.tokens, tr.last, dense=dense, bridge=bridge)[:, chans]
-    x = run_prefix(dense, tr.tokens, s).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
+    x = dense.run_to(tr.tokens, s).detach()[torch.arange(len(tr.tokens)), tr.last]  # [batch, d_dense]
     own = x[tr.labels == 1].mean(0) - x[tr.labels == 0].mean(0)  # the dense model's own class difference
     base = steer(dense, bridge, a.tokens, s, f["move"], 0.0, targets, at=a.last).p_diff
     p = run_with_delta(dense, a.tokens, s, own, a.last)[torch.arange(len(a.tokens)), a.last].softmax(-1)[:, targets]
@@ -381,7 +328,7 @@ for t in (QUOTE, WHILE):
     logits = dense(a.tokens).detach()[torch.arange(len(a.tokens)), a.last]
     row = {"dense logit margin before": round(float((logits[:, targets[0]] - logits[:, targets[1]]).mean()), 2),
            "separation, sparse model (mean)": round(float(np.mean(f["separations"])), 3),
-           "separation, encoded dense (mean)": round(float(separation(h, tr.labels).mean()), 3),
+           "separation, encoded dense (mean)": round(float(midpoint_separation(h, tr.labels).mean()), 3),
            "dense own difference: change": round(ceiling, 3)}
     for name, b in (("trained", bridge), ("least squares", plain)):
         dec = b.decoder_matrix(s).detach() @ f["move"]
@@ -443,8 +390,8 @@ import ipywidgets as widgets
 def explore(task: str = QUOTE, site: str = sites[0], channels: str = "", strength: float = 1.0):
     """channels: comma-separated ids (empty: the site's task channels)."""
     a, targets = class0_prompts(task)
-    chans = [int(c) for c in channels.split(",") if c.strip()] or task_channels(task, site)[0]
-    move = class_move(*train_class_means(task, site), chans)
+    chans = [int(c) for c in channels.split(",") if c.strip()] or task_channels(sparse, sets.train[task], site)[0]
+    move = class_move(*task_class_means(sparse, sets.train[task], site), chans)
     r = steer(dense, bridge, a.tokens, site, move, strength, targets, at=a.last)
     r0 = steer(dense, bridge, a.tokens, site, move, 0.0, targets, at=a.last)
     sp = steer_sparse(sparse, a.tokens, site, move, strength, targets, at=a.last)

@@ -8,6 +8,7 @@ import torch
 from circuitbook.bridges import (
     Bridge,
     BridgeTrainConfig,
+    NMSELoss,
     bridge_sites,
     class_means,
     class_move,
@@ -18,14 +19,22 @@ from circuitbook.bridges import (
     hybrid_sparse_to_dense,
     kl_div,
     nmse,
-    run_prefix,
-    run_suffix,
-    run_with_resids,
-    separation,
     steer,
     steer_sparse,
     train_bridged,
 )
+from circuitbook.bridges_tasks import (
+    SEPARATES,
+    SiteRow,
+    channels_at_least,
+    choose_site,
+    scan_sites,
+    steering_curve,
+    task_channels,
+    task_class_means,
+    task_move,
+)
+from circuitbook.data.tasks import TaskBatch
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig
 from circuitbook.sparsity import WeightSparsifier, kept_fraction
 
@@ -51,45 +60,7 @@ def test_sites_are_the_sublayer_boundaries():
     assert bridge_sites(m) == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid",
                                "blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid"]
     assert set(bridge_sites(m)) <= set(m.hook_names)  # named with the model's hook names
-    with pytest.raises(ValueError):
-        run_prefix(m, torch.zeros(1, 3, dtype=torch.long), "blocks.5.hook_resid_pre")
-
-
-@pytest.mark.parametrize("norm", ["rms", "layer"])
-def test_suffix_of_prefix_is_the_model_at_every_site(norm):
-    m = every_option(norm)
-    tokens = torch.randint(0, 40, (3, 11))
-    with torch.no_grad():
-        full = m(tokens)
-        _, cache = m.run_with_cache(tokens)
-        sites = [*bridge_sites(m), "blocks.1.hook_resid_post", "blocks.0.hook_resid_post"]
-        for site in sites:
-            resid = run_prefix(m, tokens, site)
-            assert torch.equal(resid, cache[site]), site
-            assert torch.allclose(run_suffix(m, resid, site, tokens), full, atol=1e-6), site
-        logits, resids = run_with_resids(m, tokens, sites)
-        assert torch.allclose(logits, full, atol=1e-6)
-        assert all(torch.equal(resids[s], cache[s]) for s in sites)
-    with pytest.raises(ValueError, match="bigram"):
-        run_suffix(m, resid, sites[0])  # a bigram model needs the tokens
-
-
-def test_suffix_changes_when_the_residual_changes_and_hooks_fire():
-    m = every_option()
-    tokens = torch.randint(0, 40, (2, 9))
-    site = "blocks.1.hook_resid_pre"
-    with torch.no_grad():
-        r = run_prefix(m, tokens, site)
-        r2 = r.clone()
-        r2[:, 5] += 3.0
-        a, b = run_suffix(m, r, site, tokens), run_suffix(m, r2, site, tokens)
-        assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)  # causal: earlier positions untouched
-        assert not torch.allclose(a[:, 5:], b[:, 5:])
-        seen = []
-        m.add_hook("blocks.1.hook_resid_mid", lambda act, hook: seen.append(hook.name))
-        run_suffix(m, r, site, tokens)
-        m.reset_hooks()
-    assert seen == ["blocks.1.hook_resid_mid"]
+    assert set(bridge_sites(m)) <= set(m.resid_sites)  # the GPT runs to and from each of them
 
 
 def test_identity_bridge_between_copies_gives_zero_kl_at_every_site():
@@ -118,7 +89,7 @@ def test_random_bridge_hybrids_run_with_finite_positive_kl():
     with torch.no_grad():
         ref = dense(tokens)
         for site in bridge.sites:
-            h = bridge.encode(site, run_prefix(dense, tokens, site))
+            h = bridge.encode(site, dense.run_to(tokens, site))
             assert h.shape == (2, 10, 24) and ((h != 0).sum(-1) == 6).all()  # AbsTopK: k = 24 / 4
             for hyb in (hybrid_dense_to_sparse, hybrid_sparse_to_dense):
                 kl = float(kl_div(ref, hyb(dense, sparse, bridge, tokens, site)))
@@ -230,16 +201,6 @@ def test_steering_through_the_decoder():
     assert not torch.equal(control_move(bridge, site, big, seed=1), ctl) or len(chans) == dense.cfg.d_model
 
 
-def test_separation_on_constructed_channels():
-    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    h = torch.zeros(8, 4)
-    h[:, 0] = torch.tensor([0.0, 0.1, 0.2, 0.1, 1.0, 1.2, 0.9, 1.1])  # separates perfectly (upwards)
-    h[:, 1] = -h[:, 0]  # perfectly, downwards
-    h[:, 2] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])  # no information
-    sep = separation(h, labels)  # channel 3 never changes
-    assert sep[0] == 1 and sep[1] == 1 and sep[2] == 0.5 and sep[3] == 0
-
-
 def test_least_squares_bridge_between_copies_is_exact():
     dense = every_option()
     sparse = copy.deepcopy(dense)
@@ -260,8 +221,8 @@ def test_least_squares_bridge_between_copies_is_exact():
     fitted, rand = Bridge.for_models(dense, other, afrac=1.0), Bridge.for_models(dense, other, afrac=1.0)
     fitted.fit_least_squares(dense, other, tokens)
     with torch.no_grad():
-        _, dr = run_with_resids(dense, tokens[0], fitted.sites)
-        _, sr = run_with_resids(other, tokens[0], fitted.sites)
+        _, dr = dense.run_with_resids(tokens[0], fitted.sites)
+        _, sr = other.run_with_resids(tokens[0], fitted.sites)
         for site in fitted.sites:
             assert nmse(fitted.decode(site, sr[site]), dr[site]) < min(1.0, nmse(rand.decode(site, sr[site]), dr[site]))
 
@@ -270,3 +231,90 @@ def test_default_losses_have_names_and_coefficients():
     ls = default_losses(kl_s2d=0.5)
     assert [l.name for l in ls] == ["sparse_lm", "nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d"]
     assert ls[-1].coeff == 0.5
+    with pytest.raises(ValueError, match="direction"):
+        NMSELoss("dense_to_sparse")
+
+
+# ----------------------------------------------------------------------------- a task through the bridges
+
+
+def _task_batch(n: int = 24, T: int = 7, seed: int = 0) -> TaskBatch:
+    """Random prompts with varied lengths; class-0 prompts end in tokens 0..19, class-1 in 20..39; class 0's
+    answer is token 3 and class 1's token 5."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    tokens = torch.randint(0, 40, (n, T), generator=g)
+    last = torch.randint(3, T, (n,), generator=g)
+    tokens[torch.arange(n), last] = torch.randint(0, 20, (n,), generator=g) + 20 * labels
+    correct, wrong = torch.where(labels == 0, 3, 5), torch.where(labels == 0, 5, 3)
+    return TaskBatch(tokens, last, correct, wrong, labels)
+
+
+def _class_channel_model() -> GPT:
+    """A GPT whose residual at blocks.0.hook_resid_pre (no positions: the token embedding) has channel 3 =
+    7 for tokens 20..39 and 5 for the rest: a shift, no sign change, that gives the class of the last token."""
+    torch.manual_seed(4)
+    m = GPT(GPTConfig(**SMALL, positions="none", init_std=0.5)).eval()
+    with torch.no_grad():
+        m.embed.weight[:, 3] = 5.0
+        m.embed.weight[20:, 3] = 7.0
+    return m
+
+
+def test_channels_at_least_threshold_best_first_and_never_empty():
+    sep = torch.tensor([0.5, 0.95, 0.9, 0.99, 0.95])
+    assert channels_at_least(sep) == [3, 1, 4, 2]  # >= 0.9, best first, ties in channel order
+    assert channels_at_least(sep, threshold=0.96) == [3]
+    assert channels_at_least(torch.tensor([0.3, 0.6, 0.6, 0.5])) == [1]  # none reaches it: the best one
+    assert SEPARATES == 0.9
+    with pytest.raises(ValueError):
+        channels_at_least(torch.zeros(0))
+
+
+def test_task_channels_picks_the_channel_that_separates_and_only_it():
+    m, batch = _class_channel_model(), _task_batch()
+    site = "blocks.0.hook_resid_pre"
+    chans, sep = task_channels(m, batch, site)
+    assert sep.shape == (16,) and sep[3] == 1
+    assert chans == [3] and (sep[torch.arange(16) != 3] < SEPARATES).all()
+    # with the labels shuffled, nothing separates: still one channel, the best
+    perm = torch.randperm(len(batch.labels), generator=torch.Generator().manual_seed(0))
+    shuffled = TaskBatch(batch.tokens, batch.last, batch.correct, batch.wrong, batch.labels[perm])
+    chans2, sep2 = task_channels(m, shuffled, site)
+    assert len(chans2) >= 1 and sep2[3] < SEPARATES and chans2[0] == int(sep2.argmax())
+    # the class means differ exactly on channel 3 by the shift
+    m0, m1 = task_class_means(m, batch, site)
+    assert float(m1[3] - m0[3]) == pytest.approx(2.0)
+
+
+def test_choose_site_is_where_the_sparse_model_responds_most():
+    rows = [SiteRow("a", [0], 1.0, 0.1, 0.9), SiteRow("b", [1], 1.0, -0.5, 0.0), SiteRow("c", [2], 1.0, 0.3, 0.0)]
+    assert choose_site(rows) == "b"  # |sparse change| decides, either sign; the dense response plays no part
+    assert choose_site([SiteRow("a", [0], 1.0, 0.2, 0.0), SiteRow("b", [0], 1.0, -0.2, 1.0)]) == "a"  # tie: first
+    with pytest.raises(ValueError):
+        choose_site([])
+
+
+def test_scan_and_steering_curve_through_an_identity_bridge_match_the_sparse_model():
+    sparse, batch, held = _class_channel_model(), _task_batch(), _task_batch(seed=1)
+    dense = copy.deepcopy(sparse)
+    bridge = Bridge.identity(bridge_sites(sparse), sparse.cfg.d_model)
+    rows = scan_sites(dense, sparse, bridge, batch, batch, bridge.sites)
+    assert [r.site for r in rows] == bridge.sites
+    assert rows[0].channels == [3] and rows[0].best_separation == 1
+    for r in rows:  # the dense model is a copy and the bridge the identity: the same response both ways
+        assert r.dense_change == pytest.approx(r.sparse_change, abs=1e-6)
+    site = choose_site(rows)
+    assert abs(next(r for r in rows if r.site == site).sparse_change) == max(abs(r.sparse_change) for r in rows)
+
+    move = task_move(sparse, bridge, batch, site, seed=0)
+    assert move.channels == rows[bridge.sites.index(site)].channels
+    assert set(torch.nonzero(move.move).flatten().tolist()) == set(move.channels)
+    assert torch.nonzero(move.best_move).flatten().tolist() == move.channels[:1]
+    assert set(torch.nonzero(move.control).flatten().tolist()).isdisjoint(move.channels)
+    curve = steering_curve(dense, sparse, bridge, held, move, [0.0, 1.0, 2.0])
+    assert [r["strength"] for r in curve] == [0.0, 1.0, 2.0]
+    zero = curve[0]
+    assert zero["dense"] == zero["control"] == zero["dense_best_channel"]  # strength 0 moves nothing
+    for r in curve:
+        assert r["dense"] == pytest.approx(r["sparse"], abs=1e-6)

@@ -71,3 +71,92 @@ def test_bad_options_are_rejected():
         GPTConfig(norm="batch")
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         GPT(GPTConfig(**SMALL))(torch.zeros(1, 17, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- partial execution
+
+
+def every_option(norm="rms", positions="learned", sink=True, topk=True, bigram=True, seed=0) -> GPT:
+    """A tiny GPT with the chosen options; bigram table, sink logits and norm gains random so that they matter."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(**SMALL, norm=norm, positions=positions, attn_sink=sink,
+                    abstopk_sites=ABSTOPK_PAPER_SITES if topk else (), bigram=bigram, init_std=0.2)
+    m = GPT(cfg).eval()
+    with torch.no_grad():
+        if bigram:
+            m.bigram.weight.normal_(0, 0.5)
+        for b in m.blocks:
+            if sink:
+                b.attn.sink.normal_(0, 1)
+            b.ln1.w.uniform_(0.5, 1.5)
+    return m
+
+
+def _fired(m: GPT, fn) -> list[str]:
+    """The hook names that fire, in order, while fn() runs."""
+    seen = []
+    for name in m.hook_names:
+        m.add_hook(name, lambda act, hook: seen.append(hook.name))
+    try:
+        fn()
+    finally:
+        m.reset_hooks()
+    return seen
+
+
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+@pytest.mark.parametrize("positions", ["learned", "none"])
+@pytest.mark.parametrize("sink,topk,bigram", [(False, False, False), (True, False, False), (False, True, False),
+                                              (False, False, True), (True, True, True)])
+def test_run_from_of_run_to_is_forward_at_every_residual_site(norm, positions, sink, topk, bigram):
+    m = every_option(norm, positions, sink, topk, bigram)
+    tokens = torch.randint(0, 50, (3, 11))
+    assert m.resid_sites == [f"blocks.{l}.hook_resid_{k}" for l in range(2) for k in ("pre", "mid", "post")]
+    assert set(m.resid_sites) <= set(m.hook_names)  # named in the one vocabulary
+    with torch.no_grad():
+        full = m(tokens)
+        _, cache = m.run_with_cache(tokens)
+        everything = _fired(m, lambda: m(tokens))
+        for site in m.resid_sites:
+            resid = m.run_to(tokens, site)
+            assert torch.equal(resid, cache[site]), site  # the residual stream forward computes there
+            assert torch.equal(m.run_from(site, resid, tokens), full), site  # the same ops: bit for bit
+            # every hook fires once, in forward's order, the site's own hook on the run_to side
+            before = _fired(m, lambda s=site: m.run_to(tokens, s))
+            after = _fired(m, lambda s=site, r=resid: m.run_from(s, r, tokens))
+            assert before[-1] == site and before + after == everything, site
+        logits, resids = m.run_with_resids(tokens, m.resid_sites[::2])
+        assert torch.equal(logits, full) and all(torch.equal(r, cache[s]) for s, r in resids.items())
+        assert torch.equal(m.head(m.run_to(tokens, m.resid_sites[-1]), tokens), full)
+        assert torch.equal(m.embed_tokens(tokens), m.run_to(tokens, "blocks.0.hook_resid_pre"))
+    if bigram:
+        with pytest.raises(ValueError, match="bigram"):
+            m.run_from(m.resid_sites[0], resid)  # the bigram logits need the tokens
+    else:
+        assert torch.equal(m.run_from(m.resid_sites[0], m.run_to(tokens, m.resid_sites[0])), full)
+
+
+def test_run_from_responds_to_the_residual_causally():
+    m = every_option()
+    tokens = torch.randint(0, 50, (2, 9))
+    site = "blocks.1.hook_resid_pre"
+    with torch.no_grad():
+        r = m.run_to(tokens, site)
+        r2 = r.clone()
+        r2[:, 5] += 3.0
+        a, b = m.run_from(site, r, tokens), m.run_from(site, r2, tokens)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)  # causal: earlier positions untouched
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("site", ["blocks.2.hook_resid_pre", "blocks.0.hook_attn_out", "hook_embed",
+                                  "blocks.0.hook_resid_final", "resid_pre", "blocks.0.ln1.hook_normalized"])
+def test_a_site_outside_the_residual_vocabulary_is_refused(site):
+    m = every_option()
+    tokens = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="not a residual-stream site"):
+        m.run_to(tokens, site)
+    with pytest.raises(ValueError, match="not a residual-stream site"):
+        m.run_from(site, torch.zeros(1, 3, 16), tokens)
+    with pytest.raises(ValueError, match="not a residual-stream site"):
+        m.run_with_resids(tokens, ["blocks.0.hook_resid_mid", site])

@@ -17,18 +17,18 @@ it to the dense residual stream and watch the dense model's output move (`steer`
 
 Pieces:
     bridge_sites(model)                                   the sites: blocks.{l}.hook_resid_pre / hook_resid_mid
-    run_prefix(model, tokens, site) -> resid              partial forward passes of the GPT, hooks included
-    run_suffix(model, resid, site, tokens) -> logits
-    run_with_resids(model, tokens, sites) -> logits, {site: resid}   one pass, differentiable
+                                                          (partial runs are the GPT's own: GPT.run_to,
+                                                          GPT.run_from, GPT.run_with_resids)
     Bridge(sites, d_dense, d_sparse, afrac)               encoders and decoders, one pair per site
     Bridge.fit_least_squares(dense, sparse, batches)      start each map at its affine least-squares fit
     hybrid_dense_to_sparse / hybrid_sparse_to_dense       the two hybrid passes
     nmse, kl_div, entropy                                 the measures
-    SparseLM, NMSEDenseToSparse, NMSESparseToDense,
-    KLDenseToSparse, KLSparseToDense, default_losses()    the losses, each an object with its coefficient
+    SparseLM, NMSELoss("d2s" | "s2d"),
+    KLLoss("d2s" | "s2d"), default_losses()               the losses, each an object with its coefficient
     BridgeTrainConfig, train_bridged(...)                 the training loop (dense frozen), checkpoints, resume
     hybrid_kl_per_site(...)                               evaluation, with the dense entropy for scale
-    separation, class_means, contrast_channels, class_move   which sparse channels carry a task, and their move
+    class_means, contrast_channels, class_move            which sparse channels carry a task, and their move
+                                                          (how they are chosen for a task: `bridges_tasks`)
     steer, steer_sparse, control_move                     interventions through the decoder (and in the
                                                           sparse model itself), with a control
 
@@ -39,127 +39,28 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from circuitbook.models.gpt import GPT, AbsTopK, Block, lm_loss
+from circuitbook.models.gpt import GPT, AbsTopK, lm_loss
 from circuitbook.sparsity import WeightSparsifier, clip_grad_rms_, sharkfin
 from circuitbook.train import Checkpoint, get_batch, val_batches
 
 # ----------------------------------------------------------------------------- sites
-
-_SITE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
-
 
 def bridge_sites(model: GPT | int) -> list[str]:
     """Every sublayer boundary, in forward order: before each attention block (`blocks.{l}.hook_resid_pre`)
     and before each MLP block (`blocks.{l}.hook_resid_mid`). Accepts a GPT or its number of layers."""
     n_layers = model if isinstance(model, int) else model.cfg.n_layers
     return [f"blocks.{l}.hook_resid_{k}" for l in range(n_layers) for k in ("pre", "mid")]
-
-
-def _steps(model: GPT) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
-    """The GPT's blocks cut at every residual hook: [(site, fn)], where fn carries the residual from the
-    previous site to this one and ends with the site's HookPoint. Order: pre0, mid0, post0, pre1, ...
-    Running embed -> every fn -> head is exactly GPT.forward (same modules, same order, same hooks)."""
-    out = []
-    for l, block in enumerate(model.blocks):
-        out.append((f"blocks.{l}.hook_resid_pre", block.hook_resid_pre))
-        out.append((f"blocks.{l}.hook_resid_mid", lambda r, b=block: _attn_half(b, r)))
-        out.append((f"blocks.{l}.hook_resid_post", lambda r, b=block: _mlp_half(b, r)))
-    return out
-
-
-def _attn_half(b: Block, resid: torch.Tensor) -> torch.Tensor:
-    """Block.forward from after hook_resid_pre to hook_resid_mid. resid [batch, pos, d_model]."""
-    attn_in = b.ln1.hook_normalized(b.topk_attn_in(b.ln1(resid)))
-    attn_out = b.hook_attn_out(b.topk_attn_out(b.attn(attn_in)))
-    return b.hook_resid_mid(resid + attn_out)
-
-
-def _mlp_half(b: Block, resid: torch.Tensor) -> torch.Tensor:
-    """Block.forward from after hook_resid_mid to hook_resid_post. resid [batch, pos, d_model]."""
-    mlp_in = b.ln2.hook_normalized(b.topk_mlp_in(b.ln2(resid)))
-    mlp_out = b.hook_mlp_out(b.topk_mlp_out(b.mlp(mlp_in)))
-    return b.hook_resid_post(resid + mlp_out)
-
-
-def _site_index(model: GPT, site: str) -> int:
-    m = _SITE.match(site)
-    if m is None or int(m.group(1)) >= model.cfg.n_layers:
-        raise ValueError(f"{site!r} is not a residual site of this model; bridge sites are {bridge_sites(model)}")
-    return 3 * int(m.group(1)) + ("pre", "mid", "post").index(m.group(2))
-
-
-def _embed(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
-    """tokens [batch, pos] -> the residual stream before block 0, [batch, pos, d_model]."""
-    T = tokens.shape[1]
-    if T > model.cfg.n_ctx:
-        raise ValueError(f"sequence of {T} tokens exceeds n_ctx={model.cfg.n_ctx}")
-    resid = model.hook_embed(model.embed(tokens))
-    if model.pos_embed is not None:
-        resid = resid + model.hook_pos_embed(model.pos_embed(torch.arange(T, device=tokens.device)))[None]
-    return resid
-
-
-def _head(model: GPT, resid: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-    """Final norm, unembedding and (if the model has one) the bigram table. -> logits [batch, pos, vocab]."""
-    logits = model.unembed(model.ln_final.hook_normalized(model.ln_final(resid)))
-    if model.bigram is not None:
-        if tokens is None:
-            raise ValueError("this model adds a bigram table to its logits: run_suffix needs the tokens")
-        logits = logits + model.bigram(tokens)
-    return logits
-
-
-def run_prefix(model: GPT, tokens: torch.Tensor, site: str) -> torch.Tensor:
-    """The residual stream at `site`: tokens [batch, pos] -> resid [batch, pos, d_model].
-
-    The site's own HookPoint belongs to the prefix (a hook there changes what is returned); positions are
-    added here, once, at the embedding. Gradients flow (wrap in torch.no_grad() when not needed)."""
-    stop = _site_index(model, site)
-    resid = _embed(model, tokens)
-    for _, fn in _steps(model)[: stop + 1]:
-        resid = fn(resid)
-    return resid
-
-
-def run_suffix(model: GPT, resid: torch.Tensor, site: str, tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Continue from the residual stream at `site` to the logits: resid [batch, pos, d_model] -> logits
-    [batch, pos, vocab]. The attention mask is causal over resid's `pos` (no positions are added again:
-    they are already in resid). `tokens` [batch, pos] is needed only by a model with a bigram table."""
-    if resid.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"sequence of {resid.shape[1]} positions exceeds n_ctx={model.cfg.n_ctx}")
-    start = _site_index(model, site)
-    for _, fn in _steps(model)[start + 1 :]:
-        resid = fn(resid)
-    return _head(model, resid, tokens)
-
-
-def run_with_resids(
-    model: GPT, tokens: torch.Tensor, sites: Sequence[str]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass that also returns the residual stream at each of `sites` (differentiable, unlike
-    run_with_cache). -> (logits [batch, pos, vocab], {site: resid [batch, pos, d_model]})."""
-    want = set(sites)
-    resids = {}
-    resid = _embed(model, tokens)
-    for name, fn in _steps(model):
-        resid = fn(resid)
-        if name in want:
-            resids[name] = resid
-    missing = want - set(resids)
-    if missing:
-        raise ValueError(f"unknown sites {sorted(missing)}")
-    return _head(model, resid, tokens), resids
 
 
 # ----------------------------------------------------------------------------- the bridge
@@ -213,8 +114,8 @@ class Bridge(nn.Module):
         the fitting tokens, AbsTopK included."""
         grams: dict[str, dict[str, torch.Tensor]] = {}
         for b in batches:
-            _, dr = run_with_resids(dense, b, self.sites)
-            _, sr = run_with_resids(sparse, b, self.sites)
+            _, dr = dense.run_with_resids(b, self.sites)
+            _, sr = sparse.run_with_resids(b, self.sites)
             for s in self.sites:
                 x = _with_ones(dr[s].reshape(-1, self.d_dense).double())  # [N, d_dense + 1]
                 h = _with_ones(sr[s].reshape(-1, self.d_sparse).double())  # [N, d_sparse + 1]
@@ -232,8 +133,8 @@ class Bridge(nn.Module):
                     lin.bias.copy_(sol[-1].to(lin.bias.dtype))
         out = {s: (0.0, 0.0) for s in self.sites}
         for b in batches:
-            _, dr = run_with_resids(dense, b, self.sites)
-            _, sr = run_with_resids(sparse, b, self.sites)
+            _, dr = dense.run_with_resids(b, self.sites)
+            _, sr = sparse.run_with_resids(b, self.sites)
             for s in self.sites:
                 d2s, s2d = float(nmse(self.encode(s, dr[s]), sr[s])), float(nmse(self.decode(s, sr[s]), dr[s]))
                 out[s] = (out[s][0] + d2s / len(batches), out[s][1] + s2d / len(batches))
@@ -262,8 +163,8 @@ def hybrid_dense_to_sparse(
 ) -> torch.Tensor:
     """Dense prefix -> encoder -> sparse suffix: tokens [batch, pos] -> logits [batch, pos, vocab].
     Pass `dense_resid` (the dense stream at `site`) to skip the prefix."""
-    x = run_prefix(dense, tokens, site) if dense_resid is None else dense_resid
-    return run_suffix(sparse, bridge.encode(site, x), site, tokens)
+    x = dense.run_to(tokens, site) if dense_resid is None else dense_resid
+    return sparse.run_from(site, bridge.encode(site, x), tokens)
 
 
 def hybrid_sparse_to_dense(
@@ -271,8 +172,8 @@ def hybrid_sparse_to_dense(
 ) -> torch.Tensor:
     """Sparse prefix -> decoder -> dense suffix: tokens [batch, pos] -> logits [batch, pos, vocab].
     Pass `sparse_resid` (the sparse stream at `site`) to skip the prefix."""
-    h = run_prefix(sparse, tokens, site) if sparse_resid is None else sparse_resid
-    return run_suffix(dense, bridge.decode(site, h), site, tokens)
+    h = sparse.run_to(tokens, site) if sparse_resid is None else sparse_resid
+    return dense.run_from(site, bridge.decode(site, h), tokens)
 
 
 # ----------------------------------------------------------------------------- measures
@@ -330,8 +231,8 @@ class BridgeRun:
     @classmethod
     def make(cls, dense: GPT, sparse: GPT, bridge: Bridge, tokens: torch.Tensor, kl_sites=None) -> BridgeRun:
         with torch.no_grad():
-            dl, dr = run_with_resids(dense, tokens, bridge.sites)
-        sl, sr = run_with_resids(sparse, tokens, bridge.sites)
+            dl, dr = dense.run_with_resids(tokens, bridge.sites)
+        sl, sr = sparse.run_with_resids(tokens, bridge.sites)
         return cls(dense, sparse, bridge, tokens, dl, dl.log_softmax(-1), dr, sl, sr, list(kl_sites or bridge.sites))
 
 
@@ -347,72 +248,67 @@ class SparseLM:
 
 
 @dataclass
-class NMSEDenseToSparse:
-    """Mean over sites of NMSE(encoder(dense resid), sparse resid). Trains the encoder and the sparse
-    model (the target is the sparse model's stream; NMSE is scale-free, so shrinking it gains nothing)."""
+class _DirectedLoss:
+    """A loss on one bridge direction: "d2s" (dense -> sparse) or "s2d" (sparse -> dense), named
+    `<measure>_<direction>`."""
 
+    direction: str  # "d2s" | "s2d"
     coeff: float = 1.0
-    name: str = "nmse_d2s"
+    measure: ClassVar[str] = ""
 
-    def __call__(self, run: BridgeRun) -> torch.Tensor:
-        b = run.bridge
-        return torch.stack([nmse(b.encode(s, run.dense_resids[s]), run.sparse_resids[s]) for s in b.sites]).mean()
+    def __post_init__(self) -> None:
+        if self.direction not in ("d2s", "s2d"):
+            raise ValueError(f"direction must be 'd2s' or 's2d', got {self.direction!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.measure}_{self.direction}"
 
 
 @dataclass
-class NMSESparseToDense:
-    """Mean over sites of NMSE(decoder(sparse resid), dense resid). Trains the decoder and the sparse model."""
+class NMSELoss(_DirectedLoss):
+    """Mean over sites of one direction's NMSE. "d2s": NMSE(encoder(dense resid), sparse resid), which trains
+    the encoder and the sparse model (the target is the sparse model's stream; NMSE is scale-free, so
+    shrinking it gains nothing). "s2d": NMSE(decoder(sparse resid), dense resid), which trains the decoder and
+    the sparse model."""
 
-    coeff: float = 1.0
-    name: str = "nmse_s2d"
+    measure: ClassVar[str] = "nmse"
 
     def __call__(self, run: BridgeRun) -> torch.Tensor:
-        b = run.bridge
-        return torch.stack([nmse(b.decode(s, run.sparse_resids[s]), run.dense_resids[s]) for s in b.sites]).mean()
+        b, dr, sr = run.bridge, run.dense_resids, run.sparse_resids
+        if self.direction == "d2s":
+            return torch.stack([nmse(b.encode(s, dr[s]), sr[s]) for s in b.sites]).mean()
+        return torch.stack([nmse(b.decode(s, sr[s]), dr[s]) for s in b.sites]).mean()
 
 
 @dataclass
-class KLDenseToSparse:
-    """Mean over `run.kl_sites` of KL(dense output || sparse suffix run on the encoded dense stream)."""
+class KLLoss(_DirectedLoss):
+    """Mean over `run.kl_sites` of KL(dense output || one hybrid pass). "d2s": the sparse suffix run on the
+    encoded dense stream. "s2d": the dense suffix run on the decoded sparse stream (the dense weights are
+    frozen, but gradients flow through its suffix to the decoder and the sparse prefix)."""
 
-    coeff: float = 1.0
-    name: str = "kl_d2s"
+    measure: ClassVar[str] = "kl"
 
-    def __call__(self, run: BridgeRun) -> torch.Tensor:
-        kls = [
-            _kl_from_logp(run.dense_logp, hybrid_dense_to_sparse(run.dense, run.sparse, run.bridge, run.tokens, s,
-                                                            dense_resid=run.dense_resids[s]))
-            for s in run.kl_sites
-        ]
-        return torch.stack(kls).mean()
-
-
-@dataclass
-class KLSparseToDense:
-    """Mean over `run.kl_sites` of KL(dense output || dense suffix run on the decoded sparse stream).
-    The dense weights are frozen, but gradients flow through its suffix to the decoder and the sparse prefix."""
-
-    coeff: float = 1.0
-    name: str = "kl_s2d"
+    def hybrid(self, run: BridgeRun, site: str) -> torch.Tensor:
+        """This direction's hybrid logits at `site`, from the residuals the run already holds."""
+        args = run.dense, run.sparse, run.bridge, run.tokens, site
+        if self.direction == "d2s":
+            return hybrid_dense_to_sparse(*args, dense_resid=run.dense_resids[site])
+        return hybrid_sparse_to_dense(*args, sparse_resid=run.sparse_resids[site])
 
     def __call__(self, run: BridgeRun) -> torch.Tensor:
-        kls = [
-            _kl_from_logp(run.dense_logp, hybrid_sparse_to_dense(run.dense, run.sparse, run.bridge, run.tokens, s,
-                                                            sparse_resid=run.sparse_resids[s]))
-            for s in run.kl_sites
-        ]
-        return torch.stack(kls).mean()
+        return torch.stack([_kl_from_logp(run.dense_logp, self.hybrid(run, s)) for s in run.kl_sites]).mean()
 
 
-BridgeLoss = SparseLM | NMSEDenseToSparse | NMSESparseToDense | KLDenseToSparse | KLSparseToDense
+BridgeLoss = SparseLM | NMSELoss | KLLoss
 
 
 def default_losses(
     lm: float = 1.0, nmse_d2s: float = 1.0, nmse_s2d: float = 1.0, kl_d2s: float = 1.0, kl_s2d: float = 1.0
 ) -> list[BridgeLoss]:
     """The paper's five terms. Its coefficients are not published; 1 each is the book's default."""
-    return [SparseLM(lm), NMSEDenseToSparse(nmse_d2s), NMSESparseToDense(nmse_s2d), KLDenseToSparse(kl_d2s),
-            KLSparseToDense(kl_s2d)]
+    return [SparseLM(lm), NMSELoss("d2s", nmse_d2s), NMSELoss("s2d", nmse_s2d), KLLoss("d2s", kl_d2s),
+            KLLoss("s2d", kl_s2d)]
 
 
 def compute_losses(run: BridgeRun, losses: Sequence[BridgeLoss]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -618,8 +514,8 @@ def hybrid_kl_per_site(
     ent = skl = 0.0
     n = 0
     for b in batches:
-        dl, dr = run_with_resids(dense, b, sites)
-        sl, sr = run_with_resids(sparse, b, sites)
+        dl, dr = dense.run_with_resids(b, sites)
+        sl, sr = sparse.run_with_resids(b, sites)
         w = b.shape[0]
         ent += float(entropy(dl)) * w
         skl += float(kl_div(dl, sl)) * w
@@ -658,9 +554,9 @@ def sparse_activations(
     the sparse model's own stream (pass `sparse`), or the encoded dense stream (pass `dense` and
     `bridge`: the sparse view of the dense model). -> [batch, d_sparse]."""
     if sparse is not None:
-        h = run_prefix(sparse, tokens, site)
+        h = sparse.run_to(tokens, site)
     elif dense is not None and bridge is not None:
-        h = bridge.encode(site, run_prefix(dense, tokens, site))
+        h = bridge.encode(site, dense.run_to(tokens, site))
     else:
         raise ValueError("pass `sparse`, or `dense` and `bridge`")
     return h[torch.arange(tokens.shape[0]), _last(tokens, at)]
@@ -685,17 +581,6 @@ def contrast_channels(mean_a: torch.Tensor, mean_b: torch.Tensor, k: int = 5) ->
     return (mean_b - mean_a).abs().topk(k).indices.tolist()
 
 
-def separation(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How well each channel's side of the midpoint between the two class means tells the labels apart:
-    h [batch, d], labels [batch] in {0, 1} -> [d] in [0, 1] (1: every prompt on its class's side, 0.5:
-    chance). Strict on both sides, so a channel that never changes scores 0, not 1."""
-    a, b = h[labels == 0], h[labels == 1]
-    mid = (a.mean(0) + b.mean(0)) / 2
-    up = ((a > mid).float().mean(0) + (b < mid).float().mean(0)) / 2
-    down = ((a < mid).float().mean(0) + (b > mid).float().mean(0)) / 2
-    return torch.maximum(up, down)
-
-
 def class_move(mean_from: torch.Tensor, mean_to: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
     """The sparse-space change that moves `channels` from their class-A means to their class-B means and
     leaves every other channel alone: [d_sparse] x2 -> [d_sparse]."""
@@ -711,12 +596,12 @@ def run_with_delta(
 ) -> torch.Tensor:
     """Add delta [d_model] to `model`'s residual stream at `site` (at position `at` [batch] of each prompt;
     None: every position) and run the suffix. -> logits [batch, pos, vocab]."""
-    x = run_prefix(model, tokens, site).clone()  # [batch, pos, d_model]
+    x = model.run_to(tokens, site).clone()  # [batch, pos, d_model]
     if at is None:
         x = x + delta
     else:
         x[torch.arange(tokens.shape[0]), at] += delta
-    return run_suffix(model, x, site, tokens)
+    return model.run_from(site, x, tokens)
 
 
 @dataclass

@@ -164,7 +164,7 @@ def _frozen_forward(
             resid = x0
             for block in lm.blocks[:n_blocks]:
                 resid = block(resid)
-            final = lm.ln_final.hook_normalized(lm.ln_final(resid)) if n_blocks == L else None
+            final = lm.final_norm(resid) if n_blocks == L else None
     finally:
         for block, mlp in zip(lm.blocks, mlps):
             block.mlp = mlp
@@ -197,9 +197,7 @@ def _store(out: list[Tensor], i: int) -> Callable:
 def lm_input_gpt(gpt: GPT, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
     """A GPT's input residual for tokens [S]: (x0 [S, d] = token embedding + position, bigram logits or None)."""
     with torch.no_grad():
-        x0 = gpt.embed(tokens)
-        if gpt.pos_embed is not None:
-            x0 = x0 + gpt.pos_embed(torch.arange(len(tokens), device=tokens.device))
+        x0 = gpt.embed_tokens(tokens[None])[0]
         offset = gpt.bigram(tokens) if gpt.bigram is not None else None
     return x0, offset
 
@@ -232,7 +230,7 @@ def _clean_run(lm: GPT, x0: Tensor, logit_offset: Tensor | None) -> tuple[dict[s
         resid = x0[None]
         for block in lm.blocks:
             resid = block(resid)
-        logits = lm.unembed(lm.ln_final.hook_normalized(lm.ln_final(resid)))[0]
+        logits = lm.unembed(lm.final_norm(resid))[0]  # the bigram table, if any, is logit_offset
     if logit_offset is not None:
         logits = logits + logit_offset
     return frozen, [m[0] for m in mlp_in], [m[0] for m in mlp_out], logits

@@ -9,11 +9,21 @@ the cache key are all the same string, e.g. `blocks.0.mlp.hook_post`.
 Options that later chapters use exist from the start: RMSNorm or LayerNorm,
 learned or no positions, a per-head attention-sink logit, AbsTopK activation
 sparsity at any named site, and an optional bigram table added to the logits.
+
+The model owns its pieces, and `forward` is made of them (so partial runs cannot drift from it):
+
+    GPT.embed_tokens(tokens) -> resid         token_embeddings (hook_embed) + add_positions (hook_pos_embed)
+    Block.attn_half / Block.mlp_half          resid_pre -> resid_mid -> resid_post; Block.forward is both
+    GPT.head(resid, tokens) -> logits         final norm (GPT.final_norm), unembedding, bigram logits
+    GPT.run_to(tokens, site) -> resid         partial runs at every residual-stream site (`resid_sites`:
+    GPT.run_from(site, resid, tokens)         blocks.{l}.hook_resid_pre / _mid / _post), hooks included
+    GPT.run_with_resids(tokens, sites)        one differentiable pass that also returns the resids at sites
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -193,14 +203,20 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def forward(self, resid: torch.Tensor) -> torch.Tensor:
-        resid = self.hook_resid_pre(resid)
+    def attn_half(self, resid: torch.Tensor) -> torch.Tensor:
+        """The attention half: resid_pre (after its hook) -> resid_mid (ending with its hook). [batch, pos, d_model]."""
         attn_in = self.ln1.hook_normalized(self.topk_attn_in(self.ln1(resid)))
         attn_out = self.hook_attn_out(self.topk_attn_out(self.attn(attn_in)))
-        resid = self.hook_resid_mid(resid + attn_out)
+        return self.hook_resid_mid(resid + attn_out)
+
+    def mlp_half(self, resid: torch.Tensor) -> torch.Tensor:
+        """The MLP half: resid_mid (after its hook) -> resid_post (ending with its hook). [batch, pos, d_model]."""
         mlp_in = self.ln2.hook_normalized(self.topk_mlp_in(self.ln2(resid)))
         mlp_out = self.hook_mlp_out(self.topk_mlp_out(self.mlp(mlp_in)))
         return self.hook_resid_post(resid + mlp_out)
+
+    def forward(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.mlp_half(self.attn_half(self.hook_resid_pre(resid)))
 
 
 class GPT(HookedRootModule):
@@ -221,45 +237,137 @@ class GPT(HookedRootModule):
         self.setup()  # names every HookPoint after its module path
 
     def _init_weights(self) -> None:
-        std = self.cfg.init_std
-        for name, p in self.named_parameters():
-            if name.endswith(".w") or name.endswith("sink"):
-                continue  # norm gains stay 1, sink logits stay 0
-            if name.endswith("bias") or name.endswith(".b"):
-                nn.init.zeros_(p)
-            elif name.endswith("W_O.weight") or name.endswith("W_out.weight"):
-                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))  # residual writes
-            elif name.startswith("bigram"):
-                nn.init.zeros_(p)
-            else:
-                nn.init.normal_(p, std=std)
+        init_weights(self, self.cfg.init_std, self.cfg.n_layers)
 
     @property
     def hook_names(self) -> list[str]:
         """Every location in the model, in forward order: the book's vocabulary."""
         return list(self.hook_dict)
 
+    # ------------------------------------------------------------------ the pieces of forward
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [batch, pos] -> the residual stream entering block 0 (what `blocks.0.hook_resid_pre` sees),
+        [batch, pos, d_model]: token embeddings plus positions. (`self.embed` is the embedding module.)"""
+        return self.add_positions(self.token_embeddings(tokens))
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [batch, pos] -> token embeddings through `hook_embed`, [batch, pos, d_model] (no positions)."""
+        return self.hook_embed(self.embed(tokens))
+
+    def add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """Add learned positions 0 .. pos-1 (through `hook_pos_embed`; nothing if positions='none') to an input
+        stream x [batch, pos, d_model], e.g. a VLM's image tokens followed by token embeddings."""
+        S = x.shape[1]
+        if S > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {S} positions exceeds n_ctx={self.cfg.n_ctx}")
+        if self.pos_embed is not None:
+            x = x + self.hook_pos_embed(self.pos_embed(torch.arange(S, device=x.device)))[None]
+        return x
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """The final norm and its hook: [batch, pos, d_model] -> what the unembedding reads, [batch, pos, d_model]."""
+        return self.ln_final.hook_normalized(self.ln_final(resid))
+
+    def head(self, resid: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The last residual stream [batch, pos, d_model] -> logits [batch, pos, vocab]: final norm, unembedding
+        and, if the model has one, the bigram table's logits for `tokens` [batch, pos] (needed only then)."""
+        logits = self.unembed(self.final_norm(resid))
+        if self.bigram is not None:
+            if tokens is None:
+                raise ValueError("this model adds a bigram table to its logits: pass the tokens")
+            logits = logits + self.bigram(tokens)
+        return logits
+
     def forward(self, tokens: torch.Tensor, return_type: str = "logits") -> torch.Tensor:
         """tokens [batch, pos] -> logits [batch, pos, vocab], or the mean next-token loss if return_type='loss'."""
-        B, T = tokens.shape
-        if T > self.cfg.n_ctx:
-            raise ValueError(f"sequence of {T} tokens exceeds n_ctx={self.cfg.n_ctx}")
-        resid = self.hook_embed(self.embed(tokens))
-        if self.pos_embed is not None:
-            resid = resid + self.hook_pos_embed(self.pos_embed(torch.arange(T, device=tokens.device)))[None]
+        resid = self.embed_tokens(tokens)
         for block in self.blocks:
             resid = block(resid)
-        logits = self.unembed(self.ln_final.hook_normalized(self.ln_final(resid)))
-        if self.bigram is not None:
-            logits = logits + self.bigram(tokens)
+        logits = self.head(resid, tokens)
         if return_type == "logits":
             return logits
         if return_type == "loss":
             return lm_loss(logits, tokens)
         raise ValueError(f"return_type must be 'logits' or 'loss', got {return_type!r}")
 
+    # ------------------------------------------------------------------ partial execution
+
+    @property
+    def resid_sites(self) -> list[str]:
+        """Every residual-stream site, in forward order: blocks.{l}.hook_resid_pre, _mid, _post per layer."""
+        return [site for site, _ in self._resid_steps()]
+
+    def _resid_steps(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        """[(site, fn)] in forward order; fn carries the residual from the previous site to this one and ends
+        with the site's HookPoint. embed_tokens -> every fn -> head is exactly forward (same modules and hooks)."""
+        steps = []
+        for l, block in enumerate(self.blocks):
+            steps += [(f"blocks.{l}.hook_resid_pre", block.hook_resid_pre),
+                      (f"blocks.{l}.hook_resid_mid", block.attn_half),
+                      (f"blocks.{l}.hook_resid_post", block.mlp_half)]
+        return steps
+
+    def _resid_index(self, site: str) -> int:
+        sites = self.resid_sites
+        if site not in sites:
+            raise ValueError(f"{site!r} is not a residual-stream site of this model: those are "
+                             f"blocks.{{l}}.hook_resid_{{pre,mid,post}} for l < {self.cfg.n_layers}")
+        return sites.index(site)
+
+    def run_to(self, tokens: torch.Tensor, site: str) -> torch.Tensor:
+        """The residual stream at `site` (a name in `resid_sites`): tokens [batch, pos] -> [batch, pos, d_model].
+        The site's own HookPoint belongs to this half (a hook there changes what is returned)."""
+        stop = self._resid_index(site)
+        resid = self.embed_tokens(tokens)
+        for _, fn in self._resid_steps()[: stop + 1]:
+            resid = fn(resid)
+        return resid
+
+    def run_from(self, site: str, resid: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Continue from the residual stream at `site`: resid [batch, pos, d_model] -> logits [batch, pos, vocab].
+        Attention is causal over resid's positions; positions are not added again (they are in resid).
+        `tokens` [batch, pos] is needed only by a model with a bigram table."""
+        if resid.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {resid.shape[1]} positions exceeds n_ctx={self.cfg.n_ctx}")
+        start = self._resid_index(site)
+        for _, fn in self._resid_steps()[start + 1 :]:
+            resid = fn(resid)
+        return self.head(resid, tokens)
+
+    def run_with_resids(
+        self, tokens: torch.Tensor, sites: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward pass that also returns the residual stream at each of `sites` (differentiable, unlike
+        run_with_cache). -> (logits [batch, pos, vocab], {site: resid [batch, pos, d_model]})."""
+        for s in sites:
+            self._resid_index(s)
+        want, resids = set(sites), {}
+        resid = self.embed_tokens(tokens)
+        for name, fn in self._resid_steps():
+            resid = fn(resid)
+            if name in want:
+                resids[name] = resid
+        return self.head(resid, tokens), resids
+
     def n_params(self, nonzero: bool = False) -> int:
         return sum(int((p != 0).sum()) if nonzero else p.numel() for p in self.parameters())
+
+
+def init_weights(model: nn.Module, std: float, n_layers: int) -> None:
+    """The book's initialization, in parameter order: norm gains 1, sink logits, biases and the bigram table 0,
+    residual writes (W_O, W_out) N(0, std / sqrt(2 n_layers)), every other weight N(0, std)."""
+    for name, p in model.named_parameters():
+        if name.endswith(".w") or name.endswith("sink"):
+            continue  # norm gains stay 1, sink logits stay 0
+        if name.endswith("bias") or name.endswith(".b"):
+            nn.init.zeros_(p)
+        elif name.endswith("W_O.weight") or name.endswith("W_out.weight"):
+            nn.init.normal_(p, std=std / math.sqrt(2 * n_layers))  # residual writes
+        elif name.startswith("bigram"):
+            nn.init.zeros_(p)
+        else:
+            nn.init.normal_(p, std=std)
 
 
 def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

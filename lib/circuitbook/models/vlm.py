@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from circuitbook.models.gpt import GPT, Block, GPTConfig, Norm, lm_loss
+from circuitbook.models.gpt import GPT, Block, GPTConfig, Norm, init_weights, lm_loss
 from circuitbook.train import Checkpoint, clip_gradients, cosine_schedule, get_batch
 
 
@@ -112,16 +112,7 @@ class ViT(nn.Module):
             block.attn.mask.fill_(True)  # every patch sees every patch
         self.ln_final = Norm(bcfg)
         self.hook_out = HookPoint()  # [batch, patch, d_vit]
-        std = cfg.lm.init_std
-        for name, p in self.named_parameters():
-            if name.endswith(".w"):
-                continue
-            if name.endswith("bias") or name.endswith(".b"):
-                nn.init.zeros_(p)
-            elif name.endswith("W_O.weight") or name.endswith("W_out.weight"):
-                nn.init.normal_(p, std=std / math.sqrt(2 * cfg.vit_layers))
-            else:
-                nn.init.normal_(p, std=std)
+        init_weights(self, cfg.lm.init_std, cfg.vit_layers)
 
     def patchify(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] -> [B, gh*gw, 3*P*P], patches row-major over the grid."""
@@ -196,16 +187,10 @@ class VLM(HookedRootModule):
 
     def lm_input(self, images: Tensor | None, tokens: Tensor) -> Tensor:
         """The GPT's input residual stream [B, n_img + T, d_model]: image tokens, token embeddings, positions."""
-        lm = self.lm
-        x = lm.hook_embed(lm.embed(tokens))  # [B, T, d]
+        x = self.lm.token_embeddings(tokens)  # [B, T, d]
         if images is not None:
             x = torch.cat([self.image_tokens(images), x], dim=1)
-        S = x.shape[1]
-        if S > lm.cfg.n_ctx:
-            raise ValueError(f"{S} positions (image prefix included) exceed the GPT's n_ctx={lm.cfg.n_ctx}")
-        if lm.pos_embed is not None:
-            x = x + lm.hook_pos_embed(lm.pos_embed(torch.arange(S, device=x.device)))[None]
-        return x
+        return self.lm.add_positions(x)  # counts the image prefix
 
     def forward(self, images: Tensor | None, tokens: Tensor, return_type: str = "logits") -> Tensor:
         """images [B, 3, H, W] (or None: text only), tokens [B, T] -> logits [B, T, vocab] at the text positions.
@@ -228,7 +213,7 @@ def run_lm(lm: GPT, resid: Tensor) -> Tensor:
     (no bigram table: it needs token ids)."""
     for block in lm.blocks:
         resid = block(resid)
-    return lm.unembed(lm.ln_final.hook_normalized(lm.ln_final(resid)))
+    return lm.head(resid)
 
 
 def vlm_from_state(tensors: dict[str, Tensor], cfg: dict | VLMConfig) -> VLM:
