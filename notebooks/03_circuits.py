@@ -100,6 +100,7 @@ QUOTE, BRACKET, SOS = zoo.CIRCUIT_TASKS
 # `]` or `]]` by its nesting depth, and continue `current` with `.` (a set) or ` +=` (a string).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 model, _ = zoo.the_sparse_model(prof, seed=seed)
 model = model.float().eval()
 model_name = zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], model.cfg.d_model, seed=seed)
@@ -118,6 +119,7 @@ for t in zoo.CIRCUIT_TASKS:
 # names the hook names the node's site, so masks, caches and drawings all speak the same language.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 nodes = NodeSet.from_model(model)
 by_kind = pd.Series(dict(zip(nodes.sites, nodes.widths))).groupby(lambda s: nodes.kind(s)).sum()
 print(f"{len(nodes):,} nodes in {len(nodes.sites)} sites, e.g. {nodes.sites[:3]}")
@@ -132,6 +134,7 @@ display(by_kind.to_frame("nodes"))
 # to chance (loss ln 2 = 0.693, accuracy about 0.5).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 means = zoo.circuit_means(prof, model, model_name, seed)
 quote_test = sets.test[QUOTE]
 ones = all_kept(nodes)
@@ -190,6 +193,7 @@ plt.show()
 # (`scripts/train_models.py ch3` makes them).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 base = zoo.prune_config(prof, seed=seed)
 print(base)
 searches, timings = {}, {}
@@ -276,6 +280,7 @@ print("whole model, held-out loss:", {t: round(evaluate_task(model, sets.test[t]
 # interactive version, hover over a node to see the corpus tokens where it is largest.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 qc = circuits[QUOTE]
 draw_circuit(model, qc)
 plt.show()
@@ -291,6 +296,7 @@ print("kept nodes per site:", {short_site(s): len(ch) for s, ch in qc.by_site().
 # both quotes; a *quote-type* node is one whose sign separates `'` from `"`.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from circuitbook.separation import sign_separation
 
 quote_ids = [tok.single_token(q) for q in ("'", '"', " '", ' "')]  # a string opens with one of these tokens
@@ -328,6 +334,7 @@ print("positive at both opening quotes (detector candidates):", list(detectors.i
 # goes to the opening quote, in the whole model and in the circuit alone?
 
 # %%
+# NBVAL_CHECK_OUTPUT
 with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks(qc.masks(), means)):
     _, circ_cache = model.run_with_cache(quote_test.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 head_rows = []
@@ -367,6 +374,7 @@ for e in into:
 # docstrings are counted apart: `"""` is a token of its own.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 docs = load_corpus(prof)["val"].split(EOT)
 n_windows = 400 if prof.name == "full" else 40
 W, L = string_windows(docs, tok, model.cfg.n_ctx, n_windows)
@@ -509,6 +517,7 @@ display(sweep_df.round(3))
 # `current` back to it. Here is ours, and where its heads look from the last token.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 sc_ = circuits[SOS]
 draw_circuit(model, sc_)
 plt.show()
@@ -598,6 +607,7 @@ plt.show()
 # out.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 rows = []
 for d in zoo.sparse_widths(prof):
     for kept in zoo.SPARSE_FRACTIONS:
@@ -686,6 +696,7 @@ display(HTML("<hr>".join(html_rows)))
 # (stored with each circuit) are reported in the artifacts but not used for sufficiency.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 claims = []
 for t, r in table.iterrows():
     claims += [

@@ -114,6 +114,7 @@ viz.setup()
 # three settings we trained (all 1; KL 3; NMSE 10), this one gave the hybrids the lowest validation KL.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 dense, sparse, bridge, meta = zoo.bridged_pair(prof, seed, retrain=retrain)
 sites = bridge.sites
 fig, ax = plt.subplots(figsize=(min(2 + 1.3 * len(sites), 14), 2.6))
@@ -155,6 +156,7 @@ plt.show()
 # The interventions below need the sparse model to solve the quote and the while/return tasks.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 tok = zoo.tokenizer(prof)
 sets = zoo.task_sets(prof, tok, seed)
 QUOTE, WHILE = "single_double_quote", "while_return_true"
@@ -405,11 +407,12 @@ widgets.interact(explore, task=[QUOTE, WHILE], site=sites, channels="", strength
 # ## Claims
 
 # %%
+# NBVAL_CHECK_OUTPUT
 claims = [
     Claim("hybrid_kl_d2s_mean", "mean KL (nats) of dense prefix -> sparse suffix from the dense output, over sites",
-          round(kl_d2s_mean, 4), paper="small", target=f"report (dense entropy {dense_entropy:.2f})"),
+          round(kl_d2s_mean, 4), paper="small", target="report", context=f"dense entropy {dense_entropy:.2f}"),
     Claim("hybrid_kl_s2d_mean", "mean KL (nats) of sparse prefix -> dense suffix from the dense output, over sites",
-          round(kl_s2d_mean, 4), paper="small", target=f"report (dense entropy {dense_entropy:.2f})"),
+          round(kl_s2d_mean, 4), paper="small", target="report", context=f"dense entropy {dense_entropy:.2f}"),
     Claim("quote_intervention_delta_p", "decrease of dense P(') - P(\") on held-out single-quote prompts when the "
           "sparse quote-type channels are moved to their double-quote values (strength 1, through the decoder; "
           "positive = towards the double quote)", round(-delta[QUOTE], 4), paper="interventions transfer",

@@ -83,6 +83,7 @@ viz.setup()
 # `linear2` ($W^\top$, with the bias $b$); these are the names the decomposition selects.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 tms52, tms52_meta = zoo.toy_target("tms_5_2", prof, seed, retrain)
 W52 = tms52.W.detach()  # [2, 5]
 print(f"TMS 5-2 target: reconstruction MSE {tms52_meta['metrics']['loss']:.4f}")
@@ -556,6 +557,7 @@ plt.show()
 # ## Claims
 
 # %%
+# NBVAL_CHECK_OUTPUT
 claims = [
     Claim("tms_5_2_mmcs", "SPD on TMS 5-2: mean max cosine similarity of subcomponents with W's columns",
           round(m52["mmcs"], 4), paper=1.0, target=">= 0.99", holds=m52["mmcs"] >= 0.99),
