@@ -44,6 +44,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from circuitbook.train import clip_grad_rms_ as clip_grad_rms_  # gradient RMS clipping lives with the loop
+
 # Parameters matching any of these (re.search on the parameter name) are never projected.
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     r"(^|\.)(ln\w*|\w*norm\w*)\.",  # norm gains (and LayerNorm biases): folded into the next weights
@@ -252,22 +254,6 @@ class WeightSparsifier:
 
 
 # ----------------------------------------------------------------------------- optimizer pieces
-
-
-@torch.no_grad()
-def clip_grad_rms_(params: Iterable[torch.Tensor], max_rms: float = 1.0, normalize: bool = False) -> float:
-    """Scale all gradients jointly so their RMS over every entry is at most `max_rms`
-    (with `normalize=True`: exactly `max_rms`, scaling small gradients up as well).
-    Returns the RMS before scaling. Parameters without a gradient are skipped."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    sq = torch.stack([g.pow(2).sum() for g in grads]).sum()
-    rms = float((sq / sum(g.numel() for g in grads)).sqrt())
-    if rms > max_rms or (normalize and rms > 0):
-        for g in grads:
-            g.mul_(max_rms / rms)
-    return rms
 
 
 def sparse_adamw(params, lr: float, **overrides) -> torch.optim.AdamW:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from circuitbook.artifacts import load_tensors, save_tensors
 from circuitbook.models.gpt import lm_loss
-from circuitbook.sparsity import clip_grad_rms_
 
 # ---------------------------------------------------------------- data
 
@@ -97,6 +96,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+
+@torch.no_grad()
+def clip_grad_rms_(params: Iterable[torch.Tensor], max_rms: float = 1.0, normalize: bool = False) -> float:
+    """Scale all gradients jointly so their RMS over every entry is at most `max_rms`
+    (with `normalize=True`: exactly `max_rms`, scaling small gradients up as well).
+    Returns the RMS before scaling. Parameters without a gradient are skipped."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    sq = torch.stack([g.pow(2).sum() for g in grads]).sum()
+    rms = float((sq / sum(g.numel() for g in grads)).sqrt())
+    if rms > max_rms or (normalize and rms > 0):
+        for g in grads:
+            g.mul_(max_rms / rms)
+    return rms
 
 
 def clip_gradients(params: list[torch.Tensor], mode: str, value: float) -> float:
