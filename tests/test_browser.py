@@ -121,7 +121,8 @@ PAGE_STATE = """(() => {
     images: document.images.length,
     broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
     widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
-    widgets_rendered: [...document.querySelectorAll('.widget-subarea')].filter(d => d.children.length > 0).length,
+    widgets_rendered: [...document.querySelectorAll('.widget-subarea')].filter(d => d.offsetHeight > 20).length,
+    widget_y: [...document.querySelectorAll('.widget-subarea')].map(d => d.getBoundingClientRect().top + scrollY),
     tables, mathjax_errors: document.querySelectorAll('mjx-merror').length,
     external: [...document.querySelectorAll('script[src], link[rel=stylesheet][href], img[src]')]
       .map(e => e.src || e.href).filter(u => /^https?:/.test(u)),
@@ -159,31 +160,43 @@ def test_chapter_page_offline(browser, nb):
             break
         last = state
     SHOTS.mkdir(parents=True, exist_ok=True)
-    height = min(state["height"], 16000)
-    shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                        clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 0.5})
+    # the whole page (up to 16000 px) at half scale: a taller viewport, then a plain capture
+    browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=min(state["height"], 16000),
+                 deviceScaleFactor=0.5, mobile=False)
+    time.sleep(1)
+    shot = browser.call("Page.captureScreenshot", format="png")
+    browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=1000, deviceScaleFactor=1, mobile=False)
     (SHOTS / f"{nb.stem}.png").write_bytes(base64.b64decode(shot["data"]))
 
-    assert browser.errors() == [], f"{nb.stem}: console errors"
-    assert state["external"] == [], f"{nb.stem}: loads from the network"
+    bad = [f"console: {e}" for e in browser.errors()]  # every problem of the page, then one assert
+    bad += [f"loads from the network: {u}" for u in state["external"]]
     plotly, widgets = expected_outputs(nb)
-    assert state["plotly"] == plotly and state["plotly_svg"] == plotly, f"{nb.stem}: plotly figures {state}"
-    assert state["broken"] == [] and state["images"] > 0, f"{nb.stem}: images that did not load"
-    assert state["widget_views"] == widgets, f"{nb.stem}: widget views on the page"
-    if widgets:
-        assert state["widgets_rendered"] == widgets, f"{nb.stem}: saved widgets were not rendered"
-    assert state["mathjax_errors"] == 0
+    if not state["plotly"] == state["plotly_svg"] == plotly:
+        bad.append(f"plotly: {plotly} figures in the notebook, {state['plotly']} on the page, "
+                   f"{state['plotly_svg']} rendered an SVG")
+    bad += [f"image did not load: <img src={u!r}>" for u in state["broken"]]
+    if state["images"] == 0:
+        bad.append("no image on the page")
+    if not state["widget_views"] == state["widgets_rendered"] == widgets:
+        bad.append(f"widgets: {widgets} in the notebook, {state['widget_views']} on the page, "
+                   f"{state['widgets_rendered']} rendered from their saved state")
+    if state["mathjax_errors"]:
+        bad.append(f"{state['mathjax_errors']} MathJax errors")
 
     claims = [t for t in state["tables"] if t and [c.strip() for c in t[0][:2]] == ["id", "claim"]]
     results = json.loads((ROOT / "data" / "results" / f"{nb.stem}.json").read_text())["claims"]
-    assert len(claims) == 1, f"{nb.stem}: one claims table"
-    header, rows = claims[0][0], claims[0][1:]
-    assert {"paper", "target", "measured", "holds"} <= {c.strip() for c in header}
-    assert len(rows) == len(results), f"{nb.stem}: {len(rows)} claims rows, {len(results)} claims in its results"
-    assert all(len(r) == len(header) for r in rows), f"{nb.stem}: a claims row has the wrong number of cells"
-    col = {name.strip(): i for i, name in enumerate(header)}
-    by_id = {r[0].strip(): r for r in rows}
-    for c in results:  # an escaped `|` shows as itself, inside its own cell
-        for field in ("claim", "paper", "target"):
-            if "|" in str(c.get(field) or "") and c["id"] in by_id:
-                assert c[field].replace("`", "") in by_id[c["id"]][col[field]], (c["id"], field)
+    if len(claims) != 1:
+        bad.append(f"{len(claims)} claims tables (a markdown table renders as one)")
+    else:
+        header, rows = claims[0][0], claims[0][1:]
+        col = {name.strip(): i for i, name in enumerate(header)}
+        by_id = {r[0].strip(): r for r in rows}
+        if not {"paper", "target", "measured", "holds"} <= set(col) or len(rows) != len(results):
+            bad.append(f"claims table: columns {list(col)}, {len(rows)} rows for {len(results)} claims")
+        bad += [f"claims row {r[0]!r}: {len(r)} cells for {len(header)} columns" for r in rows if len(r) != len(header)]
+        for c in results:  # an escaped `|` shows as itself, inside its own cell
+            for field in ("claim", "paper", "target"):
+                text = str(c.get(field) or "").replace("`", "")
+                if "|" in text and c["id"] in by_id and text not in by_id[c["id"]][col.get(field, 0)]:
+                    bad.append(f"claims row {c['id']!r}: {field} {text!r} split ({by_id[c['id']]})")
+    assert bad == [], f"{nb.stem}:\n" + "\n".join(bad)
