@@ -45,7 +45,10 @@ NPM = {
         {"package/dist/": "html-manager/"},
     ),
 }
-SKIP = re.compile(r"\.map$|^package/es5/sre/|-full(-speech)?\.js$")  # source maps; MathJax's speech engine
+# not needed by a page: source maps, MathJax's speech engine, CHTML output (fonts) and the combined files the book
+# does not load, the widget manager's non-AMD builds
+SKIP = re.compile(r"\.map$|^package/es5/(sre/|output/chtml|(?!(tex-mml-svg|tex-svg)\.js$)[^/]+\.js$)"
+                  r"|^package/dist/(embed|libembed-amd)\.js$")
 PLOTLY_CDN = r"https://cdn\.plot\.ly/plotly-[0-9.]+(?:\.min)?(?:\.js)?"
 # plotly's HTML outputs load plotly.js from its CDN, as a classic script (with `crossorigin`, which a file:// page
 # may not use) or as an ES module (which a file:// page may not import): both become a classic local script.
