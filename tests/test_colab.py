@@ -18,6 +18,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +138,13 @@ def test_set_repo_url_rewrites_every_copy(url):
     text = (ROOT / "README.md").read_text() + (ROOT / "notebooks" / "01_dense_baseline.ipynb").read_text()
     new = set_repo_url.rewrite(text, url, "main")
     assert "circuitbook/circuitbook" not in new and new.count("someone/fork") == text.count("circuitbook/circuitbook")
+
+
+def test_install_only_what_is_missing_and_hold_the_rest():
+    """Colab's own torch and numpy stay: installed pins become constraints at the installed version."""
+    import colab_install
+
+    missing, present = colab_install.missing_and_present(["numpy==0.0.1", "transformer-lens==0.0.1",
+                                                          "no-such-package-cb==1.0"])
+    assert missing == ["no-such-package-cb==1.0"]
+    assert present["numpy"] == np.__version__ and "transformer-lens" in present
