@@ -118,6 +118,7 @@ PAGE_STATE = """(() => {
     .map(t => [...t.rows].map(r => [...r.cells].map(c => c.innerText)));
   return {
     plotly: figs.length, plotly_svg: figs.filter(f => f.querySelector('svg.main-svg')).length,
+    fallbacks: document.querySelectorAll('img.plotly-fallback').length,
     images: document.images.length,
     broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
     widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
@@ -174,6 +175,8 @@ def test_chapter_page_offline(browser, nb):
     if not state["plotly"] == state["plotly_svg"] == plotly:
         bad.append(f"plotly: {plotly} figures in the notebook, {state['plotly']} on the page, "
                    f"{state['plotly_svg']} rendered an SVG")
+    if state["fallbacks"]:
+        bad.append(f"{state['fallbacks']} static fallbacks shown beside the plotly figures")
     bad += [f"image did not load: <img src={u!r}>" for u in state["broken"]]
     if state["images"] == 0:
         bad.append("no image on the page")
@@ -200,3 +203,21 @@ def test_chapter_page_offline(browser, nb):
                 if "|" in text and c["id"] in by_id and text not in by_id[c["id"]][col.get(field, 0)]:
                     bad.append(f"claims row {c['id']!r}: {field} {text!r} split ({by_id[c['id']]})")
     assert bad == [], f"{nb.stem}:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("nb", [nb for nb in CHAPTERS if expected_outputs(nb)[0]], ids=lambda p: p.stem)
+def test_plotly_figures_fall_back_to_a_static_png(browser, nb):
+    """With plotly.js blocked, each plotly figure shows the PNG drawn at build time (book/_ext/offline.py)."""
+    browser.call("Network.enable")
+    browser.call("Network.setBlockedURLs", urls=["*plotly.min.js*"])
+    try:
+        browser.call("Page.navigate", url=(HTML / "notebooks" / f"{nb.stem}.html").as_uri())
+        browser.events.clear()
+        browser.wait_event("Page.loadEventFired")
+        time.sleep(1)
+        shown = browser.js("[...document.querySelectorAll('img.plotly-fallback')]"
+                           ".filter(i => i.complete && i.naturalWidth > 0 && i.offsetHeight > 0).length")
+    finally:
+        browser.call("Network.setBlockedURLs", urls=[])
+        browser.call("Network.disable")
+    assert shown == expected_outputs(nb)[0]

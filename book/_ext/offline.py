@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -23,7 +24,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import matplotlib
+import numpy as np
 import plotly
+from matplotlib.figure import Figure
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
@@ -56,7 +60,10 @@ PLOTLY_TAG = re.compile(rf'<script type="module">import "{PLOTLY_CDN}"</script>|
 # ... and MathJax, a second copy beside the page's own, which breaks both
 MATHJAX_TAG = re.compile(r'<script[^>]*src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[0-9.]+/es5/tex-svg'
                          r'(?:\.min)?\.js"[^>]*>\s*</script>')
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+MARKERS = {"circle": "o", "diamond": "D", "square": "s", "triangle-up": "^", "star": "*"}
 log = logging.getLogger(__name__)
+matplotlib.use("Agg")
 
 
 def integrity(path: Path) -> str:
@@ -140,15 +147,74 @@ def on_page_context(app: Sphinx, pagename: str, templatename: str, context: dict
     context["body"] = MATHJAX_TAG.sub(tex_svg, body)
 
 
+def _array(v) -> np.ndarray:
+    """A plotly JSON array: a list (None = gap) or a typed array {"dtype", "bdata", "shape"}."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        return a.reshape([int(d) for d in str(v.get("shape", len(a))).split(",")])
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+
+def _colour(c: str | None):
+    m = re.match(r"rgba?\(([^)]*)\)", c or "")
+    if not m:
+        return c
+    parts = [float(x) for x in m[1].split(",")]
+    return (*[x / 255 for x in parts[:3]], *(parts[3:] or [1.0]))
+
+
+def static_figure(fig: dict) -> bytes | None:
+    """A PNG of a plotly figure's JSON, drawn with matplotlib: scatter lines and markers, or the first visible
+    heatmap. Shown on the page only where plotly.js could not draw the figure; None for other trace types."""
+    traces = [t for t in fig.get("data", []) if t.get("visible", True) is True]
+    if not traces or any(t.get("type", "scatter") not in ("scatter", "heatmap") for t in traces):
+        return None
+    layout = fig.get("layout", {})
+    f = Figure(figsize=(9, layout.get("height", 500) / 100), dpi=80)
+    ax = f.add_subplot()
+    for t in traces:
+        if t.get("type") == "heatmap":
+            im = ax.imshow(_array(t["z"]), cmap="Blues", vmin=t.get("zmin"), vmax=t.get("zmax"), aspect="auto")
+            f.colorbar(im, ax=ax)
+            ax.set_xticks(range(len(t.get("x", []))), t.get("x", []), rotation=90, fontsize=6)
+            ax.set_yticks(range(len(t.get("y", []))), t.get("y", []), fontsize=6)
+            break
+        x, y = _array(t["x"]), _array(t["y"])
+        if "lines" in t.get("mode", "lines"):
+            line = t.get("line", {})
+            ax.plot(x, y, color=_colour(line.get("color")), lw=0.6 * line.get("width", 1.5))
+        if "markers" in t.get("mode", ""):
+            ax.scatter(x, y, marker=MARKERS.get(t.get("marker", {}).get("symbol"), "o"), label=t.get("name"), zorder=3)
+    axis = layout.get("xaxis", {})
+    if "tickvals" in axis:
+        ax.set_xticks(axis["tickvals"], axis.get("ticktext", axis["tickvals"]), rotation=60, fontsize=7)
+    title = layout.get("title", "")
+    ax.set_title(title.get("text", "") if isinstance(title, dict) else title, fontsize=9)
+    if any(t.get("name") and "markers" in t.get("mode", "") for t in traces):
+        ax.legend(fontsize=7)
+    f.tight_layout()
+    buf = io.BytesIO()
+    f.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
-    """Drop papermill's injected `# Parameters` cell from the page (papermill writes it anew at each run)."""
-    if not str(app.env.doc2path(docname)).endswith(".ipynb") or "injected-parameters" not in source[0]:
+    """Drop papermill's injected `# Parameters` cell from the page (papermill writes it anew at each run), and give
+    every plotly figure a static PNG that the page shows only when plotly.js did not load."""
+    if not str(app.env.doc2path(docname)).endswith(".ipynb"):
         return
     nb = json.loads(source[0])
     for cell in nb["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags:
             cell["metadata"]["tags"] = [*tags, "remove-cell"]
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME in data and "text/html" in data and (png := static_figure(data[PLOTLY_MIME])):
+                src = "data:image/png;base64," + base64.b64encode(png).decode()
+                data["text/html"] = "".join(data["text/html"]) + (
+                    f'<img class="plotly-fallback" alt="the figure, static" src="{src}">'
+                    "<script>if (window.Plotly) document.currentScript.previousElementSibling.remove();</script>")
     source[0] = json.dumps(nb)
 
 
@@ -156,4 +222,4 @@ def setup(app: Sphinx) -> dict:
     app.connect("config-inited", on_config_inited)
     app.connect("source-read", on_source_read)
     app.connect("html-page-context", on_page_context, priority=900)  # after the handlers that add scripts
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "env_version": 1}  # bump when the pages change
