@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 BOOK_ARGS := --config _config.yml --toc book/_toc.yml
 
-.PHONY: venv book notebooks html test lint unit nbval lab sync bench readme clean-ci
+.PHONY: venv book notebooks html browser test lint unit nbval lab sync bench readme clean-ci
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -30,24 +30,31 @@ html: venv
 	$(VENV)/bin/jupyter-book build . $(BOOK_ARGS) --warningiserror --quiet
 	@echo "HTML book: _build/html/index.html"
 
+# Every chapter page opened from disk in headless Chromium with no network (tests/test_browser.py); screenshots
+# in _build/screenshots/. Needs Debian's chromium (.ci/run installs it).
+browser: venv html
+	@echo "browser: start $$(date -u +%T)"
+	CIRCUITBOOK_BROWSER=required $(PY) -m pytest -q -p no:cacheprovider -m browser tests/test_browser.py
+
 readme: venv
 	$(PY) scripts/claims_table.py
 
-## What CI runs (.ci/run): lint, unit tests, every chapter at the ci profile, nbval of the committed notebooks, HTML build.
+## What CI runs (.ci/run): lint, unit tests, every chapter at the ci profile, nbval of the committed notebooks, HTML build,
+## the HTML in headless Chromium.
 ## One torch/OpenMP thread per process (unless OMP_NUM_THREADS is set) and two pytest workers: OpenMP threads spin
 ## while they wait, so beside one busy neighbour two threads run 3-4x slower (scripts/bench_threads.py) and chapter 3
 ## at ci more than 10x; one thread per process loses only the neighbour's share.
-test: venv lint unit nbval html
+test: venv lint unit nbval html browser
 	@echo "make test: done $$(date -u +%T)"
 
 unit nbval: export OMP_NUM_THREADS ?= 1
 
 lint: venv
-	$(VENV)/bin/ruff check lib tests scripts notebooks/*.py
+	$(VENV)/bin/ruff check lib tests scripts book/_ext notebooks/*.py
 
 unit: venv
 	@echo "unit: start $$(date -u +%T), OMP_NUM_THREADS=$$OMP_NUM_THREADS"
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=12 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=12 -m "not browser" tests
 
 # nbval re-executes the committed notebooks; their results files go to a scratch dir, not data/results, and
 # then every claim they wrote is compared with data/results/*.json (tests/test_results.py: a changed exact

@@ -37,25 +37,29 @@
 # paper reports it) with about 205 of 9,972 alive subcomponents active per token, and components
 # can be labelled and edited to change specific predictions.
 
-# %%
-# Colab only: fetch the book and install its library (does nothing elsewhere).
-import subprocess
+# %% tags=["remove-cell"]
+# Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
+# Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
 
 if "google.colab" in sys.modules:
-    subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/circuitbook/circuitbook", "/content/cb"],
-                   check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cb"], check=True)
     import os
+    import runpy
+    import subprocess
 
-    os.chdir("/content/cb/notebooks")
+    _cb = os.environ.get("CIRCUITBOOK_CLONE_DIR", "/content/cb")
+    if not os.path.isdir(_cb):
+        _url = os.environ.get("CIRCUITBOOK_REPO_URL", "https://github.com/circuitbook/circuitbook")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", _url, _cb], check=True)
+    runpy.run_path(f"{_cb}/scripts/colab_install.py", run_name="__main__")
+    os.chdir(f"{_cb}/notebooks")
 
 # %% tags=["parameters"]
 profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy sizes, every code path, minutes
 seed = 0
 retrain = False
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch

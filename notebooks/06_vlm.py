@@ -28,25 +28,29 @@
 # six-fingered hand, the model says 5, because a generic "hand" feature drives "5" directly, a
 # prior that overrides perception. We rebuild each step at toy scale and measure it.
 
-# %%
-# Colab only: fetch the book and install its library (does nothing elsewhere).
-import subprocess
+# %% tags=["remove-cell"]
+# Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
+# Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
 
 if "google.colab" in sys.modules:
-    subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/circuitbook/circuitbook", "/content/cb"],
-                   check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cb"], check=True)
     import os
+    import runpy
+    import subprocess
 
-    os.chdir("/content/cb/notebooks")
+    _cb = os.environ.get("CIRCUITBOOK_CLONE_DIR", "/content/cb")
+    if not os.path.isdir(_cb):
+        _url = os.environ.get("CIRCUITBOOK_REPO_URL", "https://github.com/circuitbook/circuitbook")
+        subprocess.run(["git", "clone", "-q", "--depth", "1", _url, _cb], check=True)
+    runpy.run_path(f"{_cb}/scripts/colab_install.py", run_name="__main__")
+    os.chdir(f"{_cb}/notebooks")
 
 # %% tags=["parameters"]
 profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy sizes, every code path, minutes
 seed = 0
 retrain = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 import matplotlib.pyplot as plt
@@ -385,7 +389,7 @@ plt.show()
 # ## Step 6: Mars to Earth by editing features
 #
 # Which features separate Mars from Earth? At every layer and every position of
-# "<image> This is the planet", rank the multimodal transcoder's features by their mean activation
+# "`<image>` This is the planet", rank the multimodal transcoder's features by their mean activation
 # there on Mars images minus on Earth images. The edit, at a chosen set of layers and positions:
 # set the top 8 Mars features to 0 and the top 8 Earth features to their mean value on Earth images,
 # $h \leftarrow h + (v - z)\,d$. A flip is a Mars image whose answer was " M" and becomes " E". The
