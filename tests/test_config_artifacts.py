@@ -218,3 +218,15 @@ def test_two_processes_write_the_token_cache_at_once(tmp_path):
     arr = np.load(path, allow_pickle=False)
     assert arr.shape == (200_000,) and len(set(arr.tolist())) == 1  # one whole writer's file, never a mix
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_device_comes_from_circuitbook_device(monkeypatch):
+    from circuitbook.config import device
+
+    monkeypatch.setenv("CIRCUITBOOK_DEVICE", "cpu")
+    assert device() == torch.device("cpu")
+    monkeypatch.setenv("CIRCUITBOOK_DEVICE", "meta")
+    assert device() == torch.device("meta")
+    monkeypatch.setenv("CIRCUITBOOK_DEVICE", "gpu-please")
+    with pytest.raises(ValueError, match="CIRCUITBOOK_DEVICE"):
+        device()

@@ -81,7 +81,14 @@ def set_threads(at_most: int | None = None) -> int:
 
 
 def device() -> torch.device:
-    """CUDA when present, else CPU. The book never requires a GPU."""
+    """Where the book trains: `CIRCUITBOOK_DEVICE` when set (cpu, cuda, cuda:1, ...), else CUDA when present,
+    else CPU. The book never requires a GPU; shipped artifacts are stored on CPU and load anywhere."""
+    env = os.environ.get("CIRCUITBOOK_DEVICE", "").strip()
+    if env:
+        try:
+            return torch.device(env)
+        except RuntimeError as e:
+            raise ValueError(f"CIRCUITBOOK_DEVICE={env!r} is not a torch device ({e})") from e
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

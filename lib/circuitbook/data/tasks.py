@@ -217,7 +217,7 @@ def encode_examples(examples: list[Example], tokenizer, pad_id: int | None = Non
 
 def logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """logits [batch, pos, vocab] -> correct minus wrong logit at the last position, [batch]."""
-    last = logits[torch.arange(len(batch.last)), batch.last]  # [batch, vocab]
+    last = logits[torch.arange(len(batch.last), device=logits.device), batch.last]  # [batch, vocab]
     return last.gather(-1, batch.correct[:, None])[:, 0] - last.gather(-1, batch.wrong[:, None])[:, 0]
 
 
@@ -233,10 +233,12 @@ def task_accuracy(logits: torch.Tensor, batch: TaskBatch) -> float:
 @torch.no_grad()
 def evaluate_task(model, batch: TaskBatch, chunk: int = 256) -> dict[str, float]:
     """Task loss and accuracy of `model` (tokens -> logits) on a TaskBatch, in chunks."""
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    dev = params[0].device if params else batch.tokens.device
     diffs = []
     for i in range(0, len(batch.tokens), chunk):
-        sub = batch[i : i + chunk]
-        diffs.append(logit_diff(model(sub.tokens), sub))
+        sub = batch[i : i + chunk].to(dev)
+        diffs.append(logit_diff(model(sub.tokens), sub).cpu())
     d = torch.cat(diffs)
     return {"loss": float(F.softplus(-d).mean()), "acc": float((d > 0).float().mean())}
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from circuitbook import artifacts
-from circuitbook.config import DATA, Profile, get_profile, pick
+from circuitbook.config import DATA, Profile, device, get_profile, pick
 from circuitbook.data.corpus import STDLIB, load_corpus
 from circuitbook.data.tasks import TASKS, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
@@ -113,8 +113,10 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
     tok = tokenizer(prof)
     streams = token_streams(prof, tok)
     sets = task_sets(prof, tok, tcfg.seed)
+    model.to(device())  # CIRCUITBOOK_DEVICE, else CUDA when present (the artifact is stored from CPU)
     out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
                 eval_fn=task_eval_fn(sets), progress=progress, **train_kw)
+    model.cpu()
     for step, sd in out["kept"].items():  # checkpoints along training (chapter 7 follows features across them)
         if step == tcfg.steps:
             continue  # the final checkpoint is the artifact itself
