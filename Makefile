@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## The main job: execute every chapter (profile full, shipped artifacts; missing ones are trained), build the HTML.
-book: venv notebooks readme html
+book: venv notebooks readme sysdeps html
 
 notebooks: venv
 	@for nb in $(NOTEBOOKS); do \
@@ -36,6 +36,14 @@ browser: venv html
 	@echo "browser: start $$(date -u +%T)"
 	CIRCUITBOOK_BROWSER=required $(PY) -m pytest -q -p no:cacheprovider -m browser tests/test_browser.py
 
+## Debian packages for the HTML build (npm: MathJax, require.js and the widget manager, vendored so the book works
+## offline) and the browser test (chromium): installed when missing if we are root with apt (CI), else named.
+sysdeps:
+	@for p in npm chromium; do command -v $$p >/dev/null && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "sysdeps: installing $$p"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p >/dev/null; \
+	  else echo "sysdeps: $$p is missing (Debian: apt-get install $$p); the browser test needs chromium"; fi; done
+
 readme: venv
 	$(PY) scripts/claims_table.py
 
@@ -44,7 +52,7 @@ readme: venv
 ## One torch/OpenMP thread per process (unless OMP_NUM_THREADS is set) and two pytest workers: OpenMP threads spin
 ## while they wait, so beside one busy neighbour two threads run 3-4x slower (scripts/bench_threads.py) and chapter 3
 ## at ci more than 10x; one thread per process loses only the neighbour's share.
-test: venv lint unit nbval html browser
+test: venv lint unit nbval sysdeps html browser
 	@echo "make test: done $$(date -u +%T)"
 
 unit nbval: export OMP_NUM_THREADS ?= 1

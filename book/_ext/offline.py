@@ -125,12 +125,24 @@ def patch_widget_manager(js: Path) -> None:
     js.write_text(text)
 
 
+OFFLINE = {"on": True}  # False when npm is missing: the book still builds, loading these from their CDNs
+
+
 def on_config_inited(app: Sphinx, config) -> None:
-    config.html_static_path.append(str(vendor()))
+    try:
+        static = vendor()
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:  # no npm (or no registry): degrade, say so
+        OFFLINE["on"] = False
+        log.warning(f"offline: could not vendor the book's JavaScript ({e}); the pages will load MathJax, "
+                    "plotly.js and the widget manager from CDNs. Install npm (`make sysdeps`) for an offline book.")
+        return
+    config.html_static_path.append(str(static))
     config.mathjax_path = "offline/mathjax/tex-mml-svg.js"  # SVG output: no web fonts (refused to file:// pages)
 
 
 def on_page_context(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    if not OFFLINE["on"]:
+        return
     scripts, seen = [], set()
     for js in context.get("script_files", []):  # sphinx-thebe's inline `const THEBE_JS_URL` comes twice: a SyntaxError
         key = (js.filename or "", repr(sorted(js.attributes.items())))
