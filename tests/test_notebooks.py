@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 def test_notebook_runs_with_ci_profile(nb, tmp_path, monkeypatch):
     import papermill
 
-    monkeypatch.setenv("CIRCUITBOOK_DATA", str(tmp_path / "data"))  # no shipped or cached artifacts
+    monkeypatch.setenv("CIRCUITBOOK_DATA", str(tmp_path / "data"))  # no shipped or cached artifacts...
+    (tmp_path / "data" / "artifacts").mkdir(parents=True)
+    for f in ("corpus_stdlib.json.gz", "corpus_stdlib.json"):  # ...but the frozen corpus, the book's input data
+        shutil.copy(ROOT / "data" / "artifacts" / f, tmp_path / "data" / "artifacts" / f)
     out = tmp_path / nb.name
     papermill.execute_notebook(str(nb), str(out), parameters={"profile": "ci"}, cwd=str(nb.parent),
                                kernel_name="python3", progress_bar=False,
