@@ -89,8 +89,8 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
         seed_everything(seed)
         tok = tokenizer(prof)
         streams = token_streams(prof, tok)
-        train_pairs = encode_scenes(vlm_scenes(prof, "train", data["n_train"], seed), tok, data["n_text"])
-        val_pairs = encode_scenes(vlm_scenes(prof, "val", data["n_val"], seed), tok, data["n_text"])
+        train_pairs = encode_scenes(vlm_scenes(prof, "train", data.n_train, seed), tok, data.n_text)
+        val_pairs = encode_scenes(vlm_scenes(prof, "val", data.n_val, seed), tok, data.n_text)
         model = VLM(vcfg, lm=dense_baseline(prof, seed)[0].float())
         out = train_vlm(model, train_pairs, tcfg, text_tokens=streams["train"], val_pairs=val_pairs,
                         ckpt_dir=scratch_dir(prof, name), progress=progress)
