@@ -207,6 +207,7 @@ print(f"a clip at RMS 1 {'never acts here, so clipping alone is the same run as 
 # denser than the target).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 dense, dense_meta = zoo.dense_baseline(prof, seed=seed)
 val = val_batches(streams["val"], 20, 32, gcfg.n_ctx)  # 640 windows spread over the validation split
 dense_loss = evaluate_lm(dense, val)
