@@ -284,7 +284,6 @@ print("whole model, held-out loss:", {t: round(evaluate_task(model, sets.test[t]
 # interactive version, hover over a node to see the corpus tokens where it is largest.
 
 # %%
-# NBVAL_CHECK_OUTPUT
 qc = circuits[QUOTE]
 draw_circuit(model, qc)
 plt.show()
