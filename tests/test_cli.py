@@ -44,3 +44,16 @@ def test_stale_children_are_named(tmp_data):
     artifacts.load_or_train("a", "full", const(5.0), {}, retrain=True)
     stale = index.stale("full")
     assert len(stale) == 1 and stale[0].startswith("b: parent a.safetensors")
+
+
+def test_a_ci_artifact_built_from_the_shipped_corpus_is_not_stale(tmp_data):
+    import shutil
+
+    from circuitbook.data.corpus import STDLIB
+
+    shipped = artifacts.artifact_path("x", "full").parent
+    shipped.mkdir(parents=True, exist_ok=True)
+    for f in (STDLIB, STDLIB.with_name("corpus_stdlib.json")):
+        shutil.copy(f, shipped / f.name)
+    artifacts.load_or_train("tok", "ci", lambda: ({"w": torch.ones(2)}, {}), {}, parents=[shipped / STDLIB.name])
+    assert index.stale("ci") == []

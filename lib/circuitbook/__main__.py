@@ -48,7 +48,7 @@ def cmd_build(name: str, profile: str) -> int:
     known[name].build(prof, True)
     after = index.meta_of(name, prof).get("sha256")
     print(f"{name}: {'unchanged' if before == after else 'rebuilt'} (sha256 {str(after)[:12]})")
-    stale = [line for line in index.stale(prof)]
+    stale = index.stale(prof)
     kids = index.children(name, prof)
     if kids:
         print("built from it (directly or not): " + ", ".join(sorted(kids)))

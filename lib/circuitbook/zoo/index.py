@@ -141,7 +141,8 @@ def stale(profile: str | Profile) -> list[str]:
             continue
         meta = json.loads(p.read_text())
         for parent, digest in meta.get("parents", {}).items():
-            current = meta_of(parent.split(".")[0], profile).get("sha256")
+            name = parent.split(".")[0]  # a parent of the profile, or a shipped input (the frozen corpus)
+            current = (meta_of(name, profile) or meta_of(name, "full")).get("sha256")
             if current != digest:
                 out.append(f"{artifact_name(p)}: parent {parent} is {str(current)[:12]}, was {digest[:12]} when built")
     return out
