@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml
 ## The main job: execute every chapter (profile full, shipped artifacts; missing ones are trained), build the HTML.
 book: venv notebooks readme sysdeps html
 
+# Chapters run JOBS at a time (one thread each): artifacts are shared read-only, and a missing one is trained
+# once under its training lock (artifacts.training_lock). Each chapter's wall time goes to _build/chapter_times.tsv
+# (`make bench` prints it).
+JOBS ?= 2
+notebooks: export OMP_NUM_THREADS ?= 1
 notebooks: venv
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb"; \
+	@mkdir -p _build && : > _build/chapter_times.tsv && echo "notebooks: start $$(date -u +%T), $(JOBS) at a time"
+	@printf '%s\n' $(NOTEBOOKS) | xargs -P $(JOBS) -I{} sh -c 'nb={}; b=$$(basename $$nb); s=$$(date +%s); \
 	  $(VENV)/bin/jupytext --to ipynb --update $${nb%.ipynb}.py -o $$nb >/dev/null && \
-	  (cd notebooks && ../$(VENV)/bin/papermill --log-level WARNING $$(basename $$nb) $$(basename $$nb) -p profile full) || exit 1; \
-	done
+	  (cd notebooks && ../$(VENV)/bin/papermill --log-level WARNING $$b $$b -p profile full) && \
+	  t=$$(( $$(date +%s) - s )) && printf "%s\t%s\n" $$b $$t >> _build/chapter_times.tsv && echo "== $$b: $$t s"'
+	@echo "notebooks: done $$(date -u +%T)"
 
 html: venv
 	@echo "html: start $$(date -u +%T)"

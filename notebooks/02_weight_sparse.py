@@ -59,7 +59,6 @@ import torch
 from IPython.display import display
 
 from circuitbook import bench, get_profile, seed_everything, set_threads, viz, zoo
-from circuitbook.data.tasks import TASKS, evaluate_task
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT
 from circuitbook.results import Claim, claims_table, write_results
 from circuitbook.sparsity import (WeightSparsifier, dead_neurons, kept_fraction, n_kept, project_, row_nonzeros,
@@ -215,9 +214,11 @@ family = []
 for d in zoo.sparse_widths(prof):
     for kept in zoo.SPARSE_FRACTIONS:
         m, mm = zoo.sparse_model(prof, kept, d, seed=seed, retrain=retrain)
+        # evaluate_lm(m, val) and evaluate_task(m, sets.test[t]) on the same windows and prompts, cached as an
+        # artifact (`eval_<model>`: minutes per model at full, AbsTopK's top-k dominating the forward pass)
+        ev = zoo.model_eval(prof, zoo.sparse_name(kept, d, seed=seed), m, seed, retrain=retrain)
         row = {"d_model": d, "kept": kept, "L0": total_l0(m, WeightSparsifier(m, kept).names),
-               "params": m.n_params(), "val_loss": evaluate_lm(m, val)}
-        row |= {t: evaluate_task(m, sets.test[t])["acc"] for t in TASKS}
+               "params": m.n_params(), "val_loss": ev["val_loss"], **ev["acc"]}
         family.append(row)
 family = pd.DataFrame(family)
 display(family.round(4))
@@ -291,8 +292,8 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-sparse_loss = evaluate_lm(model, val)
-task_acc = {t: evaluate_task(model, sets.test[t])["acc"] for t in TASKS}
+ev = zoo.model_eval(prof, zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], gcfg.d_model, seed=seed), model, seed)
+sparse_loss, task_acc = ev["val_loss"], ev["acc"]  # evaluate_lm(model, val), evaluate_task(...) per task: cached
 print(f"the sparse model: d_model {gcfg.d_model}, kept {zoo.THE_SPARSE_MODEL['kept']:.4g}, "
       f"L0 {total_l0(model, WeightSparsifier(model, 1.0).names):,} of {model.n_params():,} weights")
 print(f"validation loss {sparse_loss:.3f} (dense baseline {dense_loss:.3f}, ratio {sparse_loss / dense_loss:.3f})")

@@ -67,7 +67,6 @@ from circuitbook.circuits import (
     NodeSet,
     ablation_hooks,
     all_kept,
-    attribution_prune,
     circuit_alone,
     circuit_edges,
     circuit_removed,
@@ -79,7 +78,6 @@ from circuitbook.circuits import (
     heaviside,
     node_examples,
     plotly_circuit,
-    size_loss_curve,
     top_k_kept,
 )
 from circuitbook.circuits.draw import short_site
@@ -234,11 +232,9 @@ plt.show()
 # size is read off the bisection, not off the mask's own count.
 
 # %%
-curves = {}
-for t, c in circuits.items():
-    n_mask = max(int((c.scores > 0).sum()), c.n_nodes)
-    sizes = sorted({*np.unique(np.geomspace(1, max(n_mask, 2), 24).astype(int)).tolist(), c.n_nodes, n_mask})
-    curves[t] = size_loss_curve(model, sets.train[t], means, nodes, c.scores, sizes)
+# size_loss_curve(model, sets.train[t], means, nodes, c.scores, zoo.curve_sizes(c)) per task, cached as an
+# artifact (`size_loss_<task>`: deterministic, and two minutes of masked forward passes at full)
+curves = {t: zoo.search_curve(prof, t, seed, retrain=retrain) for t in circuits}
 fig, ax = plt.subplots(figsize=(7, 3.4))
 for i, (t, cv) in enumerate(curves.items()):
     ax.plot(list(cv), list(cv.values()), "o-", ms=3, color=f"C{i}", label=f"{t}: {circuits[t].n_nodes} nodes")
@@ -560,7 +556,9 @@ print(f"the head that looks back at `set()` / '\"\"' from the last `current`: {h
 # NBVAL_CHECK_OUTPUT
 rows = []
 for t, c in circuits.items():
-    attr = attribution_prune(model, sets.train[t], means, nodes, target_loss=base.target_loss)
+    # attribution_prune(model, sets.train[t], means, nodes, target_loss=base.target_loss), cached as an
+    # artifact (`circuit_attribution_<task>`: deterministic, minutes of bisection at full)
+    attr = zoo.attribution_circuit(prof, t, seed, retrain=retrain)
     a_size, l_size = circuit_size(model, attr), circuit_size(model, c)
     rows.append({"task": t, "attribution nodes": a_size["nodes"], "attribution edges": a_size["edges"],
                  "learned nodes": l_size["nodes"], "learned edges": l_size["edges"],

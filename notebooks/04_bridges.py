@@ -61,7 +61,6 @@ from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.bridges import (
     Bridge,
     class_move,
-    control_move,
     hybrid_kl_per_site,
     run_with_delta,
     sparse_activations,
@@ -70,7 +69,6 @@ from circuitbook.bridges import (
 )
 from circuitbook.bridges_tasks import (
     choose_site,
-    scan_sites,
     steering_curve,
     task_channels,
     task_class_means,
@@ -230,7 +228,9 @@ def class0_prompts(task: str) -> tuple[TaskBatch, list[int]]:
     return a, [int(a.correct[0]), int(a.wrong[0])]
 
 
-scans = {t: scan_sites(dense, sparse, bridge, sets.train[t], sets.test[t], sites) for t in (QUOTE, WHILE)}
+# scan_sites(dense, sparse, bridge, sets.train[t], sets.test[t], sites) per task, cached as an artifact
+# (`site_scan_<task>`: deterministic, minutes of steering at full)
+scans = {t: zoo.site_scan(prof, t, seed, retrain=retrain) for t in (QUOTE, WHILE)}
 for t, rows in scans.items():
     print(t)
     display(pd.DataFrame([{"site": r.site, "channels": len(r.channels), "best separation": round(r.best_separation, 3),
@@ -283,13 +283,11 @@ for t, cv in curves.items():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-n_controls = 200 if prof.name == "full" else 20
-null = {}
-for t in (QUOTE, WHILE):
-    f, (a, targets) = found[t], class0_prompts(t)
-    base = steer(dense, bridge, a.tokens, f["site"], f["move"], 0.0, targets, at=a.last).p_diff
-    null[t] = np.array([steer(dense, bridge, a.tokens, f["site"], control_move(bridge, f["site"], f["move"], seed=i),
-                              1.0, targets, at=a.last).p_diff - base for i in range(n_controls)])
+n_controls = zoo.n_controls_for(prof)
+# control_changes(dense, bridge, sets.test[t], move, n_controls) for the move above (each control is
+# `control_move` with seeds 0 .. n_controls - 1), cached as an artifact (`control_null_<task>`: minutes at full)
+assert all(torch.equal(zoo.chosen_move(prof, t, seed).move, found[t]["move"]) for t in (QUOTE, WHILE))
+null = {t: zoo.control_null(prof, t, seed, retrain=retrain) for t in (QUOTE, WHILE)}
 fig, axes = plt.subplots(1, 2, figsize=(10, 3))
 for ax, t in zip(axes, null):
     ax.hist(null[t], bins=30, color="grey", label=f"{n_controls} controls")

@@ -1,5 +1,6 @@
-"""`make bench`: this machine's matmul GFLOP/s, the dense model's training tokens/s and MFU against it,
-then every other scripts/bench_*.py. Prints ratios; nothing here is a timed test."""
+"""`make bench`: the chapters' wall times from the last `make book`, this machine's matmul GFLOP/s, the dense
+model's training tokens/s and MFU against it, then every other scripts/bench_*.py. Prints ratios; nothing here is
+a timed test."""
 
 from __future__ import annotations
 
@@ -16,8 +17,23 @@ from circuitbook.models.gpt import GPT
 from circuitbook.sparsity import WeightSparsifier
 from circuitbook.train import TrainConfig, train
 
+TIMES = Path(__file__).resolve().parents[1] / "_build" / "chapter_times.tsv"
+
+
+def chapter_times(path: Path = TIMES) -> None:
+    """Each chapter's wall time in the last `make notebooks` (run JOBS at a time), and their sum."""
+    if not path.exists():
+        print("chapter times: none recorded yet (`make book` writes _build/chapter_times.tsv)")
+        return
+    rows = sorted(line.split("\t") for line in path.read_text().splitlines() if line.strip())
+    print(f"chapter times of the last `make book` ({len(rows)} chapters):")
+    for name, secs in rows:
+        print(f"  {name:36s} {int(secs):5d} s")
+    print(f"  {'sum':36s} {sum(int(s) for _, s in rows):5d} s")
+
 
 def main() -> None:
+    chapter_times()
     threads = torch.get_num_threads()
     gf = matmul_gflops()
     print(f"torch threads: {threads}")

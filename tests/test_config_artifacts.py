@@ -230,3 +230,31 @@ def test_device_comes_from_circuitbook_device(monkeypatch):
     monkeypatch.setenv("CIRCUITBOOK_DEVICE", "gpu-please")
     with pytest.raises(ValueError, match="CIRCUITBOOK_DEVICE"):
         device()
+
+
+def test_two_processes_asking_for_a_missing_artifact_train_it_once(tmp_data):
+    """Chapters run in parallel: the second process waits on the training lock, then loads what the first made."""
+    import time
+
+    calls = tmp_data / "calls"
+
+    def fit():
+        with open(calls, "a") as f:
+            f.write("trained\n")
+        time.sleep(0.5)
+        return {"w": torch.ones(3)}, {}
+
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                artifacts.load_or_train("shared", "ci", fit, {"a": 1})
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    assert calls.read_text().splitlines() == ["trained"]
+    assert torch.equal(artifacts.load_or_train("shared", "ci", fit, {"a": 1})[0]["w"], torch.ones(3))
+    assert calls.read_text().splitlines() == ["trained"]

@@ -15,11 +15,13 @@ the old artifact loadable, or the new one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,45 @@ def parent_digests(parents: Sequence[Path]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def training_lock(name: str, profile: str | Profile) -> Iterator[None]:
+    """Hold an exclusive lock on training artifact `name` of `profile` (a file under data/cache/locks), so
+    that chapters run in parallel train a missing artifact once: the second waits, then loads it."""
+    lock = DATA / "cache" / "locks" / f"{get_profile(profile).name}_{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _load_if_current(path: Path, prof: Profile, config: dict[str, Any], parents: Sequence[Path]):
+    """(tensors, meta) of the artifact at `path` when it was made with `config` from `parents` as they are
+    now; None when it is missing, or (a generated cache entry) stale. A stale shipped artifact raises."""
+    if not path.exists() or not path.with_suffix(".json").exists():
+        return None
+    tensors, meta = load_tensors(path)
+    lineage = parent_digests(parents)
+    if meta.get("config") == config and meta.get("parents", {}) == lineage:
+        return tensors, meta
+    if prof.shipped:
+        if meta.get("config") != config:
+            raise ArtifactError(
+                f"artifact {path} was made with another config:\n stored: {meta.get('config')}\n"
+                f" asked:  {config}\npass retrain=True to train it again."
+            )
+        changed = [f"{p} (built from {meta.get('parents', {}).get(p, 'nothing recorded')[:12]}, now "
+                   f"{d[:12]})" for p, d in lineage.items() if meta.get("parents", {}).get(p) != d]
+        raise ArtifactError(
+            f"artifact {path} is stale: its parent {', '.join(changed) or sorted(meta.get('parents', {}))} "
+            "changed since it was built. Rebuild it (retrain=True, or `python -m circuitbook build NAME`), "
+            "then its own children."
+        )
+    return None
+
+
 def load_or_train(
     name: str,
     profile: str | Profile,
@@ -199,35 +240,23 @@ def load_or_train(
     `parents` (the files it is built from: `artifact_path(...)`, `corpus.STDLIB`). A shipped artifact
     made with another config, or from a parent that has changed since, raises ArtifactError naming the
     difference and the way to rebuild it, instead of being silently used or silently retrained; a
-    generated cache entry (ci profile) in that state is stale and is trained again.
+    generated cache entry (ci profile) in that state is stale and is trained again. Training holds
+    `training_lock`, so two processes asking for the same missing artifact train it once.
     """
     prof = get_profile(profile)
     path = artifact_path(name, prof)
     config = json.loads(json.dumps(config))  # normalise (tuples -> lists) for comparison
-    if not retrain and exists(name, prof):
-        tensors, meta = load_tensors(path)
-        lineage = parent_digests(parents)
-        if meta.get("config") == config and meta.get("parents", {}) == lineage:
-            return tensors, meta
+    if not retrain and (found := _load_if_current(path, prof, config, parents)) is not None:
+        return found
+    with training_lock(name, prof):
+        if not retrain and (found := _load_if_current(path, prof, config, parents)) is not None:
+            return found  # trained by another process while this one waited
+        tensors, metrics = train_fn()
+        meta = {"name": name, "profile": prof.name, "config": config, "metrics": metrics,
+                "parents": parent_digests(parents)}
+        save_tensors(path, tensors, meta)
         if prof.shipped:
-            if meta.get("config") != config:
-                raise ArtifactError(
-                    f"artifact {path} was made with another config:\n stored: {meta.get('config')}\n"
-                    f" asked:  {config}\npass retrain=True to train it again."
-                )
-            changed = [f"{p} (built from {meta.get('parents', {}).get(p, 'nothing recorded')[:12]}, now "
-                       f"{d[:12]})" for p, d in lineage.items() if meta.get("parents", {}).get(p) != d]
-            raise ArtifactError(
-                f"artifact {path} is stale: its parent {', '.join(changed) or sorted(meta.get('parents', {}))} "
-                "changed since it was built. Rebuild it (retrain=True, or `python -m circuitbook build NAME`), "
-                "then its own children."
-            )
-    tensors, metrics = train_fn()
-    meta = {"name": name, "profile": prof.name, "config": config, "metrics": metrics,
-            "parents": parent_digests(parents)}
-    save_tensors(path, tensors, meta)
-    if prof.shipped:
-        update_manifest()
+            update_manifest()
     return load_tensors(path)
 
 

@@ -8,6 +8,7 @@ steers the dense model (chapter 4's recipe; the mechanics are in `bridges`).
     task_move(sparse, bridge, batch, site)   the chosen channels' class move, its best-channel-only version
                                              and its control
     steering_curve(dense, sparse, bridge, batch, move, strengths)   p_diff at each steering strength
+    control_changes(dense, bridge, batch, move, n)   the null: the same change for n random controls
 
 Every choice uses the sparse model and the training prompts only; the dense model is measured, never
 consulted. Prompts are `TaskBatch`es with labels 0/1; moves go from class 0 towards class 1, and are read
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from circuitbook.bridges import Bridge, class_means, class_move, control_move, sparse_activations, steer, steer_sparse
@@ -144,3 +146,14 @@ def steering_curve(
              "sparse": steer_sparse(sparse, tokens, s, move.move, st, targets, at=last).p_diff,
              "dense_best_channel": steer(dense, bridge, tokens, s, move.best_move, st, targets, at=last).p_diff}
             for st in strengths]
+
+
+def control_changes(dense: GPT, bridge: Bridge, held: TaskBatch, move: TaskMove, n_controls: int) -> np.ndarray:
+    """The intervention's null distribution: the change (strength 1 against the unsteered answer) in
+    P(class 0's answer) - P(class 1's answer) on held's class-0 prompts for `n_controls` controls
+    (`control_move` with seeds 0 .. n_controls - 1). -> [n_controls]."""
+    tokens, last, targets = class0_prompts(held)
+    base = steer(dense, bridge, tokens, move.site, move.move, 0.0, targets, at=last).p_diff
+    return np.array([steer(dense, bridge, tokens, move.site, control_move(bridge, move.site, move.move, seed=i), 1.0,
+                           targets, at=last).p_diff - base for i in range(n_controls)])
+

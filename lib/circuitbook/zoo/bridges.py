@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+import numpy as np
 import torch
 
 from circuitbook import artifacts
 from circuitbook.bridges import Bridge, BridgeTrainConfig, train_bridged
+from circuitbook.bridges_tasks import SEPARATES, SiteRow, TaskMove, choose_site, control_changes, scan_sites, task_move
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, total_l0
 from circuitbook.train import get_batch
-from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, token_streams
+from circuitbook.zoo.circuits import tensor_fingerprint
+from circuitbook.zoo.core import (
+    batch_fingerprint,
+    half,
+    parents,
+    scratch_dir,
+    suffix,
+    task_sets,
+    thin,
+    token_streams,
+    tokenizer,
+)
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_configs, sparse_name, sparse_widths, the_sparse_model
 
@@ -82,3 +97,56 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
     return dense.eval(), sparse, bridge.eval(), meta
 
 
+# ---------------------------------------------------------------- the chapter's slow, deterministic measurements
+# Cached as artifacts (children of the bridged pair, keyed by every setting): chapter 4 reads them in seconds.
+
+BRIDGE_TASKS = ("single_double_quote", "while_return_true")  # the two tasks chapter 4 steers through the bridges
+
+
+def n_controls_for(profile: str | Profile) -> int:
+    """How many random controls make an intervention's null distribution."""
+    return pick(profile, ci=20, full=200)
+
+
+def site_scan(profile: str | Profile, task: str, seed: int = 0, retrain: bool = False) -> list[SiteRow]:
+    """`bridges_tasks.scan_sites` of `task` over every bridged site (train prompts choose, held-out prompts
+    record the dense response) on the bridged pair (artifact `site_scan_<task>`)."""
+    prof = get_profile(profile)
+    dense, sparse, bridge, _ = bridged_pair(prof, seed)
+    sets = task_sets(prof, tokenizer(prof), seed)
+    train, held = sets.train[task], sets.test[task]
+    config = {"task": task, "sites": list(bridge.sites), "threshold": SEPARATES,
+              "train": batch_fingerprint(train), "held": batch_fingerprint(held)}
+
+    def fit():
+        rows = scan_sites(dense, sparse, bridge, train, held, bridge.sites)
+        return {"sparse_change": torch.tensor([r.sparse_change for r in rows], dtype=torch.float64)}, {
+            "rows": [asdict(r) for r in rows]}
+
+    _, meta = artifacts.load_or_train(f"site_scan_{task}{suffix(seed)}", prof, fit, config, retrain,
+                                      parents=parents(prof, f"bridged_sparse{suffix(seed)}"))
+    return [SiteRow(**r) for r in meta["metrics"]["rows"]]
+
+
+def chosen_move(profile: str | Profile, task: str, seed: int = 0) -> TaskMove:
+    """Chapter 4's intervention for `task`: the task channels' class move at the site where the sparse model's
+    own answer responds most (`choose_site` of `site_scan`), with its seeded control."""
+    prof = get_profile(profile)
+    _, sparse, bridge, _ = bridged_pair(prof, seed)
+    train = task_sets(prof, tokenizer(prof), seed).train[task]
+    return task_move(sparse, bridge, train, choose_site(site_scan(prof, task, seed)), seed=seed)
+
+
+def control_null(profile: str | Profile, task: str, seed: int = 0, retrain: bool = False) -> np.ndarray:
+    """`bridges_tasks.control_changes` of `chosen_move` on `task`'s held-out class-0 prompts: the change that
+    `n_controls_for(profile)` random controls make (artifact `control_null_<task>`). -> [n_controls]."""
+    prof = get_profile(profile)
+    dense, _, bridge, _ = bridged_pair(prof, seed)
+    held = task_sets(prof, tokenizer(prof), seed).test[task]
+    move, n = chosen_move(prof, task, seed), n_controls_for(prof)
+    config = {"task": task, "site": move.site, "move": tensor_fingerprint(move.move), "n_controls": n,
+              "held": batch_fingerprint(held)}
+    fit = lambda: ({"changes": torch.from_numpy(control_changes(dense, bridge, held, move, n))}, {})
+    tensors, _ = artifacts.load_or_train(f"control_null_{task}{suffix(seed)}", prof, fit, config, retrain,
+                                         parents=parents(prof, f"bridged_sparse{suffix(seed)}"))
+    return tensors["changes"].numpy()

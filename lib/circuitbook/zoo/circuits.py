@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from circuitbook import artifacts
@@ -25,14 +26,24 @@ from circuitbook.circuits import (
     NodeSet,
     PruneConfig,
     SearchResult,
+    attribution_prune,
     mean_activations,
     prune,
     search,
+    size_loss_curve,
 )
 from circuitbook.config import Profile, get_profile, pick
 from circuitbook.data.tasks import TaskBatch
 from circuitbook.models.gpt import GPT
-from circuitbook.zoo.core import parents, suffix, task_sets, token_streams, tokenizer
+from circuitbook.zoo.core import (
+    batch_fingerprint,
+    model_fingerprint,
+    parents,
+    suffix,
+    task_sets,
+    token_streams,
+    tokenizer,
+)
 from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_name, the_sparse_model
 
 CIRCUIT_TASKS = ("single_double_quote", "bracket_counting", "set_or_string")
@@ -57,23 +68,6 @@ def n_trials_for(profile: str | Profile) -> int:
 
 
 # ---------------------------------------------------------------- the caches
-
-
-def model_fingerprint(model) -> str:
-    """A short sha1 of the model's weights: means and circuits are cached per exact model."""
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def batch_fingerprint(batch: TaskBatch) -> str:
-    """A short sha1 of a task batch's prompts and answers (labels follow from them)."""
-    h = hashlib.sha1()
-    for f in ("tokens", "last", "correct", "wrong"):
-        h.update(getattr(batch, f).cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _load_or_make(name: str, profile: str | Profile, fit: Callable, config: dict, retrain: bool,
@@ -164,6 +158,56 @@ def cached_search(
     return SearchResult(PruneConfig(**m["best"]), Circuit.from_artifact(tensors, m["circuit"]), m["trials"])
 
 
+def tensor_fingerprint(t: Tensor) -> str:
+    """A short sha1 of a tensor's values (the scores a curve is drawn from)."""
+    return hashlib.sha1(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def cached_attribution(
+    name: str,
+    profile: str | Profile,
+    model,
+    batch: TaskBatch,
+    means: dict[str, Tensor],
+    nodes: NodeSet,
+    target_loss: float,
+    retrain: bool = False,
+    parents: Sequence[Path] = (),
+) -> Circuit:
+    """`circuits.attribution_prune` as artifact `name`: deterministic, but minutes of bisection at `full`."""
+    config = {"model": model_fingerprint(model), "nodes": nodes.to_dict(), "batch": batch_fingerprint(batch),
+              "target_loss": target_loss, "centered": False, "lbfgs_steps": 20}
+    fit = lambda: attribution_prune(model, batch, means, nodes, target_loss=target_loss).to_artifact()
+    tensors, meta = _load_or_make(name, profile, fit, config, retrain, parents)
+    return Circuit.from_artifact(tensors, meta["metrics"])
+
+
+def cached_size_loss_curve(
+    name: str,
+    profile: str | Profile,
+    model,
+    batch: TaskBatch,
+    means: dict[str, Tensor],
+    nodes: NodeSet,
+    scores: Tensor,
+    sizes: Sequence[int],
+    retrain: bool = False,
+    parents: Sequence[Path] = (),
+) -> dict[int, float]:
+    """`circuits.size_loss_curve` as artifact `name` ({k: loss}); keyed by the model, batch, scores and sizes."""
+    sizes = sorted({int(k) for k in sizes})
+    config = {"model": model_fingerprint(model), "nodes": nodes.to_dict(), "batch": batch_fingerprint(batch),
+              "scores": tensor_fingerprint(scores), "sizes": sizes}
+
+    def fit():
+        curve = size_loss_curve(model, batch, means, nodes, scores, sizes)
+        return {"sizes": torch.tensor(sizes, dtype=torch.long),
+                "losses": torch.tensor([curve[k] for k in sizes], dtype=torch.float64)}, {}
+
+    tensors, _ = _load_or_make(name, profile, fit, config, retrain, parents)
+    return dict(zip(tensors["sizes"].tolist(), tensors["losses"].tolist()))
+
+
 # ---------------------------------------------------------------- the book's circuits
 
 
@@ -178,13 +222,48 @@ def circuit_search(profile: str | Profile, task: str, seed: int = 0, retrain: bo
     """Chapter 3's circuit for `task` in the chosen sparse model: the best of an Optuna search over the pruning
     hyperparameters (artifact `circuit_search_<task>`). Returns a `circuits.SearchResult`."""
     prof = get_profile(profile)
-    model = the_sparse_model(prof, seed)[0].float()
-    sets = task_sets(prof, tokenizer(prof), seed)
-    name = sparse_name(THE_SPARSE_MODEL["kept"], model.cfg.d_model, seed=seed)
-    means = circuit_means(prof, model, name, seed)
+    model, name, sets, means = _search_inputs(prof, seed)
     return cached_search(f"circuit_search_{task}{suffix(seed)}", prof, model, sets.train[task], means,
                          prune_config(prof, seed=seed), n_trials_for(prof), NodeSet.from_model(model), seed,
                          retrain, progress, parents=parents(prof, name, f"means_{name}"))
+
+
+def curve_sizes(circuit: Circuit, n_points: int = 24) -> list[int]:
+    """Where chapter 3 draws a search circuit's size-loss curve: log-spaced up to the nodes the mask kept,
+    plus the circuit's own size."""
+    n_mask = max(int((circuit.scores > 0).sum()), circuit.n_nodes)
+    grid = np.unique(np.geomspace(1, max(n_mask, 2), n_points).astype(int)).tolist()
+    return sorted({*grid, circuit.n_nodes, n_mask})
+
+
+def _search_inputs(prof: Profile, seed: int):
+    """The chosen sparse model, its name, task sets and node means (what the searches were run on)."""
+    model = the_sparse_model(prof, seed)[0].float()
+    name = sparse_name(THE_SPARSE_MODEL["kept"], model.cfg.d_model, seed=seed)
+    return model, name, task_sets(prof, tokenizer(prof), seed), circuit_means(prof, model, name, seed)
+
+
+def search_curve(profile: str | Profile, task: str, seed: int = 0, retrain: bool = False) -> dict[int, float]:
+    """{k: train-prompt task loss of the top-k nodes of the search circuit's scores} at `curve_sizes`
+    (artifact `size_loss_<task>`): the curve the bisection walks."""
+    prof = get_profile(profile)
+    model, name, sets, means = _search_inputs(prof, seed)
+    circuit = circuit_search(prof, task, seed).circuit
+    return cached_size_loss_curve(
+        f"size_loss_{task}{suffix(seed)}", prof, model, sets.train[task], means, NodeSet.from_model(model),
+        circuit.scores, curve_sizes(circuit), retrain,
+        parents=parents(prof, name, f"means_{name}", f"circuit_search_{task}{suffix(seed)}"))
+
+
+def attribution_circuit(profile: str | Profile, task: str, seed: int = 0, retrain: bool = False) -> Circuit:
+    """The attribution-pruning baseline's circuit for `task` in the chosen sparse model, bisected to the
+    search's target loss (artifact `circuit_attribution_<task>`)."""
+    prof = get_profile(profile)
+    model, name, sets, means = _search_inputs(prof, seed)
+    return cached_attribution(
+        f"circuit_attribution_{task}{suffix(seed)}", prof, model, sets.train[task], means,
+        NodeSet.from_model(model), prune_config(prof, seed=seed).target_loss, retrain,
+        parents=parents(prof, name, f"means_{name}"))
 
 
 def pruned_circuit(profile: str | Profile, model: GPT, name: str, task: str, cfg: PruneConfig, seed: int = 0,

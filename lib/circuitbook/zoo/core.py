@@ -13,10 +13,10 @@ import torch
 from circuitbook import artifacts
 from circuitbook.config import DATA, Profile, device, get_profile, pick
 from circuitbook.data.corpus import STDLIB, load_corpus
-from circuitbook.data.tasks import TASKS, encode_examples, evaluate_task, sample_examples
+from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
 from circuitbook.models.gpt import GPT
-from circuitbook.train import TrainConfig, train
+from circuitbook.train import TrainConfig, evaluate_lm, train, val_batches
 
 VOCAB_SIZE = 2048
 
@@ -131,4 +131,46 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
 def scratch_dir(profile: str | Profile, name: str) -> Path:
     """Where a training run of artifact `name` keeps its resumable checkpoints (generated, git-ignored)."""
     return DATA / "cache" / "runs" / get_profile(profile).name / name
+
+
+# ---------------------------------------------------------------- fingerprints and cached evaluations
+
+
+def model_fingerprint(model) -> str:
+    """A short sha1 of the model's weights: what is cached per exact model is only used for that model."""
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def batch_fingerprint(batch: TaskBatch) -> str:
+    """A short sha1 of a task batch's prompts and answers (labels follow from them)."""
+    h = hashlib.sha1()
+    for f in ("tokens", "last", "correct", "wrong"):
+        h.update(getattr(batch, f).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+VAL_WINDOWS = (20, 32)  # chapter 2's validation set: val_batches(val, 20, 32, n_ctx), 640 windows over the split
+
+
+def model_eval(profile: str | Profile, name: str, model: GPT, seed: int = 0, retrain: bool = False) -> dict:
+    """{"val_loss": loss on chapter 2's `VAL_WINDOWS`, "acc": {task: held-out accuracy}} of `model`, the
+    artifact `name`, cached as artifact `eval_<name>` (a sparse model's AbsTopK makes this minutes at full)."""
+    prof = get_profile(profile)
+    tok = tokenizer(prof)
+    sets = task_sets(prof, tok, seed)
+    n_batches, batch_size = VAL_WINDOWS
+    config = {"model": model_fingerprint(model), "val": [n_batches, batch_size, model.cfg.n_ctx],
+              "tasks": {t: batch_fingerprint(b) for t, b in sets.test.items()}}
+
+    def fit():
+        val = val_batches(token_streams(prof, tok)["val"], n_batches, batch_size, model.cfg.n_ctx)
+        acc = {t: evaluate_task(model, b)["acc"] for t, b in sets.test.items()}
+        return {"val_loss": torch.tensor([evaluate_lm(model, val)], dtype=torch.float64)}, {"acc": acc}
+
+    tensors, meta = artifacts.load_or_train(f"eval_{name}", prof, fit, config, retrain, parents=parents(prof, name))
+    return {"val_loss": float(tensors["val_loss"][0]), "acc": meta["metrics"]["acc"]}
 

@@ -10,9 +10,17 @@ from pathlib import Path
 
 from circuitbook.config import Profile, get_profile
 from circuitbook.data.corpus import STDLIB, freeze_stdlib
-from circuitbook.zoo.bridges import bridged_pair
-from circuitbook.zoo.circuits import CIRCUIT_TASKS, circuit_means, circuit_search, prune_config, pruned_circuit
-from circuitbook.zoo.core import token_streams, tokenizer
+from circuitbook.zoo.bridges import BRIDGE_TASKS, bridged_pair, control_null, site_scan
+from circuitbook.zoo.circuits import (
+    CIRCUIT_TASKS,
+    attribution_circuit,
+    circuit_means,
+    circuit_search,
+    prune_config,
+    pruned_circuit,
+    search_curve,
+)
+from circuitbook.zoo.core import model_eval, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 from circuitbook.zoo.diffing import diffing_artifacts
@@ -84,13 +92,20 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for name, build in _sparse_builds(prof).items():
         add(2, name, build)
     models = ["dense_baseline"] + [sparse_name(k, d) for d in sparse_widths(prof) for k in SPARSE_FRACTIONS]
+    for m in models[1:]:  # chapter 2's family table
+        add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
     for m in models:
         add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
         add(3, f"circuit_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: pruned_circuit(p, _model(p, m), m, CIRCUIT_TASKS[0], prune_config(p), retrain=r))
     for t in CIRCUIT_TASKS:
         add(3, f"circuit_search_{t}", lambda p, r, t=t: circuit_search(p, t, retrain=r))
+        add(3, f"size_loss_{t}", lambda p, r, t=t: search_curve(p, t, retrain=r))
+        add(3, f"circuit_attribution_{t}", lambda p, r, t=t: attribution_circuit(p, t, retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
+    for t in BRIDGE_TASKS:
+        add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
+        add(4, f"control_null_{t}", lambda p, r, t=t: control_null(p, t, retrain=r))
     for toy in TOY_TARGETS:
         add(5, toy, lambda p, r, toy=toy: toy_target(toy, p, retrain=r))
         add(5, f"spd_{toy}", lambda p, r, toy=toy: toy_decomposition(toy, toy_target(toy, p)[0], p, "spd", retrain=r))
