@@ -38,7 +38,7 @@ class SearchResult:
 
 def objective_value(circuit: Circuit) -> float:
     """Smaller is better: kept nodes if the target is met, else total nodes + loss."""
-    return float(circuit.n_nodes) if circuit.reached else float(len(circuit.nodes)) + circuit.loss
+    return float(circuit.n_nodes) if circuit.reached else float(len(circuit.nodes)) + circuit.sufficiency_loss
 
 
 def search(
