@@ -228,15 +228,6 @@ def flip_effects(loss_of: Callable[[Tensor], float], kept: Tensor, idx: Tensor, 
     return torch.tensor(out)
 
 
-def tied(scores: Tensor, among: Tensor) -> Tensor:
-    """bool [N]: the nodes of `among` whose score equals another one's in `among`."""
-    s = scores.detach().float().cpu()[among]
-    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
-    out = torch.zeros(len(scores), dtype=torch.bool)
-    out[among.nonzero()[:, 0][counts[inverse] > 1]] = True
-    return out
-
-
 def smallest_sufficient(
     loss_of: Callable[[Tensor], float],
     scores: Tensor,
@@ -250,16 +241,22 @@ def smallest_sufficient(
 
     The walk is the mask's own nodes (score > 0) when they are sufficient, else every node scored above `floor`
     (the clamp: nodes the mask pushed all the way down stay out). Along it, nodes are ranked by score and, within a
-    group of equal scores, by their measured effect on the mask's circuit (`flip_effects`; order="index" keeps the
-    first method's lower-index-first instead, for comparison).
+    group of equal scores, by their measured effect on the mask's circuit (`flip_effects`, leave-one-out);
+    order="index" keeps the first method's lower-index-first instead, for comparison.
 
     Why measured effects and not unclamped mask logits: Adam scales each score's step to about lr whatever the size
     of its gradient, so every node whose gradient keeps its sign climbs at the same rate, and an unclamped score
-    says for how long a node was pushed up, not how much the circuit needs it. Leave-one-out loss is a measurement
-    of the thing the bisection then tests. Only nodes in groups of equal score are measured (one forward each).
+    says for how long a node was pushed up, not how much the circuit needs it. A leave-one-out loss measures the
+    thing the bisection then tests.
 
-    Returns (kept bool [N], info): info has the bisection trace {k: loss}, the walk length, the measured effects
-    {node: effect} and `reached`. If the whole walk misses the target, the whole walk is kept (reached False)."""
+    The effects are measured lazily, one forward pass per node: the bisection first runs over the ends of the groups
+    of equal score (where the order does not depend on effects), and only the group in which the smallest
+    sufficient prefix ends is measured and bisected inside. This is the same order: every earlier group is kept
+    whole by the prefix. Nodes that no measurement tells apart stay together (all kept or none), so the size found
+    does not depend on how the nodes are numbered.
+
+    Returns (kept bool [N], info): info has the bisection trace {k: loss}, the walk length, the mask's own loss,
+    the measured effects {node: effect} and `reached`. If the whole walk misses the target, it is all kept."""
     if order not in ("ablation", "index"):
         raise ValueError(f"order must be 'ablation' or 'index', got {order!r}")
     scores = scores.detach().float().cpu()
@@ -267,36 +264,39 @@ def smallest_sufficient(
     mask_kept = scores > 0
     base = float(loss_of(mask_kept))
     walk = mask_kept if base <= target else scores > floor
-    ties = tied(scores, walk) if order == "ablation" else torch.zeros(n_all, dtype=torch.bool)
-    effects = torch.zeros(n_all)
-    idx = ties.nonzero()[:, 0]
-    if len(idx):
-        effects[idx] = (effects_of or flip_effects)(loss_of, mask_kept, idx, base)
     w = walk.nonzero()[:, 0]
-    sub_order, bounds = measured_order(scores[w], effects[w])
+    sub_order, bounds = measured_order(scores[w], torch.zeros(len(w)))  # groups of equal score
+    ranked = w[sub_order]  # walk nodes, best first (equal scores: lower index first, until measured)
     if order == "index":
         bounds = list(range(len(w) + 1))
-    ranked = w[sub_order]  # walk nodes, best first
+    seen: dict[int, float] = {len(w): base} if walk.equal(mask_kept) else {}
 
     def kept_at(k: int) -> Tensor:
         kept = torch.zeros(n_all, dtype=torch.bool)
         kept[ranked[:k]] = True
         return kept
 
-    seen: dict[int, float] = {}
-    if walk.equal(mask_kept):
-        seen[len(w)] = base
+    def bisect(bs: list[int]) -> int:
+        def f(j: int) -> float:
+            if bs[j] not in seen:
+                seen[bs[j]] = float(loss_of(kept_at(bs[j])))
+            return seen[bs[j]]
 
-    def f(j: int) -> float:
-        k = bounds[j]
-        if k not in seen:
-            seen[k] = float(loss_of(kept_at(k)))
-        return seen[k]
+        return bs[bisect_smallest(f, len(bs) - 1, target)[0]]
 
-    j, _ = bisect_smallest(f, len(bounds) - 1, target)
-    k = bounds[j]
+    k = bisect(bounds)
+    effects: dict[str, float] = {}
+    j = bounds.index(k)
+    if order == "ablation" and j > 0 and k - bounds[j - 1] > 1 and seen[k] <= target:
+        lo = bounds[j - 1]  # the smallest sufficient prefix ends inside the group ranked[lo:k] of equal scores
+        group = ranked[lo:k].clone()
+        eff = (effects_of or flip_effects)(loss_of, mask_kept, group, base)
+        g_order, g_bounds = measured_order(torch.zeros(len(group)), eff)
+        ranked[lo:k] = group[g_order]
+        effects = {str(int(i)): float(e) for i, e in zip(group, eff)}
+        k = bisect([lo + b for b in g_bounds])
     info = {"bisection": {str(i): seen[i] for i in sorted(seen)}, "walk": len(w), "mask_loss": base,
-            "effects": {str(int(i)): float(effects[i]) for i in idx}, "reached": f(j) <= target}
+            "effects": effects, "reached": seen[k] <= target}
     return kept_at(k), info
 
 
