@@ -10,6 +10,7 @@ import torch
 from test_circuits import constructed_task, tiny_gpt
 
 from circuitbook.circuits import (
+    SPACE_V2,
     NodeSet,
     PruneConfig,
     circuit_alone,
@@ -28,6 +29,7 @@ from circuitbook.circuits.prune import (
     smallest_sufficient,
 )
 from circuitbook.data.tasks import TaskBatch
+from circuitbook.zoo.circuits import cached_search, n_trials_v2, prune_config, prune_config_v2
 
 # ---------------------------------------------------------------- a synthetic circuit with tied scores
 
@@ -188,8 +190,41 @@ def test_prune_v2_reaches_the_calibrated_target_and_reports_held_out_loss(task):
 
 def test_first_method_configs_are_unchanged():
     old_keys = {"k_coef", "lr", "temperature", "init_noise_scale", "init_noise_bias", "steps", "batch_size",
-                "target_loss", "lbfgs_steps", "seed"}
+                "target_loss", "lbfgs_steps", "seed"}  # what the shipped circuits' configs hold
     assert set(PruneConfig().to_dict()) == old_keys and PruneConfig().legacy
     v2 = PruneConfig(order="ablation", dual_lr=0.05, calibrated=True)
     assert not v2.legacy and {"order", "dual_lr", "calibrated"} <= set(v2.to_dict())
     assert PruneConfig(**v2.to_dict()) == v2 and PruneConfig(**PruneConfig().to_dict()) == PruneConfig()
+
+
+def test_mask_training_through_a_learned_calibration_records_its_scale(task):
+    model, nodes, batch, means, _ = task
+    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=30, batch_size=16, target_loss=0.3, order="ablation",
+                      dual_lr=0.05, calibrated=True, calibration_lr=0.05)
+    _, hist = train_mask(model, batch, means, nodes, cfg, progress=False)
+    assert hist[0]["logit_scale"] != 1.0 and all(math.isfinite(r["logit_scale"]) for r in hist)
+    _, hist = train_mask(model, batch, means, nodes, replace(cfg, calibration_lr=0.0), progress=False)
+    assert "logit_scale" not in hist[0]
+
+
+def test_the_v2_search_is_cached_and_searches_the_dual_step_not_k_coef(task, tmp_data):
+    model, nodes, batch, means, _ = task
+    base = PruneConfig(steps=15, batch_size=16, target_loss=0.6, lbfgs_steps=2, order="ablation", dual_lr=0.05,
+                       calibrated=True, calibration_lr=0.02)
+    a = cached_search("search_v2_test", "ci", model, batch, means, base, n_trials=2, progress=False, space=SPACE_V2)
+    b = cached_search("search_v2_test", "ci", model, batch, means, base, n_trials=2, progress=False, space=SPACE_V2)
+    assert b.study is None and b.trials == a.trials and b.config == a.config and not b.config.legacy
+    assert torch.equal(a.circuit.kept, b.circuit.kept) and b.circuit.criterion == "calibrated"
+    assert "k_coef" not in a.trials[0] and a.trials[0]["dual_lr"] == base.dual_lr  # the first trial is the base
+    reached = [r["n_nodes"] for r in a.trials if r["sufficiency_loss"] <= 0.6]
+    assert not reached or a.circuit.n_nodes == min(reached)
+
+
+def test_the_zoo_v2_settings():
+    assert n_trials_v2("full") >= 24 and "k_coef" not in SPACE_V2 and "dual_lr" in SPACE_V2
+    for profile in ("ci", "full"):
+        cfg = prune_config_v2(profile)
+        assert not cfg.legacy and cfg.target_loss == 0.15 and cfg.calibrated and cfg.order == "ablation"
+        assert cfg.dual_lr > 0 and cfg.calibration_lr > 0
+    assert prune_config_v2("ci").steps < prune_config_v2("full").steps
+    assert prune_config("full").legacy  # the first method's settings (the shipped searches') are untouched

@@ -62,6 +62,7 @@ class PruneConfig:
     dual_ema: float = 0.9  # decay of the running mean of the minibatch task loss the dual update reads
     calibrated: bool = False  # bisect on the loss after the logit calibration, not the raw task loss
     walk_floor: float = -1.0  # v2: past the mask's own nodes, the bisection walks only nodes scored above this
+    calibration_lr: float = 0.0  # > 0: the mask trains through a logit scale and shift learned along (Adam, this lr)
 
     def to_dict(self) -> dict:
         d = json.loads(json.dumps(asdict(self)))
@@ -74,7 +75,8 @@ class PruneConfig:
 
 
 # The second method's fields at their first-method values (left out of `PruneConfig.to_dict`).
-V1_DEFAULTS = {"order": "index", "dual_lr": 0.0, "dual_ema": 0.9, "calibrated": False, "walk_floor": -1.0}
+V1_DEFAULTS = {"order": "index", "dual_lr": 0.0, "dual_ema": 0.9, "calibrated": False, "walk_floor": -1.0,
+               "calibration_lr": 0.0}
 
 
 @contextmanager
@@ -115,7 +117,13 @@ def train_mask(
     dev = _device(model)
     batch = batch.to(dev)
     mask = NodeMask(nodes, cfg.init_noise_scale, cfg.init_noise_bias, cfg.temperature, cfg.seed).to(dev)
-    opt = torch.optim.Adam(mask.parameters(), lr=cfg.lr)
+    groups = [{"params": list(mask.parameters()), "lr": cfg.lr}]
+    if cfg.calibration_lr > 0:  # diff' = exp(log_a) * diff + b[correct] - b[wrong], as `fit_logit_calibration`
+        toks = torch.unique(torch.cat([batch.correct, batch.wrong]))
+        log_a = torch.zeros(1, device=dev, requires_grad=True)
+        shift = torch.zeros(len(toks), device=dev, requires_grad=True)
+        groups.append({"params": [log_a, shift], "lr": cfg.calibration_lr})
+    opt = torch.optim.Adam(groups)
     g = torch.Generator().manual_seed(cfg.seed)
     n, bs = len(batch.tokens), min(cfg.batch_size, len(batch.tokens))
     log_k, ema = math.log(cfg.k_coef), None
@@ -128,7 +136,11 @@ def train_mask(
             if cfg.legacy:
                 task = task_loss(run_masked(model, sub.tokens, nodes.split(gates), means), sub)
             else:
-                task = F.softplus(-last_logit_diff(model, sub, nodes.split(gates), means)).mean()
+                diff = last_logit_diff(model, sub, nodes.split(gates), means)
+                if cfg.calibration_lr > 0:
+                    ci, wi = torch.searchsorted(toks, sub.correct), torch.searchsorted(toks, sub.wrong)
+                    diff = log_a.exp() * diff + shift[ci] - shift[wi]
+                task = F.softplus(-diff).mean()
             k_coef = math.exp(log_k) if cfg.dual_lr > 0 else cfg.k_coef
             loss = task + k_coef * gates.sum()
             opt.zero_grad(set_to_none=True)
@@ -142,6 +154,8 @@ def train_mask(
                 row = {"step": step, "task_loss": task.item(), "n_kept": int(gates.detach().sum())}
                 if cfg.dual_lr > 0:
                     row |= {"loss_ema": ema, "k_coef": k_coef}
+                if cfg.calibration_lr > 0:
+                    row["logit_scale"] = float(log_a.detach().exp())
                 history.append(row)
                 bar.set_postfix(task=f"{row['task_loss']:.3f}", kept=row["n_kept"])
     return mask, history
@@ -256,7 +270,9 @@ def smallest_sufficient(
     does not depend on how the nodes are numbered.
 
     Returns (kept bool [N], info): info has the bisection trace {k: loss}, the walk length, the mask's own loss,
-    the measured effects {node: effect} and `reached`. If the whole walk misses the target, it is all kept."""
+    the measured effects {node: effect}, `ranked` (the walk, best first: the circuit is its first k nodes, and
+    a size-loss curve reads other prefixes of it) and `reached`. If the whole walk misses the target, it is all
+    kept."""
     if order not in ("ablation", "index"):
         raise ValueError(f"order must be 'ablation' or 'index', got {order!r}")
     scores = scores.detach().float().cpu()
@@ -296,7 +312,7 @@ def smallest_sufficient(
         effects = {str(int(i)): float(e) for i, e in zip(group, eff)}
         k = bisect([lo + b for b in g_bounds])
     info = {"bisection": {str(i): seen[i] for i in sorted(seen)}, "walk": len(w), "mask_loss": base,
-            "effects": effects, "reached": seen[k] <= target}
+            "effects": effects, "ranked": ranked.tolist(), "reached": seen[k] <= target}
     return kept_at(k), info
 
 
@@ -391,14 +407,19 @@ class CircuitLoss:
         self.model, self.batch, self.means, self.nodes = model, batch.to(_device(model)), means, nodes
         self.calibrated, self.lbfgs_steps, self.chunk = calibrated, lbfgs_steps, chunk
         self.calls, self.seconds = 0, 0.0
+        self._seen: dict[bytes, Tensor] = {}  # kept -> diff: the answer was measured during the bisection
 
     def diff(self, kept: Tensor) -> Tensor:
         """Logit differences [batch] of the circuit `kept`, uncalibrated."""
+        key = kept.bool().cpu().numpy().tobytes()
+        if key in self._seen:
+            return self._seen[key]
         t0 = time.perf_counter()
         masks = {s: m.to(_device(self.model)) for s, m in self.nodes.split(kept.float()).items()}
         with frozen(self.model):
             out = fast_masked_logit_diff(self.model, self.batch, masks, self.means, self.chunk)
         self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - t0
+        self._seen[key] = out
         return out
 
     def of_diff(self, diff: Tensor) -> float:

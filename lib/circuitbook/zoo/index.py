@@ -11,7 +11,14 @@ from pathlib import Path
 from circuitbook.config import Profile, get_profile
 from circuitbook.data.corpus import STDLIB, freeze_stdlib
 from circuitbook.zoo.bridges import bridged_pair
-from circuitbook.zoo.circuits import CIRCUIT_TASKS, circuit_means, circuit_search, prune_config, pruned_circuit
+from circuitbook.zoo.circuits import (
+    CIRCUIT_TASKS,
+    circuit_means,
+    circuit_search,
+    circuit_search_v2,
+    prune_config,
+    pruned_circuit,
+)
 from circuitbook.zoo.core import token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
 from circuitbook.zoo.dense import dense_baseline, dense_configs
@@ -90,6 +97,7 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
             lambda p, r, m=m: pruned_circuit(p, _model(p, m), m, CIRCUIT_TASKS[0], prune_config(p), retrain=r))
     for t in CIRCUIT_TASKS:
         add(3, f"circuit_search_{t}", lambda p, r, t=t: circuit_search(p, t, retrain=r))
+        add(3, f"circuit_search_v2_{t}", lambda p, r, t=t: circuit_search_v2(p, t, retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
     for toy in TOY_TARGETS:
         add(5, toy, lambda p, r, toy=toy: toy_target(toy, p, retrain=r))
