@@ -11,6 +11,22 @@
 
 `circuit_from_scores` (steps 2-3) is shared with the attribution baseline, so the two methods differ
 only in how they rank nodes.
+
+The second method (`prune_v2`, issue 16: "pruning that measures size"), chosen by any `PruneConfig` whose
+second-method fields are not at their defaults (`PruneConfig.legacy` is False):
+
+- k_coef is a dual variable (`dual_lr`): log k_coef += dual_lr * clip((target - loss_ema) / target, -1, 1) after
+  each step, so the mask settles where its task loss is at the target rather than wherever a fixed k_coef leaves
+  it (the first method's quote mask sat at 0.017 against a target of 0.12). Its trajectory is in the history.
+- The mask can train through a logit scale and per-token shift learned along with it (`calibration_lr`), so the
+  loss the dual update holds at the target is the calibrated loss the bisection tests.
+- The bisection tests the calibrated loss (`calibrated`; `CircuitLoss`), the loss the circuit is reported with, on
+  the train prompts; `heldout_sufficiency` measures the same loss on other prompts.
+- It walks an order with no ties (`order="ablation"`, `smallest_sufficient`): score, then, within a group of equal
+  scores (the clamp at 1 makes many), the measured leave-one-out effect, never the node index; nodes no
+  measurement tells apart are kept or dropped together, so the size does not depend on the numbering.
+- It walks the mask's own nodes (or, if they miss the target, every node above the clamp floor), and its forward
+  passes compute only each prompt's last position (`fast_masked_logit_diff`).
 """
 
 from __future__ import annotations

@@ -30,14 +30,17 @@ SPACE: dict[str, tuple[float, float]] = {
 
 # The second method's space. k_coef is not searched: the dual update moves it to wherever the task loss sits at
 # the target (its starting value only sets how many steps that takes), which removes the knife-edge where one
-# k_coef keeps 50 nodes and twice it collapses to thousands. The dual step size is searched in its place; the
-# rest are the paper's.
+# k_coef keeps 50 nodes and twice it collapses to thousands. The dual step size is searched in its place, and so
+# is the learning rate of the logit scale and shift the mask trains through (too slow, and the calibration lags
+# the shrinking circuit: the mask's loss then reads over the target while the fitted calibration is far under it);
+# the rest are the paper's.
 SPACE_V2: dict[str, tuple[float, float]] = {
     "lr": (3e-3, 3e-2),
     "temperature": (0.3, 3.0),
     "init_noise_scale": (1e-3, 1e-1),
     "init_noise_bias": (1e-2, 5e-1),
     "dual_lr": (1e-2, 1e-1),
+    "calibration_lr": (5e-3, 1e-1),
 }
 
 
