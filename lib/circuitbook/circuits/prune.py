@@ -496,12 +496,15 @@ def prune(
 def heldout_sufficiency(model, circuit: Circuit, batch: TaskBatch, means: dict[str, Tensor]) -> dict[str, float]:
     """How the circuit does on other prompts (`batch`, e.g. the test split), measured with the loss its bisection
     used: every node outside it mean-ablated, then the logit scale and shift fitted on the train prompts (never
-    refitted here) when the circuit's criterion is "calibrated". -> {loss, raw_loss, acc, reached}."""
+    refitted here) when the circuit's criterion is "calibrated". -> {loss, raw_loss, acc, reached} (acc of the
+    same logits as loss)."""
     masks = {s: m.to(_device(model)) for s, m in circuit.masks().items()}
     with frozen(model):
         diff = fast_masked_logit_diff(model, batch, masks, means)
-    cal = circuit.calibrate(diff, batch.correct.to(diff.device), batch.wrong.to(diff.device))
-    raw = float(F.softplus(-diff).mean())
-    loss = float(F.softplus(-cal).mean()) if circuit.criterion == "calibrated" else raw
-    acc = float((cal > 0).float().mean())
-    return {"loss": loss, "raw_loss": raw, "acc": acc, "reached": loss <= circuit.target_loss}
+    if circuit.criterion == "calibrated":
+        used = circuit.calibrate(diff, batch.correct.to(diff.device), batch.wrong.to(diff.device))
+    else:
+        used = diff
+    loss = float(F.softplus(-used).mean())
+    return {"loss": loss, "raw_loss": float(F.softplus(-diff).mean()), "acc": float((used > 0).float().mean()),
+            "reached": loss <= circuit.target_loss}
