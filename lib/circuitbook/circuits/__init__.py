@@ -2,7 +2,9 @@
 
     nodes = NodeSet.from_model(model)                       # every (site, channel) node
     means = mean_activations(model, streams["train"], nodes)
-    circuit = prune(model, task_batch, means, PruneConfig(steps=500, k_coef=1e-3))
+    circuit = prune(model, task_batch, means, PruneConfig(steps=500, k_coef=1e-3))   # the first method
+    circuit = prune(model, task_batch, means, zoo.PRUNE_CONFIGS_V2["full"])           # the second (issue 16)
+    heldout_sufficiency(model, circuit, test_batch, means)  # the loss the bisection used, on other prompts
     circuit_alone(model, circuit, test_batch, means), circuit_removed(model, circuit, test_batch, means)
     circuit_size(model, circuit)                            # {"nodes", "edges", ...}
     plotly_circuit(model, circuit)
@@ -17,6 +19,7 @@ from circuitbook.circuits.ablation import (
     circuit_alone,
     circuit_removed,
     evaluate_masked,
+    fast_masked_logit_diff,
     masked_logit_diff,
     mean_activations,
     run_masked,
@@ -35,23 +38,30 @@ from circuitbook.circuits.edges import Edge, circuit_edges, circuit_size, task_t
 from circuitbook.circuits.masks import HeavisideSigmoid, NodeMask, heaviside
 from circuitbook.circuits.nodes import FINAL_SITE, KINDS, NodeSet, node_sites, site_kind
 from circuitbook.circuits.prune import (
+    CircuitLoss,
     PruneConfig,
     bisect_smallest,
     circuit_from_scores,
+    dual_step,
     fit_logit_calibration,
+    heldout_sufficiency,
+    measured_order,
     prune,
+    prune_v2,
     size_loss_curve,
+    smallest_sufficient,
     top_k_kept,
     train_mask,
 )
-from circuitbook.circuits.search import SPACE, SearchResult, objective_value, search
+from circuitbook.circuits.search import SPACE, SPACE_V2, SearchResult, objective_value, search
 
 __all__ = [
-    "FINAL_SITE", "KINDS", "SPACE", "Circuit", "Edge", "HeavisideSigmoid", "NodeMask", "NodeSet", "PruneConfig",
-    "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune", "attribution_scores",
-    "bisect_smallest", "circuit_alone", "circuit_edges", "circuit_from_scores", "circuit_removed", "circuit_size",
-    "draw_circuit", "evaluate_masked", "examples_html", "examples_text", "fit_logit_calibration", "heaviside",
-    "masked_logit_diff", "mean_activations", "node_examples", "node_sites", "objective_value", "plotly_circuit",
-    "prune", "run_masked", "search", "site_kind", "size_loss_curve", "task_tokens", "top_activations",
-    "top_k_kept", "train_mask",
+    "FINAL_SITE", "KINDS", "SPACE", "SPACE_V2", "Circuit", "CircuitLoss", "Edge", "HeavisideSigmoid", "NodeMask",
+    "NodeSet", "PruneConfig", "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune",
+    "attribution_scores", "bisect_smallest", "circuit_alone", "circuit_edges", "circuit_from_scores",
+    "circuit_removed", "circuit_size", "draw_circuit", "dual_step", "evaluate_masked", "examples_html",
+    "examples_text", "fast_masked_logit_diff", "fit_logit_calibration", "heaviside", "heldout_sufficiency",
+    "masked_logit_diff", "mean_activations", "measured_order", "node_examples", "node_sites", "objective_value",
+    "plotly_circuit", "prune", "prune_v2", "run_masked", "search", "site_kind", "size_loss_curve",
+    "smallest_sufficient", "task_tokens", "top_activations", "top_k_kept", "train_mask",
 ]

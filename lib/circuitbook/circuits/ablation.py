@@ -93,6 +93,36 @@ def masked_logit_diff(
     return torch.cat(out)
 
 
+def last_logit_diff(model, batch: TaskBatch, masks: dict[str, Tensor], means: dict[str, Tensor]) -> Tensor:
+    """Correct-minus-wrong logit at each prompt's last position under the masks, [batch], differentiable (the mask
+    training's forward), computing only what that position needs: the prompts are cut after the longest one's
+    last token (attention is causal, so later positions never reach it) and the head runs at the last positions
+    only. Equal to `masked_logit_diff` up to float rounding."""
+    batch = batch.to(_device(model))
+    T = int(batch.last.max()) + 1
+    tokens, rows = batch.tokens[:, :T], torch.arange(len(batch.last), device=batch.last.device)
+    with model.hooks(fwd_hooks=ablation_hooks(masks, means)):
+        resid = model.run_to(tokens, model.resid_sites[-1])  # [batch, T, d_model]
+        logits = model.head(resid[rows, batch.last][:, None], tokens[rows, batch.last][:, None])[:, 0]  # [batch, vocab]
+    return logits.gather(-1, batch.correct[:, None])[:, 0] - logits.gather(-1, batch.wrong[:, None])[:, 0]
+
+
+@torch.no_grad()
+def fast_masked_logit_diff(
+    model, batch: TaskBatch, masks: dict[str, Tensor], means: dict[str, Tensor], chunk: int = 64
+) -> Tensor:
+    """`masked_logit_diff` with less work, [batch] in the batch's order: prompts sorted by length into chunks
+    of `chunk`, each cut after its longest prompt (`last_logit_diff`). About 1.7x faster on the quote prompts
+    (mean length 26 of 48 positions); equal up to float rounding (the pruning of `PruneConfig.fast` uses it)."""
+    batch = batch.to(_device(model))
+    order = torch.argsort(batch.last.cpu(), stable=True).to(batch.last.device)
+    out = torch.empty(len(order), device=batch.last.device)
+    for i in range(0, len(order), chunk):
+        idx = order[i : i + chunk]
+        out[idx] = last_logit_diff(model, batch[idx], masks, means)
+    return out
+
+
 def _metrics(diff: Tensor) -> dict[str, float]:
     return {"loss": float(torch.nn.functional.softplus(-diff).mean()), "acc": float((diff > 0).float().mean())}
 

@@ -32,9 +32,19 @@ class Circuit:
         return int(self.kept.sum())
 
     @property
+    def criterion(self) -> str:
+        """The loss the bisection tested: "raw" (the first method, and attribution) or "calibrated"."""
+        return self.info.get("criterion", "raw")
+
+    @property
+    def sufficiency_loss(self) -> float:
+        """The loss compared with the target: `calibrated_loss` or `loss`, as the bisection measured it."""
+        return self.calibrated_loss if self.criterion == "calibrated" else self.loss
+
+    @property
     def reached(self) -> bool:
-        """Whether the circuit meets the target loss (before calibration, as the bisection measures it)."""
-        return self.loss <= self.target_loss
+        """Whether the circuit meets the target loss, measured as the bisection measured it (`criterion`)."""
+        return self.sufficiency_loss <= self.target_loss
 
     def masks(self) -> dict[str, Tensor]:
         """{site: float [width]} 1 for kept nodes, 0 for ablated ones."""

@@ -16,6 +16,7 @@ from circuitbook.zoo.circuits import (
     attribution_circuit,
     circuit_means,
     circuit_search,
+    circuit_search_v2,
     prune_config,
     pruned_circuit,
     search_curve,
@@ -102,6 +103,7 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
         add(3, f"circuit_search_{t}", lambda p, r, t=t: circuit_search(p, t, retrain=r))
         add(3, f"size_loss_{t}", lambda p, r, t=t: search_curve(p, t, retrain=r))
         add(3, f"circuit_attribution_{t}", lambda p, r, t=t: attribution_circuit(p, t, retrain=r))
+        add(3, f"circuit_search_v2_{t}", lambda p, r, t=t: circuit_search_v2(p, t, retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
     for t in BRIDGE_TASKS:
         add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
