@@ -12,7 +12,7 @@ from circuitbook.config import Profile, get_profile
 from circuitbook.data.corpus import STDLIB, freeze_stdlib
 from circuitbook.zoo.bridges import bridged_pair
 from circuitbook.zoo.circuits import CIRCUIT_TASKS, circuit_means, circuit_search, prune_config, pruned_circuit
-from circuitbook.zoo.core import token_streams, tokenizer
+from circuitbook.zoo.core import WILD, freeze_wild_prompts, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 from circuitbook.zoo.diffing import diffing_artifacts
@@ -83,6 +83,7 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
             add(1, f"dense_baseline_step{s}", lambda p, r: dense_baseline(p, retrain=r))
     for name, build in _sparse_builds(prof).items():
         add(2, name, build)
+    add(2, "wild_prompts", lambda p, r: freeze_wild_prompts() if r else WILD)  # mined once, from pinned packages
     models = ["dense_baseline"] + [sparse_name(k, d) for d in sparse_widths(prof) for k in SPARSE_FRACTIONS]
     for m in models:
         add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
