@@ -26,7 +26,20 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from circuitbook.data.tasks import FUNCS, NAMES, WORDS, Example, _check_task, _elems, _filler, _header
+import torch
+
+from circuitbook.data.tasks import (
+    FUNCS,
+    NAMES,
+    WORDS,
+    Example,
+    TaskBatch,
+    _check_task,
+    _elems,
+    _filler,
+    _header,
+    logit_diff,
+)
 
 GROUPS = ("pruning", "heldout")
 
@@ -433,3 +446,19 @@ def sample_form_examples(task: str, group: str, n: int, seed: int, tokenizer, ma
         out.append(FormExample(prompt, correct, wrong, label, task, form))
     return out
 
+
+
+@torch.no_grad()
+def accuracy_by(model, batch: TaskBatch, keys: list, chunk: int = 256) -> dict:
+    """{key: accuracy of `model` on the prompts of `batch` with that key} (keys[i] names prompt i: its form,
+    its label, its kind), in the order keys first appear."""
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    dev = params[0].device if params else batch.tokens.device
+    right = []
+    for i in range(0, len(batch.tokens), chunk):
+        sub = batch[i: i + chunk].to(dev)
+        right += (logit_diff(model(sub.tokens), sub) > 0).tolist()
+    out: dict = {}
+    for k, r in zip(keys, right, strict=True):
+        out.setdefault(k, []).append(r)
+    return {k: sum(v) / len(v) for k, v in out.items()}
