@@ -59,6 +59,9 @@ import torch
 from IPython.display import display
 
 from circuitbook import bench, get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook.data.forms import FORMS, accuracy_by
+from circuitbook.data.tasks import TASKS, evaluate_task
+from circuitbook.data.wild import WILD
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT
 from circuitbook.results import Claim, claims_table, write_results
 from circuitbook.sparsity import (WeightSparsifier, dead_neurons, kept_fraction, n_kept, project_, row_nonzeros,
@@ -301,6 +304,76 @@ for t, a in task_acc.items():
     print(f"{t:22s} held-out accuracy {a:.3f}")
 
 # %% [markdown]
+# ## Off the template: held-out forms and wild code
+#
+# The held-out accuracies above are measured on prompts drawn from the same templates as the corpus's
+# idioms: the prompts are new, their shape is not. Two harder tests ask the same four questions in
+# other shapes, and both stay out of training:
+#
+# - **Held-out forms** (`data/forms.py`): generators of the forms real code uses, never used to train
+#   or to find a circuit. Quotes closed into a merged token (`")`, `":`, `".`: the contrast is the
+#   merged token against its other-quote twin, `")` against `')`), strings in comparisons, after a
+#   string of the other quote on the same line, as keyword arguments (opened inside the `="` token);
+#   lists in loops and tests, comprehensions, dict values, and nestings the tokenizer does not merge
+#   (`[a, [b`) or that are already closed (`[[a], b`); accumulators inside with, try and nested for
+#   blocks, and among other statements (`n += 1`, `continue`); `while True` and `return True` in with
+#   blocks, else branches, nested functions and after a loop. (A second group of different forms, the
+#   *pruning forms*, is there for the circuit chapters to fit on.)
+# - **Wild prompts** (`data/wild.py`): natural instances mined from MIT-licensed packages the models
+#   never trained on (pip, setuptools, pytest and 23 more; their licence notices ship inside the file).
+#   Every closing quote of a one-line string, every `]` that is the only bracket open and every `]]`,
+#   every `while True:` and `return True`; the module's docstring states the token-boundary rule that
+#   decides where a prompt ends when the tokenizer merges punctuation. Set-or-string has no natural idiom,
+#   so it has no wild column.
+#
+# Every prompt is a valid single-token contrast under the book's tokenizer, labels are balanced, and the
+# sha256 of each prompt set is printed, so anyone can check that the sets measured are the sets defined.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+forms = zoo.form_sets(prof, tok, seed)
+wild = zoo.wild_sets(prof, tok)
+splits = {"generated test": sets.test, "held-out forms": forms.heldout, "wild": wild.test}
+models = {"sparse": model, "dense": dense}
+split_acc = {(name, split): {t: evaluate_task(m, b)["acc"] for t, b in batches.items()}
+             for name, m in models.items() for split, batches in splits.items()}
+display(pd.DataFrame.from_dict(split_acc, orient="index").reindex(columns=list(TASKS)).round(3))
+for t in TASKS:
+    print(f"{t}: held-out forms {', '.join(FORMS[t]['heldout'])}; prompts sha256 {forms.sha256['heldout'][t]}")
+print(f"wild prompts: {WILD.name} sha256 {wild.file_sha256}")
+for t, exs in wild.examples.items():
+    print(f"  {t}: {len(exs)} prompts from {len({e.source for e in exs})} files (dropped here: {wild.dropped[t]}), "
+          f"sha256 {wild.sha256[t]}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+per_form, per_answer = {}, {}  # accuracy per held-out form; per wild answer token (and bracket kind)
+for name, m in models.items():
+    for t in TASKS:
+        exs = forms.examples["heldout"][t]
+        for f, a in accuracy_by(m, forms.heldout[t], [e.form for e in exs]).items():
+            per_form.setdefault((t, f), {})[name] = a
+    for t, exs in wild.examples.items():
+        keys = [(e.kind or "-", repr(e.correct)) for e in exs]
+        for k, a in accuracy_by(m, wild.test[t], keys).items():
+            per_answer.setdefault((t, *k), {"n": keys.count(k)})[name] = a
+display(pd.DataFrame.from_dict(per_form, orient="index").round(3))
+display(pd.DataFrame.from_dict(per_answer, orient="index").sort_index().round(3))
+
+# %% [markdown]
+# **How the shipped models do.** The sparse model has learned the templates more than the tasks. On
+# quotes it falls from 0.998 on the generated test to 0.60 on the held-out forms (0.51 to 0.69 per form)
+# and 0.74 in the wild, where it gets most single quotes right and barely half of the double ones; the
+# dense baseline keeps 0.98 and 0.93. Brackets defeat both models, and in the same way: neither counts
+# brackets, each answers `]]` when the context holds the merged `[[` token and `]` otherwise. So both
+# score 0.05 or less on `mixed_nesting` (a nested list already closed, `[[a], b`, or one opened
+# without the merged token, `[a, [b`), half on comprehensions, and in the wild they get every `]` right
+# and (almost) every `]]` wrong: 0.50 overall. Set-or-string transfers better (sparse 0.94, dense
+# 1.00), and while/return holds everywhere (the sparse model 0.95 in the wild). The claims below set
+# the goal at 0.9 for every split: it is the goal of a model retrained with these forms in mind. The
+# shipped sparse model misses it on quotes and brackets, and on brackets so does the dense baseline.
+
+# %% [markdown]
 # ## What does sparsity cost?
 #
 # Two measurements, run side by side so that a busy machine slows both alike: one training step of
@@ -349,6 +422,22 @@ claims += [
     Claim("csr_unembed_speedup_1_256", "CSR over dense speedup of the unembedding matrix alone at kept 1/256",
           round(unembed["speedup"], 3), target="report", kind="timing"),
 ]
+for name, desc in (("sparse", "the sparse model"), ("dense", "the dense baseline")):
+    for t in TASKS:
+        a = split_acc[name, "held-out forms"][t]
+        claims.append(Claim(
+            f"{name}_task_acc_heldout_forms_{t}",
+            f"accuracy of {desc} on the held-out forms of {t} (data/forms.py, group 'heldout', "
+            "400 prompts, seed 0; never trained on or pruned on)", round(a, 4), target=">= 0.9", holds=a >= 0.9,
+            context=f"prompt set sha256 {forms.sha256['heldout'][t]}"))
+    for t in wild.test:
+        a = split_acc[name, "wild"][t]
+        claims.append(Claim(
+            f"{name}_task_acc_wild_{t}",
+            f"accuracy of {desc} on the wild prompts of {t} (data/artifacts/wild_prompts.json.gz: natural "
+            "instances from MIT-licensed packages the models never trained on)", round(a, 4), target=">= 0.9",
+            holds=a >= 0.9, context=f"file sha256 {wild.file_sha256}; {len(wild.examples[t])} prompts, "
+            f"sha256 {wild.sha256[t]}"))
 results = write_results("02_weight_sparse", prof, claims)
 claims_table(results)
 

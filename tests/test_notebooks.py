@@ -18,7 +18,8 @@ def test_notebook_runs_with_ci_profile(nb, tmp_path, monkeypatch):
 
     monkeypatch.setenv("CIRCUITBOOK_DATA", str(tmp_path / "data"))  # no shipped or cached artifacts...
     (tmp_path / "data" / "artifacts").mkdir(parents=True)
-    for f in ("corpus_stdlib.json.gz", "corpus_stdlib.json"):  # ...but the frozen corpus, the book's input data
+    inputs = ("corpus_stdlib.json.gz", "corpus_stdlib.json", "wild_prompts.json.gz", "wild_prompts.json")
+    for f in inputs:  # ...but the book's input data: the frozen corpus and the wild prompts
         shutil.copy(ROOT / "data" / "artifacts" / f, tmp_path / "data" / "artifacts" / f)
     out = tmp_path / nb.name
     papermill.execute_notebook(str(nb), str(out), parameters={"profile": "ci"}, cwd=str(nb.parent),

@@ -4,7 +4,8 @@ GPT training step that keeps checkpoints as artifacts. Every function here takes
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import sysconfig
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ import torch
 
 from circuitbook import artifacts
 from circuitbook.config import DATA, Profile, device, get_profile, pick
-from circuitbook.data.corpus import STDLIB, load_corpus
+from circuitbook.data.corpus import STDLIB, frozen_stdlib, load_corpus
+from circuitbook.data.forms import GROUPS, examples_sha256, sample_form_examples, valid_contrast
 from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
+from circuitbook.data.wild import WILD, freeze_wild, load_wild, wild_document
 from circuitbook.models.gpt import GPT
 from circuitbook.train import TrainConfig, evaluate_lm, train, val_batches
 
@@ -78,6 +81,75 @@ def task_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> Task
         te[t] = encode_examples(ex[t], tok)
         tr[t] = encode_examples(fits(sample_examples(t, "train", n_train, seed)), tok)
     return TaskSets(tr, te, ex)
+
+
+@dataclass
+class FormSets:
+    """Encoded off-template contrast sets (`data.forms`) of every task: the pruning forms (for finding
+    circuits) and the held-out forms (only to measure), with their examples and each prompt set's sha256."""
+
+    pruning: dict
+    heldout: dict
+    examples: dict  # {group: {task: [FormExample]}}
+    sha256: dict  # {group: {task: sha256 of the prompt set}}
+
+
+def form_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> FormSets:
+    """400 prompts (ci: 64) per task and group, valid contrasts under `tok` that fit the profile's context."""
+    n = pick(profile, ci=64, full=400)
+    n_ctx = pick(profile, ci=64, full=128)
+    ex = {g: {t: sample_form_examples(t, g, n, seed, tok, max_tokens=n_ctx) for t in TASKS} for g in GROUPS}
+    enc = {g: {t: encode_examples(e, tok) for t, e in ex[g].items()} for g in GROUPS}
+    digests = {g: {t: examples_sha256(e) for t, e in ex[g].items()} for g in GROUPS}
+    return FormSets(enc["pruning"], enc["heldout"], ex, digests)
+
+
+@dataclass
+class WildSets:
+    """Encoded wild prompts (`data.wild`: natural instances from code the models never trained on) of the
+    tasks that have them; `file_sha256` is the shipped file's, `sha256` each prompt set's as used here."""
+
+    test: dict
+    examples: dict
+    sha256: dict
+    file_sha256: str
+    dropped: dict  # {task: prompts not usable under this tokenizer and context (none at `full`)}
+
+
+def wild_sets(profile: str | Profile, tok: CodeTokenizer) -> WildSets:
+    """The shipped wild prompts, encoded. At `full` (the tokenizer they were mined with, context 128) every
+    prompt is used as shipped; another profile's tokenizer may not make every answer one token (those are
+    dropped) and its shorter context loses leading lines of a prompt (a prompt that still does not fit is
+    dropped)."""
+    n_ctx = pick(profile, ci=64, full=128)
+    ex, dropped = {}, {}
+    for t, exs in load_wild().items():
+        kept = []
+        for e in exs:
+            prompt = e.prompt
+            while len(tok.encode(prompt)) > n_ctx and "\n" in prompt:
+                prompt = prompt.split("\n", 1)[1]
+            if len(tok.encode(prompt)) <= n_ctx and valid_contrast(tok, prompt, e.correct, e.wrong):
+                kept.append(e if prompt == e.prompt else replace(e, prompt=prompt))
+        ex[t], dropped[t] = kept, len(exs) - len(kept)
+    return WildSets({t: encode_examples(e, tok) for t, e in ex.items() if e}, ex,
+                    {t: examples_sha256(e) for t, e in ex.items()}, artifacts.sha256(WILD), dropped)
+
+
+def freeze_wild_prompts(root: Path | None = None) -> Path:
+    """Mine the wild prompts again from the pinned packages installed under `root` (default: this interpreter's
+    site-packages) with the `full` tokenizer, rewrite the shipped file and data/MANIFEST (scripts/extract_wild.py)."""
+    root = Path(root or sysconfig.get_paths()["purelib"])
+    freeze_wild(tokenizer("full"), frozen_stdlib(), artifacts.parent_digests(parents("full", "tokenizer")), root)
+    artifacts.update_manifest()
+    return WILD
+
+
+def wild_summary() -> dict:
+    """What the shipped wild file holds: its settings, counts per task and sources (with versions)."""
+    doc = wild_document()
+    return {"settings": doc["settings"], "counts": doc["counts"],
+            "sources": [f"{s['dist']} {s['version']}" for s in doc["sources"]]}
 
 
 def task_eval_fn(sets: TaskSets, n: int = 200):

@@ -21,7 +21,7 @@ from circuitbook.zoo.circuits import (
     pruned_circuit,
     search_curve,
 )
-from circuitbook.zoo.core import model_eval, token_streams, tokenizer
+from circuitbook.zoo.core import WILD, freeze_wild_prompts, model_eval, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 from circuitbook.zoo.diffing import diffing_artifacts
@@ -92,6 +92,7 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
             add(1, f"dense_baseline_step{s}", lambda p, r: dense_baseline(p, retrain=r))
     for name, build in _sparse_builds(prof).items():
         add(2, name, build)
+    add(2, "wild_prompts", lambda p, r: freeze_wild_prompts() if r else WILD)  # mined once, from pinned packages
     models = ["dense_baseline"] + [sparse_name(k, d) for d in sparse_widths(prof) for k in SPARSE_FRACTIONS]
     for m in models[1:]:  # chapter 2's family table
         add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
