@@ -60,7 +60,7 @@ from IPython.display import display
 
 from circuitbook import bench, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.forms import FORMS, accuracy_by
-from circuitbook.data.tasks import TASKS, evaluate_task
+from circuitbook.data.tasks import TASKS
 from circuitbook.data.wild import WILD
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT
 from circuitbook.results import Claim, claims_table, write_results
@@ -335,8 +335,14 @@ forms = zoo.form_sets(prof, tok, seed)
 wild = zoo.wild_sets(prof, tok)
 splits = {"generated test": sets.test, "held-out forms": forms.heldout, "wild": wild.test}
 models = {"sparse": model, "dense": dense}
-split_acc = {(name, split): {t: evaluate_task(m, b)["acc"] for t, b in batches.items()}
-             for name, m in models.items() for split, batches in splits.items()}
+# every prompt's logit margin (correct minus wrong: what evaluate_task thresholds at 0) on the three splits, for
+# both models, cached as an artifact (`margins_<model>`: minutes of forward passes on 128-token wild prompts)
+artifact = {"sparse": zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], gcfg.d_model, seed=seed),
+            "dense": f"dense_baseline{zoo.suffix(seed)}"}
+margins = {name: zoo.split_margins(prof, artifact[name], m, seed, retrain=retrain) for name, m in models.items()}
+key = {"generated test": "test", "held-out forms": "heldout", "wild": "wild"}
+split_acc = {(name, split): {t: float((d > 0).float().mean()) for t, d in margins[name][key[split]].items()}
+             for name in models for split in splits}
 display(pd.DataFrame.from_dict(split_acc, orient="index").reindex(columns=list(TASKS)).round(3))
 for t in TASKS:
     print(f"{t}: held-out forms {', '.join(FORMS[t]['heldout'])}; prompts sha256 {forms.sha256['heldout'][t]}")
@@ -348,14 +354,14 @@ for t, exs in wild.examples.items():
 # %%
 # NBVAL_CHECK_OUTPUT
 per_form, per_answer = {}, {}  # accuracy per held-out form; per wild answer token (and bracket kind)
-for name, m in models.items():
+for name in models:
     for t in TASKS:
         exs = forms.examples["heldout"][t]
-        for f, a in accuracy_by(m, forms.heldout[t], [e.form for e in exs]).items():
+        for f, a in accuracy_by(margins[name]["heldout"][t] > 0, [e.form for e in exs]).items():
             per_form.setdefault((t, f), {})[name] = a
     for t, exs in wild.examples.items():
         keys = [(e.kind or "-", repr(e.correct)) for e in exs]
-        for k, a in accuracy_by(m, wild.test[t], keys).items():
+        for k, a in accuracy_by(margins[name]["wild"][t] > 0, keys).items():
             per_answer.setdefault((t, *k), {"n": keys.count(k)})[name] = a
 display(pd.DataFrame.from_dict(per_form, orient="index").round(3))
 display(pd.DataFrame.from_dict(per_answer, orient="index").sort_index().round(3))

@@ -33,12 +33,10 @@ from circuitbook.data.tasks import (
     NAMES,
     WORDS,
     Example,
-    TaskBatch,
     _check_task,
     _elems,
     _filler,
     _header,
-    logit_diff,
 )
 
 GROUPS = ("pruning", "heldout")
@@ -449,16 +447,10 @@ def sample_form_examples(task: str, group: str, n: int, seed: int, tokenizer, ma
 
 
 @torch.no_grad()
-def accuracy_by(model, batch: TaskBatch, keys: list, chunk: int = 256) -> dict:
-    """{key: accuracy of `model` on the prompts of `batch` with that key} (keys[i] names prompt i: its form,
-    its label, its kind), in the order keys first appear."""
-    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-    dev = params[0].device if params else batch.tokens.device
-    right = []
-    for i in range(0, len(batch.tokens), chunk):
-        sub = batch[i: i + chunk].to(dev)
-        right += (logit_diff(model(sub.tokens), sub) > 0).tolist()
+def accuracy_by(right, keys: list) -> dict:
+    """{key: fraction right among the prompts with that key}: right[i] (bool, e.g. `margin > 0`) is prompt i's
+    outcome and keys[i] names it (its form, its label, its kind); keys in the order they first appear."""
     out: dict = {}
-    for k, r in zip(keys, right, strict=True):
+    for k, r in zip(keys, [bool(r) for r in right], strict=True):
         out.setdefault(k, []).append(r)
     return {k: sum(v) / len(v) for k, v in out.items()}

@@ -21,13 +21,14 @@ from circuitbook.zoo.circuits import (
     pruned_circuit,
     search_curve,
 )
-from circuitbook.zoo.core import WILD, freeze_wild_prompts, model_eval, token_streams, tokenizer
+from circuitbook.zoo.core import WILD, freeze_wild_prompts, model_eval, split_margins, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 from circuitbook.zoo.diffing import diffing_artifacts
 from circuitbook.zoo.sparse import (
     FAMILY_R2,
     SPARSE_FRACTIONS,
+    THE_SPARSE_MODEL,
     clip_demo,
     sparse_model,
     sparse_name,
@@ -96,6 +97,9 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     models = ["dense_baseline"] + [sparse_name(k, d) for d in sparse_widths(prof) for k in SPARSE_FRACTIONS]
     for m in models[1:]:  # chapter 2's family table
         add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
+    d = sparse_widths(prof)[-1] if prof.name != "full" else THE_SPARSE_MODEL["d_model"]
+    for m in ("dense_baseline", sparse_name(THE_SPARSE_MODEL["kept"], d)):  # the three splits' margins
+        add(2, f"margins_{m}", lambda p, r, m=m: split_margins(p, m, _model(p, m), retrain=r))
     for m in models:
         add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
         add(3, f"circuit_{CIRCUIT_TASKS[0]}_{m}",
