@@ -112,6 +112,8 @@ class Bridge(nn.Module):
         point for training (the book's choice; the paper does not say how it initializes its bridges).
         `ridge` is relative to the mean eigenvalue of each Gram matrix. -> {site: (nmse_d2s, nmse_s2d)} on
         the fitting tokens, AbsTopK included."""
+        dev = next(dense.parameters()).device
+        batches = [b.to(dev) for b in batches]
         grams: dict[str, dict[str, torch.Tensor]] = {}
         for b in batches:
             _, dr = dense.run_with_resids(b, self.sites)
@@ -125,7 +127,7 @@ class Bridge(nn.Module):
                 g["xh"] = g["xh"] + x.T @ h
         for s, g in grams.items():
             for lin, gram, cross in ((self.enc[_key(s)], g["xx"], g["xh"]), (self.dec[_key(s)], g["hh"], g["xh"].T)):
-                reg = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+                reg = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
                 reg[-1, -1] = 0  # the bias is not shrunk
                 sol = torch.linalg.solve(gram + reg, cross)[:, :-1]  # [d_in + 1, d_out] (drop the ones column)
                 lin.weight.copy_(sol[:-1].T.to(lin.weight.dtype))

@@ -127,7 +127,7 @@ def diff_from_saes(saes: dict[str, SAE], acts_F: Tensor, threshold: float = 0.7,
     """
     x = decoder_cosine(saes["D"], saes["DF"])
     y = decoder_cosine(saes["M"], saes["MF"])
-    alive = ~evaluate(saes["DF"], acts_F)["dead"] | ~evaluate(saes["MF"], acts_F)["dead"]
+    alive = (~evaluate(saes["DF"], acts_F)["dead"] | ~evaluate(saes["MF"], acts_F)["dead"]).to(x.device)
     cos = {f"{a}-{b}": decoder_cosine(saes[a], saes[b]) for a, b in PAIRS}
     if adaptive:
         threshold = region_threshold(x, y, alive, threshold)

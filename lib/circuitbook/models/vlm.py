@@ -238,9 +238,10 @@ def mlp_io(
     out: dict[str, dict[int, list[Tensor]]] = {"x": {la: [] for la in layers}, "y": {la: [] for la in layers}}
     was = model.training
     model.eval()
+    dev = next(model.parameters()).device  # inputs go where the model is; so do the outputs
     for i in range(0, tokens.shape[0], batch_size):
-        imgs = None if images is None else images[i : i + batch_size]
-        _, cache = model.run_with_cache(imgs, tokens[i : i + batch_size], names_filter=lambda n: n in names)
+        imgs = None if images is None else images[i : i + batch_size].to(dev)
+        _, cache = model.run_with_cache(imgs, tokens[i : i + batch_size].to(dev), names_filter=lambda n: n in names)
         for name, (kind, la) in names.items():
             out[kind][la].append(cache[name])
     model.train(was)
@@ -285,6 +286,11 @@ class ImageTextPairs:
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return ImageTextPairs(self.images[idx], self.tokens[idx], self.loss_mask[idx], self.answer_pos[idx],
                               self.answer_ids[idx])
+
+    def to(self, device: torch.device | str) -> ImageTextPairs:
+        """The same pairs on `device`."""
+        return ImageTextPairs(self.images.to(device), self.tokens.to(device), self.loss_mask.to(device),
+                              self.answer_pos.to(device), self.answer_ids.to(device))
 
 
 def encode_pairs(
@@ -333,11 +339,12 @@ def answer_accuracy(model: VLM, pairs: ImageTextPairs, batch_size: int = 256, im
     was = model.training
     model.eval()
     hits = 0
+    dev = next(model.parameters()).device
     for i in range(0, len(pairs), batch_size):
-        b = pairs.batch(range(i, min(i + batch_size, len(pairs))))
-        imgs = b.images if images is None else images[i : i + batch_size]
+        b = pairs.batch(range(i, min(i + batch_size, len(pairs)))).to(dev)
+        imgs = b.images if images is None else images[i : i + batch_size].to(dev)
         logits = model(imgs, b.tokens)
-        pred = logits[torch.arange(len(b.tokens)), b.answer_pos].argmax(-1)
+        pred = logits[torch.arange(len(b.tokens), device=dev), b.answer_pos].argmax(-1)
         hits += int((pred == b.answer_ids).sum())
     model.train(was)
     return hits / max(1, len(pairs))
@@ -414,18 +421,19 @@ def train_vlm(
     if (meta := ckpt.resume()) is not None:
         start, history = meta["step"], meta["history"]
 
+    dev = next(model.parameters()).device  # batches go where the model is
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="vlm")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * g["lr_mult"] * schedule(step, cfg.steps)
-        batch = pairs.batch(pair_batch(len(pairs), step, cfg.batch_size, cfg.seed))
+        batch = pairs.batch(pair_batch(len(pairs), step, cfg.batch_size, cfg.seed)).to(dev)
         loss_pairs = pair_loss(model, batch, cfg.answer_only)
         loss = loss_pairs
         row = {"step": step + 1, "pair_loss": loss_pairs.item()}
         if cfg.text_batch_size > 0:
-            text = get_batch(text_tokens, step, cfg.text_batch_size, cfg.text_ctx, cfg.seed + 1)
+            text = get_batch(text_tokens, step, cfg.text_batch_size, cfg.text_ctx, cfg.seed + 1).to(dev)
             loss_text = lm_loss(model(None, text), text)
             loss = loss + cfg.text_weight * loss_text
             row["text_loss"] = loss_text.item()
@@ -438,7 +446,7 @@ def train_vlm(
             if val_pairs is not None:
                 with torch.no_grad():
                     model.eval()
-                    row["val_pair_loss"] = float(pair_loss(model, val_pairs, cfg.answer_only))
+                    row["val_pair_loss"] = float(pair_loss(model, val_pairs.to(dev), cfg.answer_only))
                     model.train()
                 row["val_answer_acc"] = answer_accuracy(model, val_pairs)
             if eval_fn is not None:

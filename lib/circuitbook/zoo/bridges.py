@@ -10,7 +10,7 @@ from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, total_l0
 from circuitbook.train import get_batch
-from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, token_streams
+from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, to_device, token_streams
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_configs, sparse_name, sparse_widths, the_sparse_model
 
@@ -60,7 +60,7 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
     def fit():
         sparse = the_sparse_model(prof, seed)[0].float().train()
         seed_everything(seed)
-        bridge = Bridge.for_models(dense, sparse)
+        bridge = to_device(Bridge.for_models(dense, sparse))  # dense and sparse are there already
         # already at its final sparsity
         sparsifier = WeightSparsifier(sparse, scfg.kept_fraction, min_per_row=scfg.min_per_row)
         streams = token_streams(prof)
@@ -76,8 +76,8 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
     family = parents(prof, f"dense_baseline{suffix(seed)}", sparse_name(scfg.kept_fraction, gcfg.d_model, seed=seed))
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=family)
     packed = {k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")}
-    sparse = gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval()
-    bridge = Bridge.for_models(dense, sparse)
+    sparse = to_device(gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval())
+    bridge = to_device(Bridge.for_models(dense, sparse))
     bridge.load_state_dict({k[7:]: v.float() for k, v in tensors.items() if k.startswith("bridge.")})
     return dense.eval(), sparse, bridge.eval(), meta
 
