@@ -68,21 +68,25 @@ def _is_device(d) -> bool:
 
 
 def _where() -> str:
-    """The innermost frames of the library (else the caller) that led to the current op."""
+    """The innermost frames of the library that led to the current op, and the code that called the library."""
     frames = [f for f in traceback.extract_stack()[:-3] if "virtual_device" not in f.filename
               and "/torch/" not in f.filename]
-    lib = [f for f in frames if f.filename.startswith(_LIB)] or frames
-    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(lib[-3:]))
+    lib = [f for f in frames if f.filename.startswith(_LIB)]
+    outside = [f for f in frames if not f.filename.startswith(_LIB) and "site-packages" not in f.filename]
+    shown = outside[-1:] + lib[-3:] if lib else frames[-3:]
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(shown))
 
 
 class VirtualDevice(TorchFunctionMode):
     """Track host / device placement of every tensor (see the module docstring). After the `with` block:
-    `violations` (what a real accelerator would refuse, with where), `heavy` Counter {(op, on_device): n}."""
+    `violations` (what a real accelerator would refuse, with where), `heavy` Counter {(op, on_device): n},
+    `host_sites` where the host matrix products ran."""
 
     def __init__(self):
         super().__init__()
         self.violations: list[str] = []
         self.heavy: Counter = Counter()
+        self.host_sites: Counter = Counter()  # where the host matrix products ran: {where: n}
         self.device_generators: set[int] = set()
         self._orig_generator = None
 
@@ -142,6 +146,10 @@ class VirtualDevice(TorchFunctionMode):
             dev = on_device(args[0]) if target is None else _is_device(target)
         elif name == "cpu":
             dev = False
+        elif name.endswith("_") and not name.startswith("_") and tensors:
+            dev = on_device(args[0] if args else tensors[0])  # in place: the tensor stays where it is
+            if name != "copy_" and not in_backward and any(on_device(t) for t in tensors):  # copy_ crosses devices
+                self._check_mixing(name, args, tensors)
         elif "device" in kwargs and kwargs["device"] is not None:
             dev = _is_device(kwargs["device"])
         elif name in _LIKE or name == "Parameter":
@@ -160,6 +168,8 @@ class VirtualDevice(TorchFunctionMode):
                 self._violation(f"{name} on the device with a host generator")
         if name in HEAVY:
             self.heavy[(name, dev)] += 1
+            if not dev and len(self.host_sites) < 50:
+                self.host_sites[_where()] += 1
         if name not in ("numpy", "tolist", "item", "__array__"):
             _tag(out, dev)
         return out

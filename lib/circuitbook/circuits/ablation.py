@@ -75,7 +75,11 @@ def ablation_hooks(masks: dict[str, Tensor], means: dict[str, Tensor]) -> list[H
 
 
 def run_masked(model, tokens: Tensor, masks: dict[str, Tensor], means: dict[str, Tensor]) -> Tensor:
-    """tokens [batch, pos] -> logits [batch, pos, vocab] with the masks applied (gradients flow to masks)."""
+    """tokens [batch, pos] -> logits [batch, pos, vocab] with the masks applied (gradients flow to masks).
+    Masks and means are used where the model is."""
+    dev = _device(model)
+    masks = {s: m.to(dev) for s, m in masks.items()}
+    means = {s: m.to(dev) for s, m in means.items()}
     with model.hooks(fwd_hooks=ablation_hooks(masks, means)):
         return model(tokens)
 
