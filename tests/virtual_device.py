@@ -72,8 +72,9 @@ def _where() -> str:
     frames = [f for f in traceback.extract_stack()[:-3] if "virtual_device" not in f.filename
               and "/torch/" not in f.filename]
     lib = [f for f in frames if f.filename.startswith(_LIB)]
-    outside = [f for f in frames if not f.filename.startswith(_LIB) and "site-packages" not in f.filename]
-    shown = outside[-1:] + lib[-3:] if lib else frames[-3:]
+    user = [f for f in frames if not f.filename.startswith(_LIB) and "site-packages" not in f.filename]
+    inner = lib[-3:] if lib else frames[-3:]
+    shown = user[-1:] + inner if user and user[-1] not in inner else inner
     return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(shown))
 
 
@@ -177,6 +178,8 @@ class VirtualDevice(TorchFunctionMode):
     def _check_mixing(self, name, args, tensors) -> None:
         if name == "__getitem__":  # host index tensors are allowed (CUDA copies them)
             tensors = [args[0]]
+        elif name == "__setitem__":  # so they are in x[idx] = value; the value must be where x is
+            tensors = [t for t in (args[0], args[2]) if isinstance(t, torch.Tensor)]
         host = [t for t in tensors if not on_device(t) and t.dim() > 0]
         if host:
             shapes = ", ".join(str(tuple(t.shape)) for t in host[:3])

@@ -65,6 +65,7 @@ def ablate(act: Tensor, m: Tensor, mean: Tensor) -> Tensor:
     """act [batch, pos, ...] with trailing dims flattening to width; m [width] or [batch, width];
     mean [width] -> m * act + (1 - m) * mean, same shape as act."""
     flat = act.reshape(act.shape[0], act.shape[1], -1)  # [batch, pos, width]
+    m, mean = m.to(act.device), mean.to(act.device)  # used where the activations are
     m = m[:, None, :] if m.dim() == 2 else m  # per-prompt masks broadcast over positions
     return (m * flat + (1 - m) * mean).reshape(act.shape)
 

@@ -219,6 +219,7 @@ def token_purity(
     (the current one for offset 0, the previous one for offset -1) is the most common such token.
     Subcomponents firing fewer than `min_count` times are left out.
     """
+    tokens = tokens.to(ci.device)
     tok = tokens if offset == 0 else torch.roll(tokens, -offset, dims=1)  # tok[:, t] = tokens[:, t + offset]
     valid = torch.ones_like(tokens, dtype=torch.bool)
     if offset < 0:

@@ -134,6 +134,7 @@ def adversarial_attack(
     """Divergence after 0..n_steps sign-gradient ascent steps on fresh sources shared across the batch."""
     use_delta = model.use_delta if use_delta is None else use_delta
     gen = torch.Generator().manual_seed(seed)
+    x = x.to(next(model.parameters()).device)
     with torch.no_grad():
         target_out, inputs = model.run_with_inputs(x)
         ci = model.causal_importances(inputs).lower
@@ -161,6 +162,7 @@ def random_mask_loss(
 ) -> float:
     """Mean divergence under SPD's random masks m = g + (1 − g) r (the baseline an attack should beat)."""
     gen = torch.Generator().manual_seed(seed)
+    x = x.to(next(model.parameters()).device)
     target_out, inputs = model.run_with_inputs(x)
     ci = model.causal_importances(inputs).lower
     deltas = model.weight_deltas() if model.use_delta else None

@@ -125,6 +125,7 @@ class ViT(nn.Module):
         """images [B, 3, H, W] in [0, 1] -> patch features [B, gh*gw, d_vit]."""
         if images.shape[-1] != self.cfg.image_size or images.shape[-2] != self.cfg.image_size:
             raise ValueError(f"expected {self.cfg.image_size}px images, got {tuple(images.shape[-2:])}")
+        images = images.to(self.patch_embed.weight.device)  # as the GPT does with token ids
         x = self.hook_patch_embed(self.patch_embed(self.patchify(images - 0.5)))
         x = x + self.hook_pos_embed(self.pos_embed)[None]
         for block in self.blocks:
@@ -196,6 +197,7 @@ class VLM(HookedRootModule):
         """images [B, 3, H, W] (or None: text only), tokens [B, T] -> logits [B, T, vocab] at the text positions.
 
         return_type="loss": the mean next-token loss over the text (image prefix excluded)."""
+        tokens = tokens.to(self.lm.embed.weight.device)  # inputs may be on the CPU (the ViT moves the images)
         resid = run_lm(self.lm, self.lm_input(images, tokens))
         logits = resid[:, resid.shape[1] - tokens.shape[1]:]
         if return_type == "logits":
