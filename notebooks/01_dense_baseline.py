@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
 
-from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook import device, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.corpus import EOT, corpus_config, load_corpus
 from circuitbook.data.tasks import TASKS, evaluate_task, sample_examples
 from circuitbook.data.tokenizer import TASK_TOKENS
@@ -196,7 +196,7 @@ for t, m in task_metrics.items():
 # %%
 e = next(x for x in sample_examples("single_double_quote", "test", 50, seed) if x.prompt.count("\n") <= 3)
 ids = tok.encode(e.prompt)
-logits, cache = model.run_with_cache(torch.tensor([ids]))
+logits, cache = model.run_with_cache(torch.tensor([ids], device=device()))
 labels = [tok.decode([i]) for i in ids]
 patterns = {layer: cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(gcfg.n_layers)}
 viz.attention_figure(patterns, labels, title=f"attention on a quote prompt (answer {e.correct!r})").show()
@@ -207,7 +207,7 @@ viz.attention_figure(patterns, labels, title=f"attention on a quote prompt (answ
 quote_pos = max(i for i, t in enumerate(labels) if t.strip() in ("'", '"'))
 fig, ax = plt.subplots(figsize=(10, 2.6))
 last_rows = torch.stack([p[:, -1] for p in patterns.values()]).flatten(0, 1)  # [layer*head, key]
-ax.imshow(last_rows.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
+ax.imshow(last_rows.cpu().numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
 ax.set_yticks(range(len(last_rows)), [f"L{l}H{h}" for l in patterns for h in range(gcfg.n_heads)], fontsize=7)
 ax.set_xticks(range(len(labels)), [repr(t)[1:-1][:6] for t in labels], rotation=90, fontsize=7)
 ax.axvline(quote_pos, color="red", lw=1)

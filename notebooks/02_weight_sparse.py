@@ -27,7 +27,7 @@
 # they can go: the recipe keeps at least 4 nonzeros per neuron, so a matrix with 64 inputs per row
 # can never be sparser than 1/16.
 
-# %% tags=["remove-cell"]
+# %%
 # Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
 # Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
@@ -49,7 +49,7 @@ profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy siz
 seed = 0
 retrain = False
 
-# %% tags=["hide-input"]
+# %%
 from functools import partial
 
 import matplotlib.pyplot as plt
@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from circuitbook import bench, get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook import bench, device, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.forms import FORMS, accuracy_by
 from circuitbook.data.tasks import TASKS
 from circuitbook.data.wild import WILD
@@ -139,7 +139,7 @@ tok = zoo.tokenizer(prof)
 streams = zoo.token_streams(prof, tok)
 sets = zoo.task_sets(prof, tok, seed)
 print(gcfg)
-batch = val_batches(streams["val"], 1, 16, gcfg.n_ctx)[0]
+batch = val_batches(streams["val"], 1, 16, gcfg.n_ctx)[0].to(device())
 _, cache = model.run_with_cache(batch)
 rows = []
 for site in ABSTOPK_PAPER_SITES:
@@ -152,11 +152,11 @@ display(pd.DataFrame(rows).round(4))
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
 post = cache["blocks.1.mlp.hook_post"]
-axes[0].hist(post[post != 0].flatten().numpy(), bins=80, log=True)
+axes[0].hist(post[post != 0].flatten().cpu().numpy(), bins=80, log=True)
 axes[0].set_title("MLP neuron activations kept by AbsTopK (layer 1)")
 sink_mass = torch.stack([1 - cache[f"blocks.{l}.attn.hook_pattern"].sum(-1).mean((0, 2))
                          for l in range(gcfg.n_layers)])  # [layer, head]
-im = axes[1].imshow(sink_mass.numpy(), cmap="Purples", vmin=0, vmax=1)
+im = axes[1].imshow(sink_mass.cpu().numpy(), cmap="Purples", vmin=0, vmax=1)
 axes[1].set(title="attention mass on the sink", xlabel="head", ylabel="layer")
 plt.colorbar(im, ax=axes[1])
 plt.show()
@@ -274,15 +274,15 @@ last = gcfg.n_layers - 1
 for ax, name in zip(axes, ["blocks.0.attn.W_Q.weight", f"blocks.{last}.attn.W_V.weight", "blocks.1.mlp.W_in.weight",
                            f"blocks.{last}.mlp.W_out.weight"]):
     wt = model.get_parameter(name).detach()
-    ax.imshow(wt != 0, cmap="Greys", aspect="auto", interpolation="nearest")
+    ax.imshow((wt != 0).cpu(), cmap="Greys", aspect="auto", interpolation="nearest")
     ax.set_title(f"{name}\n{int((wt != 0).sum())}/{wt.numel()} nonzero", fontsize=8)
 plt.show()
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
 counts = torch.cat([row_nonzeros(model.get_parameter(f"blocks.{l}.mlp.W_in.weight")) for l in range(gcfg.n_layers)])
-axes[0].hist(counts.numpy(), bins=range(0, int(counts.max()) + 2))
+axes[0].hist(counts.cpu().numpy(), bins=range(0, int(counts.max()) + 2))
 axes[0].set(title="nonzero inputs per MLP neuron", xlabel="nonzeros")
-big = val_batches(streams["val"], 4, 32, gcfg.n_ctx)
+big = [b.to(device()) for b in val_batches(streams["val"], 4, 32, gcfg.n_ctx)]
 dead = []
 for l in range(gcfg.n_layers):
     acts = torch.cat([model.run_with_cache(b, names_filter=f"blocks.{l}.mlp.hook_post")[1][f"blocks.{l}.mlp.hook_post"]

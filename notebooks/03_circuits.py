@@ -62,7 +62,7 @@ import pandas as pd
 import torch
 from IPython.display import HTML, display
 
-from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook import device, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.circuits import (
     NodeSet,
     ablation_hooks,
@@ -139,7 +139,7 @@ display(by_kind.to_frame("nodes"))
 # NBVAL_CHECK_OUTPUT
 means = zoo.circuit_means(prof, model, model_name, seed)
 quote_test = sets.test[QUOTE]
-ones = all_kept(nodes)
+ones = all_kept(nodes, device())
 zeros = {s: torch.zeros_like(m) for s, m in ones.items()}
 with torch.no_grad():
     same = torch.allclose(model(quote_test.tokens), model.run_with_hooks(
@@ -399,9 +399,9 @@ print(f"inside docstrings ({len(triple)} tokens): positive on {float((triple > 0
 # %%
 fig, ax = plt.subplots(figsize=(7, 3))
 bins = np.linspace(float(a.min()), float(a.max()), 50)
-ax.hist(a[L == IN_SINGLE].numpy(), bins, alpha=0.6, density=True, label="inside '...'")
-ax.hist(a[L == IN_DOUBLE].numpy(), bins, alpha=0.6, density=True, label='inside "..."')
-ax.hist(a[L == 0].numpy(), bins, alpha=0.3, density=True, label="outside strings", color="grey")
+ax.hist(a[L == IN_SINGLE].cpu().numpy(), bins, alpha=0.6, density=True, label="inside '...'")
+ax.hist(a[L == IN_DOUBLE].cpu().numpy(), bins, alpha=0.6, density=True, label='inside "..."')
+ax.hist(a[L == 0].cpu().numpy(), bins, alpha=0.3, density=True, label="outside strings", color="grey")
 ax.set(xlabel=qtype_node, ylabel="density", title="the quote-type node on the validation corpus")
 ax.legend(fontsize=8)
 plt.show()
@@ -426,14 +426,14 @@ plt.show()
 bc = circuits[BRACKET]
 draw_circuit(model, bc)
 plt.show()
-bt = sets.test[BRACKET]
+bt = sets.test[BRACKET].to(device())
 bracket_ids = [i for i in range(len(tok.tok.get_vocab())) if "[" in tok.decode([i])]
 with torch.no_grad():
     _, bcache = model.run_with_cache(bt.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 rows = []
 for l, h in bc.heads:
     p = bcache[f"blocks.{l}.attn.hook_pattern"][torch.arange(len(bt.last)), h, bt.last]  # [batch, key]
-    on_bracket = torch.isin(bt.tokens, torch.tensor(bracket_ids)).float()
+    on_bracket = torch.isin(bt.tokens, torch.tensor(bracket_ids, device=device())).float()
     ent = -(p.clamp_min(1e-9).log() * p).sum(-1)
     rows.append({"head": f"L{l}h{h}", "attn to sink (pos 0)": float(p[:, 0].mean()),
                  "attn to [-tokens": float((p * on_bracket).sum(-1).mean()),

@@ -28,7 +28,7 @@
 # site), and interventions on interpretable sparse channels carry over to the dense model: moving
 # the quote-type channel changes which quote the dense model closes a string with.
 
-# %% tags=["remove-cell"]
+# %%
 # Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
 # Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
@@ -50,14 +50,14 @@ profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy siz
 seed = 0
 retrain = False
 
-# %% tags=["hide-input"]
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
 
-from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook import device, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.bridges import (
     Bridge,
     class_move,
@@ -316,7 +316,7 @@ for t in null:
 # %%
 # NBVAL_CHECK_OUTPUT
 fit_batches = zoo.bridge_fit_batches(prof, seed)
-plain = Bridge.for_models(dense, sparse)
+plain = Bridge.for_models(dense, sparse).to(device())
 plain.fit_least_squares(dense, sparse, fit_batches)  # least-squares bridges for the trained sparse model
 rows = {}
 for t in (QUOTE, WHILE):

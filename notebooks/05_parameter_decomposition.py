@@ -37,7 +37,7 @@
 # paper reports it) with about 205 of 9,972 alive subcomponents active per token, and components
 # can be labelled and edited to change specific predictions.
 
-# %% tags=["remove-cell"]
+# %%
 # Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
 # Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
@@ -59,7 +59,7 @@ profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy siz
 seed = 0
 retrain = False
 
-# %% tags=["hide-input"]
+# %%
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -93,8 +93,8 @@ W52 = tms52.W.detach()  # [2, 5]
 print(f"TMS 5-2 target: reconstruction MSE {tms52_meta['metrics']['loss']:.4f}")
 fig, ax = plt.subplots(figsize=(3.5, 3.5))
 for j in range(W52.shape[1]):
-    ax.annotate("", W52[:, j].numpy(), (0, 0), arrowprops=dict(arrowstyle="->", color=f"C{j}", lw=2))
-    ax.text(*(1.12 * W52[:, j]).numpy(), f"f{j}", color=f"C{j}", ha="center", va="center")
+    ax.annotate("", W52[:, j].cpu().numpy(), (0, 0), arrowprops=dict(arrowstyle="->", color=f"C{j}", lw=2))
+    ax.text(*(1.12 * W52[:, j]).cpu().numpy(), f"f{j}", color=f"C{j}", ha="center", va="center")
 lim = 1.3 * float(W52.norm(dim=0).max())
 ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title="columns of W (TMS 5-2)")
 plt.show()
@@ -173,17 +173,18 @@ def plot_subcomponents_vs_features(cm, W, title):
     """Left: W's columns (solid) and the best-matching subcomponent columns (dashed). Right: ‖u_c v_cᵀ‖."""
     comp = cm.component("linear1")
     best, cos, ratio = feature_matches(comp.U, comp.V, W, "in")
+    W, U, V = W.cpu(), comp.U.detach().cpu(), comp.V.detach().cpu()  # matplotlib reads CPU tensors
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 1.6]})
     ax = axes[0]
     for j in range(W.shape[1]):
         c = int(best[j])
-        col = (comp.U[:, c] * comp.V[j, c]).detach()  # [m]
+        col = U[:, c] * V[j, c]  # [m]
         ax.plot([0, W[0, j]], [0, W[1, j]], color=f"C{j}", lw=3, alpha=0.4)
         ax.plot([0, col[0]], [0, col[1]], color=f"C{j}", lw=1.5, ls="--")
         ax.text(*(1.15 * W[:, j]).numpy(), f"f{j}→c{c}", color=f"C{j}", ha="center", va="center", fontsize=8)
     lim = 1.35 * float(W.norm(dim=0).max())
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title)
-    norms = (comp.U.norm(dim=0) * comp.V.norm(dim=0)).detach()  # ‖u_c v_cᵀ‖_F = ‖u_c‖ ‖v_c‖
+    norms = U.norm(dim=0) * V.norm(dim=0)  # ‖u_c v_cᵀ‖_F = ‖u_c‖ ‖v_c‖
     colors = ["lightgray"] * len(norms)
     for j in range(W.shape[1]):
         colors[int(best[j])] = f"C{j}"
@@ -210,7 +211,7 @@ def plot_one_hot_ci(cm, n_features, names, title):
     for ax, n in zip(axes[0], names):
         g = ci[n]  # [n_features, C]
         order = torch.argsort(torch.where(g.max(0).values > 0.1, g.argmax(0).float(), float(n_features)))
-        im = ax.imshow(g[:, order], aspect="auto", cmap="Blues", vmin=0, vmax=1)
+        im = ax.imshow(g[:, order].cpu(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
         ax.set(title=f"{n}", xlabel="subcomponent (sorted)", ylabel="active feature")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="causal importance g")
     fig.suptitle(title)
@@ -531,8 +532,8 @@ print(f"control, {n_removed} random alive subcomponents from the same matrices (
 ctrl_quote, ctrl_text = sum(c[0] for c in ctrl) / len(ctrl), sum(c[1] for c in ctrl) / len(ctrl)
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
 bins = torch.linspace(float(min(m0["ld"].min(), m1["ld"].min())), float(max(m0["ld"].max(), m1["ld"].max())), 40)
-axes[0].hist(m0["ld"].numpy(), bins=bins.numpy(), alpha=0.6, label="target")
-axes[0].hist(m1["ld"].numpy(), bins=bins.numpy(), alpha=0.6, label=f"{n_removed} quote subcomponents removed")
+axes[0].hist(m0["ld"].cpu().numpy(), bins=bins.numpy(), alpha=0.6, label="target")
+axes[0].hist(m1["ld"].cpu().numpy(), bins=bins.numpy(), alpha=0.6, label=f"{n_removed} quote subcomponents removed")
 axes[0].axvline(0, color="k", lw=0.8)
 axes[0].set(xlabel="logit difference, correct − wrong quote", ylabel="held-out prompts")
 axes[0].legend(fontsize=8)

@@ -28,7 +28,7 @@
 # six-fingered hand, the model says 5, because a generic "hand" feature drives "5" directly, a
 # prior that overrides perception. We rebuild each step at toy scale and measure it.
 
-# %% tags=["remove-cell"]
+# %%
 # Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
 # Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
@@ -50,7 +50,7 @@ profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy siz
 seed = 0
 retrain = False
 
-# %% tags=["hide-input"]
+# %%
 import time
 
 import matplotlib.pyplot as plt
@@ -131,8 +131,8 @@ test_pairs = encode_scenes(test_scenes, tok, N_TEXT)
 perm = torch.randperm(len(test_pairs), generator=torch.Generator().manual_seed(seed))
 with torch.no_grad():
     b = torch.arange(len(test_pairs))
-    pred = vlm(test_pairs.images, test_pairs.tokens)[b, test_pairs.answer_pos].argmax(-1)
-    pred_shuf = vlm(test_pairs.images[perm], test_pairs.tokens)[b, test_pairs.answer_pos].argmax(-1)
+    pred = vlm(test_pairs.images, test_pairs.tokens)[b, test_pairs.answer_pos].argmax(-1).cpu()
+    pred_shuf = vlm(test_pairs.images[perm], test_pairs.tokens)[b, test_pairs.answer_pos].argmax(-1).cpu()
 kinds = np.array([a["kind"] for a in test_scenes.attrs])
 print(f"{'kind':8} {'n':>5} {'true image':>11} {'shuffled':>9}")
 for k in dict.fromkeys(kinds):
@@ -378,7 +378,7 @@ fig, axes = plt.subplots(3, 8, figsize=(12, 4.8))
 for j in range(8):
     hm_r, hm_b, mask = maps[j]
     for ax, im in zip(axes[:, j], (rollout_scenes.images[j].permute(1, 2, 0), hm_r, hm_b)):
-        ax.imshow(im, interpolation="nearest")
+        ax.imshow(im.cpu(), interpolation="nearest")
         ax.contour(mask.numpy(), levels=[0.5], colors="w", linewidths=0.8)
         ax.axis("off")
 for ax, t in zip(axes[:, 0], ("image", "rollout", "last layer")):
@@ -480,7 +480,7 @@ for n in (4, 5, 6):
     hp = encode_scenes(h, tok, N_TEXT)
     with torch.no_grad():
         logits = vlm(hp.images, hp.tokens)[torch.arange(len(hp)), hp.answer_pos][:, list(digits.values())]
-    hand_answers[n] = torch.bincount(logits.argmax(-1), minlength=9).float() / len(hp)  # share answering 1..9
+    hand_answers[n] = torch.bincount(logits.argmax(-1), minlength=9).float().cpu() / len(hp)  # share answering 1..9
 dots = zoo.vlm_scenes(prof, "dots_test", pick(prof, ci=64, full=600), seed, kinds=("dots",),
                       templates={"dots": [("How many dots?|{n}", 1.0)]})
 dp = encode_scenes(dots, tok, N_TEXT)
@@ -561,7 +561,7 @@ def show_scene(i: int = 0):
     hm = ((w / w.sum())[:, None, None] * image_token_maps(R)).sum(0)
     fig, axes = plt.subplots(1, 2, figsize=(5, 2.6))
     axes[0].imshow(pair.images[0].permute(1, 2, 0))
-    axes[1].imshow(hm)
+    axes[1].imshow(hm.cpu())
     for ax in axes:
         ax.axis("off")
     axes[0].set_title(test_scenes.prompts[i], fontsize=8)

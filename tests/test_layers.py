@@ -40,3 +40,12 @@ def test_method_modules_take_no_profile():
     methods = [m for m in modules() if layer(m) == METHODS]
     offenders = [m for m in methods if re.search(r"def \w+\([^)]*\bprofile\b", modules()[m], re.S)]
     assert not offenders, offenders
+
+
+def test_only_the_zoo_and_the_chapters_choose_the_device():
+    """Below the zoo, code takes its device from its inputs (the model's parameters) or a `device` argument."""
+    chooses = re.compile(r"from circuitbook(\.config)? import[^\n]*\bdevice\b|config\.device\(")
+    exempt = ("circuitbook.config", "circuitbook.__init__")  # where it is defined and exported
+    offenders = [m for m, src in modules().items()
+                 if layer(m) < LAYERS["zoo"] and m not in exempt and chooses.search(src)]
+    assert not offenders, offenders

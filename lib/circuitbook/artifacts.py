@@ -160,7 +160,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                 "The file is corrupt or was changed; delete it or pass retrain=True."
             )
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path), device="cpu")  # stored from, and loaded onto, the CPU; models then move
     except Exception as e:  # safetensors raises several types on a bad header
         raise ArtifactError(f"{path} is not a readable safetensors file ({e})") from e
     return tensors, meta

@@ -112,6 +112,8 @@ class Bridge(nn.Module):
         point for training (the book's choice; the paper does not say how it initializes its bridges).
         `ridge` is relative to the mean eigenvalue of each Gram matrix. -> {site: (nmse_d2s, nmse_s2d)} on
         the fitting tokens, AbsTopK included."""
+        dev = next(dense.parameters()).device
+        batches = [b.to(dev) for b in batches]
         grams: dict[str, dict[str, torch.Tensor]] = {}
         for b in batches:
             _, dr = dense.run_with_resids(b, self.sites)
@@ -125,7 +127,7 @@ class Bridge(nn.Module):
                 g["xh"] = g["xh"] + x.T @ h
         for s, g in grams.items():
             for lin, gram, cross in ((self.enc[_key(s)], g["xx"], g["xh"]), (self.dec[_key(s)], g["hh"], g["xh"].T)):
-                reg = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+                reg = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
                 reg[-1, -1] = 0  # the bias is not shrunk
                 sol = torch.linalg.solve(gram + reg, cross)[:, :-1]  # [d_in + 1, d_out] (drop the ones column)
                 lin.weight.copy_(sol[:-1].T.to(lin.weight.dtype))
@@ -597,6 +599,7 @@ def run_with_delta(
     """Add delta [d_model] to `model`'s residual stream at `site` (at position `at` [batch] of each prompt;
     None: every position) and run the suffix. -> logits [batch, pos, vocab]."""
     x = model.run_to(tokens, site).clone()  # [batch, pos, d_model]
+    delta = delta.to(x.device)
     if at is None:
         x = x + delta
     else:
@@ -647,8 +650,9 @@ def steer(
     decoder(h) for every h, since the decoder is affine), added to the dense residual at `site` at positions
     `at` ([batch]; default the last position; pass `at=...` explicitly for padded prompts), then the dense
     suffix runs. Returns the dense probabilities of `targets` (token ids) at `readout` (default: `at`)."""
-    m = float(strength) * move
-    vec = bridge.decoder_matrix(site).detach() @ m  # [d_dense]
+    W = bridge.decoder_matrix(site).detach()  # [d_dense, d_sparse]
+    m = float(strength) * move.to(W.device)
+    vec = W @ m  # [d_dense]
     at = _last(tokens, at)
     probs = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
     return Steering(probs, _support(move), m, float(vec.norm()))
@@ -679,6 +683,7 @@ def control_move(bridge: Bridge, site: str, move: torch.Tensor, seed: int = 0) -
     dense-space change has the same norm as the real move's. If the real channels' effect is specific,
     the control's is much smaller. [d_sparse] -> [d_sparse]."""
     W = bridge.decoder_matrix(site).detach()  # [d_dense, d_sparse]
+    move = move.to(W.device)
     real = _support(move)
     others = [c for c in torch.nonzero(W.norm(dim=0) > 0).flatten().tolist() if c not in set(real)]
     if len(others) < len(real):

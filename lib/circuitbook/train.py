@@ -289,7 +289,7 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{row['val_loss']:.3f}")
         history.append(row)
         if done in cfg.keep_steps:
-            kept[done] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            kept[done] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # stored on the CPU
             if ckpt_dir is not None and rank == 0:
                 save_tensors(Path(ckpt_dir) / f"kept_{done}.safetensors", kept[done], {"step": done})
         if ckpt.step_done(done, cfg.steps, cfg.ckpt_every, stop_at, history, kept=sorted(kept)):

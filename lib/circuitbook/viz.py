@@ -54,7 +54,7 @@ def attention_figure(patterns: dict[int, torch.Tensor], labels: list[str], title
     traces, names = [], []
     for layer, p in patterns.items():
         for h in range(p.shape[0]):
-            traces.append(go.Heatmap(z=p[h].numpy(), x=shown, y=shown, colorscale="Blues", zmin=0, zmax=1,
+            traces.append(go.Heatmap(z=p[h].cpu().numpy(), x=shown, y=shown, colorscale="Blues", zmin=0, zmax=1,
                                      visible=not traces, hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}"))
             names.append(f"layer {layer} head {h}")
     buttons = [dict(label=n, method="update", args=[{"visible": [j == i for j in range(len(traces))]}])
@@ -71,7 +71,7 @@ def next_token_table(model, tok, text: str, k: int = 10) -> list[tuple[str, floa
     ids = tok.encode(text)[-model.cfg.n_ctx :]
     if not ids:
         return []
-    probs = model(torch.tensor([ids]))[0, -1].softmax(-1)
+    probs = model(torch.tensor([ids], device=next(model.parameters()).device))[0, -1].softmax(-1)
     p, i = probs.topk(k)
     return [(tok.decode([int(j)]), float(q)) for q, j in zip(p, i)]
 

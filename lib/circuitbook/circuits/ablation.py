@@ -65,6 +65,7 @@ def ablate(act: Tensor, m: Tensor, mean: Tensor) -> Tensor:
     """act [batch, pos, ...] with trailing dims flattening to width; m [width] or [batch, width];
     mean [width] -> m * act + (1 - m) * mean, same shape as act."""
     flat = act.reshape(act.shape[0], act.shape[1], -1)  # [batch, pos, width]
+    m, mean = m.to(act.device), mean.to(act.device)  # used where the activations are
     m = m[:, None, :] if m.dim() == 2 else m  # per-prompt masks broadcast over positions
     return (m * flat + (1 - m) * mean).reshape(act.shape)
 
@@ -75,7 +76,11 @@ def ablation_hooks(masks: dict[str, Tensor], means: dict[str, Tensor]) -> list[H
 
 
 def run_masked(model, tokens: Tensor, masks: dict[str, Tensor], means: dict[str, Tensor]) -> Tensor:
-    """tokens [batch, pos] -> logits [batch, pos, vocab] with the masks applied (gradients flow to masks)."""
+    """tokens [batch, pos] -> logits [batch, pos, vocab] with the masks applied (gradients flow to masks).
+    Masks and means are used where the model is."""
+    dev = _device(model)
+    masks = {s: m.to(dev) for s, m in masks.items()}
+    means = {s: m.to(dev) for s, m in means.items()}
     with model.hooks(fwd_hooks=ablation_hooks(masks, means)):
         return model(tokens)
 

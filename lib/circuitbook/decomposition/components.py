@@ -103,6 +103,9 @@ class ComponentModel(nn.Module):
                 CIMLP(c, ci_hidden) if ci_fn == "mlp" else CISharedMLP(lin.in_features, c, ci_hidden)
             )
             lin.register_forward_hook(self._hook(name))
+        dev = next(target.parameters()).device
+        self.components.to(dev)  # made on the CPU (the same draws on every device), used where the target is
+        self.ci_fns.to(dev)
         self._masks: dict[str, torch.Tensor] | None = None
         self._delta_masks: dict[str, torch.Tensor] | None = None
         self._routing: dict[str, torch.Tensor] | None = None
@@ -176,7 +179,7 @@ class ComponentModel(nn.Module):
         """Output with every mask set to `value` (1: all subcomponents kept)."""
         with torch.no_grad():
             _, inputs = self.run_with_inputs(x)  # each layer's input fixes its masks' leading shape
-        masks = {n: torch.full((*inputs[n].shape[:-1], self.C[n]), value) for n in self.names}
+        masks = {n: torch.full((*inputs[n].shape[:-1], self.C[n]), value, device=inputs[n].device) for n in self.names}
         deltas = self.weight_deltas() if use_delta else None
         return self(x, masks=masks, deltas=deltas)
 

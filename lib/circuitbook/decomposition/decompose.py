@@ -100,6 +100,7 @@ def decompose(
             b.U.copy_(a.V)
             b.V.copy_(a.U)
     gen = torch.Generator().manual_seed(seed)
+    dev = next(target.parameters()).device
     if warmup_steps:
         faithfulness_warmup(model, warmup_steps)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -123,7 +124,7 @@ def decompose(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr * sched(step)
-        x = data_fn(batch_size, gen)
+        x = data_fn(batch_size, gen).to(dev)  # drawn on the CPU, used where the target is
         with torch.no_grad():
             target_out, inputs = model.run_with_inputs(x)
         ci = model.causal_importances(inputs)

@@ -134,6 +134,10 @@ def decompose_lm(
     )
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device  # where the model is: its inputs are moved there
+
+
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-position next-token cross-entropy: logits [B, T, V], tokens [B, T] -> [B, T-1]."""
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
@@ -146,9 +150,10 @@ def lm_eval(model: ComponentModel, tokens: torch.Tensor, batch: int = 8, thresho
     tokens: [N, T]. Returns scalars plus "density" (name -> [C], fraction of positions with g > threshold).
     """
     ce_t, ce_m, kl, l0, n_pos = 0.0, 0.0, 0.0, 0.0, 0
-    counts = {n: torch.zeros(model.C[n]) for n in model.names}
+    dev = _device(model)
+    counts = {n: torch.zeros(model.C[n], device=dev) for n in model.names}
     for i in range(0, len(tokens), batch):
-        x = tokens[i : i + batch]  # [b, T]
+        x = tokens[i : i + batch].to(dev)  # [b, T]
         logits, inputs = model.run_with_inputs(x)
         g = model.causal_importances(inputs).lower  # name -> [b, T, C]
         masked = model(x, masks=g)
@@ -179,7 +184,7 @@ def component_ci(model: ComponentModel, tokens: torch.Tensor, name: str, batch: 
     """Causal importances of every subcomponent of one matrix on `tokens` [N, T] -> [N, T, C]."""
     out = []
     for i in range(0, len(tokens), batch):
-        _, inputs = model.run_with_inputs(tokens[i : i + batch])
+        _, inputs = model.run_with_inputs(tokens[i : i + batch].to(_device(model)))
         out.append(model.causal_importances(inputs).lower[name])  # [b, T, C]
     return torch.cat(out)
 
@@ -194,9 +199,9 @@ def ablation_ce_delta(
     """
     out = []
     for i in range(0, len(tokens), batch):
-        x = tokens[i : i + batch]  # [b, T]
+        x = tokens[i : i + batch].to(_device(model))  # [b, T]
         base = _next_token_ce(model(x), x)
-        m = torch.ones(*x.shape, model.C[name])
+        m = torch.ones(*x.shape, model.C[name], device=x.device)
         m[..., c] = 0.0
         delta = {name: model.target_weight(name) - model.component(name).weight}
         edited = _next_token_ce(model(x, masks={name: m}, deltas=delta), x)
@@ -214,6 +219,7 @@ def token_purity(
     (the current one for offset 0, the previous one for offset -1) is the most common such token.
     Subcomponents firing fewer than `min_count` times are left out.
     """
+    tokens = tokens.to(ci.device)
     tok = tokens if offset == 0 else torch.roll(tokens, -offset, dims=1)  # tok[:, t] = tokens[:, t + offset]
     valid = torch.ones_like(tokens, dtype=torch.bool)
     if offset < 0:
@@ -241,8 +247,9 @@ def edited_logits(model: ComponentModel, x: torch.Tensor, removal: Removal) -> t
     Every other subcomponent and each matrix's Δ-component stay in full, so an empty removal is the target.
     """
     masks, deltas = {}, {}
+    x = x.to(_device(model))
     for n, cs in removal.items():
-        m = torch.ones(*x.shape, model.C[n])  # [B, T, C]: the layer's input has the tokens' leading shape
+        m = torch.ones(*x.shape, model.C[n], device=x.device)  # [B, T, C]: the layer input's leading shape is x's
         m[..., list(cs)] = 0.0
         masks[n] = m
         deltas[n] = model.target_weight(n) - model.component(n).weight
@@ -255,12 +262,13 @@ def task_attribution(model: ComponentModel, batch: TaskBatch, chunk: int = 64) -
     At m = 1 (Δ kept) removing c everywhere changes the logit difference by about −Σ_t ∂LD/∂m_{c,t}; we return
     minus that: positive means removing c lowers the correct-vs-wrong margin. `batch` is a `TaskBatch`.
     """
-    total = {n: torch.zeros(model.C[n]) for n in model.names}
+    dev = _device(model)
+    total = {n: torch.zeros(model.C[n], device=dev) for n in model.names}
     deltas = {n: d.detach() for n, d in model.weight_deltas().items()}
     for i in range(0, len(batch.tokens), chunk):
-        x = batch.tokens[i : i + chunk]  # [b, T]
-        sub = batch[i : i + chunk]
-        masks = {n: torch.ones(*x.shape, model.C[n], requires_grad=True) for n in model.names}
+        sub = batch[i : i + chunk].to(dev)
+        x = sub.tokens  # [b, T]
+        masks = {n: torch.ones(*x.shape, model.C[n], device=dev, requires_grad=True) for n in model.names}
         with torch.enable_grad():
             ld = logit_diff(model(x, masks=masks, deltas=deltas), sub).sum()
             grads = torch.autograd.grad(ld, list(masks.values()))
@@ -275,16 +283,18 @@ def task_last_logits(
 ) -> torch.Tensor:
     """Logits [N, vocab] at each task prompt's last position, with `removal` applied (None: the target)."""
     out = []
+    dev = _device(model)
     for i in range(0, len(batch.tokens), chunk):
-        x = batch.tokens[i : i + chunk]  # [b, T]
+        x = batch.tokens[i : i + chunk].to(dev)  # [b, T]
         logits = model(x) if not removal else edited_logits(model, x, removal)
-        out.append(logits[torch.arange(len(x)), batch.last[i : i + chunk]])
+        out.append(logits[torch.arange(len(x), device=dev), batch.last[i : i + chunk].to(dev)])
     return torch.cat(out)
 
 
 def task_metrics(last_logits: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
     """Per prompt: the correct token's next-token CE over the whole vocabulary ("ce"), the correct-minus-wrong
     logit difference ("ld") and whether it is positive ("acc")."""
+    batch = batch.to(last_logits.device)
     ce = F.cross_entropy(last_logits, batch.correct, reduction="none")
     ld = last_logits.gather(-1, batch.correct[:, None])[:, 0] - last_logits.gather(-1, batch.wrong[:, None])[:, 0]
     return {"ce": ce, "ld": ld, "acc": (ld > 0).float()}
@@ -297,7 +307,7 @@ def text_ce(
     """Per-position next-token CE [N, T-1] on text windows `tokens` [N, T], with `removal` applied."""
     out = []
     for i in range(0, len(tokens), batch):
-        x = tokens[i : i + batch]
+        x = tokens[i : i + batch].to(_device(model))
         out.append(_next_token_ce(model(x) if not removal else edited_logits(model, x, removal), x))
     return torch.cat(out)
 

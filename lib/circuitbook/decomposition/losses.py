@@ -39,6 +39,14 @@ def recon_loss(pred: torch.Tensor, target: torch.Tensor, kind: OutputLoss) -> to
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) noise of `shape` on `device`: drawn from `generator` where it lives and then moved (a CPU generator
+    gives the same numbers on every device), or, without one, from `device`'s default generator."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
 def stochastic_masks(
     ci: dict[str, torch.Tensor],
     deltas: dict[str, torch.Tensor] | None,
@@ -50,12 +58,12 @@ def stochastic_masks(
     """
     masks = {}
     for n, g in ci.items():
-        r = torch.rand(g.shape, generator=generator, device=g.device)  # [..., C]
+        r = uniform(g.shape, generator, g.device)  # [..., C]
         masks[n] = g + (1 - g) * r
     delta_masks = None
     if deltas is not None:
-        lead = next(iter(ci.values())).shape[:-1]
-        delta_masks = {n: torch.rand(lead, generator=generator) for n in ci}
+        first = next(iter(ci.values()))
+        delta_masks = {n: uniform(first.shape[:-1], generator, first.device) for n in ci}
     return masks, delta_masks
 
 

@@ -69,7 +69,7 @@ def activation_density(
     seed: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Fraction of `n` inputs from `data_fn(n, generator)` on which g_c > threshold: name -> [C]."""
-    x = data_fn(n, torch.Generator().manual_seed(seed))
+    x = data_fn(n, torch.Generator().manual_seed(seed)).to(next(model.parameters()).device)
     _, inputs = model.run_with_inputs(x)
     ci = model.causal_importances(inputs).lower
     return {k: (g > threshold).float().reshape(-1, g.shape[-1]).mean(0) for k, g in ci.items()}
@@ -94,7 +94,7 @@ def single_feature_ci(
     model: ComponentModel, n_features: int, magnitude: float = 0.75
 ) -> dict[str, torch.Tensor]:
     """Causal importances on the n inputs with one feature at `magnitude`: name -> [n, C]."""
-    _, inputs = model.run_with_inputs(torch.eye(n_features) * magnitude)
+    _, inputs = model.run_with_inputs(torch.eye(n_features, device=next(model.parameters()).device) * magnitude)
     return model.causal_importances(inputs).lower
 
 

@@ -50,9 +50,10 @@ class TMSTarget:
     def build(self) -> TMS:
         return TMS(self.n_features, self.n_hidden, identity=self.identity)
 
-    def train(self, run: ToyTrain, seed: int = 0, progress: bool = True) -> tuple[TMS, dict[str, Any]]:
+    def train(self, run: ToyTrain, seed: int = 0, progress: bool = True,
+              device: torch.device | str = "cpu") -> tuple[TMS, dict[str, Any]]:
         return train_tms(self.n_features, self.n_hidden, identity=self.identity, bias_init_zero=self.bias_init_zero,
-                         seed=seed, progress=progress, **asdict(run))
+                         seed=seed, progress=progress, device=device, **asdict(run))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +72,10 @@ class ResidMLPTarget:
     def build(self) -> ResidMLP:
         return ResidMLP(self.n_features, self.d_embed, self.d_mlp)
 
-    def train(self, run: ToyTrain, seed: int = 0, progress: bool = True) -> tuple[ResidMLP, dict[str, Any]]:
-        return train_resid_mlp(self.n_features, self.d_embed, self.d_mlp, seed=seed, progress=progress, **asdict(run))
+    def train(self, run: ToyTrain, seed: int = 0, progress: bool = True,
+              device: torch.device | str = "cpu") -> tuple[ResidMLP, dict[str, Any]]:
+        return train_resid_mlp(self.n_features, self.d_embed, self.d_mlp, seed=seed, progress=progress,
+                               device=device, **asdict(run))
 
 
 ToyTarget = TMSTarget | ResidMLPTarget

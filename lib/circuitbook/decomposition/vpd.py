@@ -24,13 +24,19 @@ from circuitbook.decomposition.losses import LossSettings, Minimality, OutputLos
 
 
 def uniform_subset_routing(
-    names: list[str], lead: tuple[int, ...], generator: torch.Generator | None = None
+    names: list[str], lead: tuple[int, ...], generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per position, draw k ~ U{1..n_matrices} and route a random k-subset of matrices to their components."""
+    """Per position, draw k ~ U{1..n_matrices} and route a random k-subset of matrices to their components.
+    The draws come from `generator` where it lives, else from `device`'s default generator; the masks are on
+    `device` (default: the CPU)."""
     n = len(names)
-    k = torch.randint(1, n + 1, lead, generator=generator)  # [...]
-    rank = torch.rand((*lead, n), generator=generator).argsort(-1).argsort(-1)  # [..., n] random permutation
+    where = generator.device if generator is not None else device
+    k = torch.randint(1, n + 1, lead, generator=generator, device=where)  # [...]
+    rank = torch.rand((*lead, n), generator=generator, device=where).argsort(-1).argsort(-1)  # [..., n] permutation
     chosen = rank < k.unsqueeze(-1)  # [..., n] bool
+    if device is not None:
+        chosen = chosen.to(device)
     return {name: chosen[..., i] for i, name in enumerate(names)}
 
 
@@ -71,7 +77,7 @@ class PersistentPGDRecon:
     def _init_sources(self, s: Step) -> None:
         extra = 0 if s.deltas is None else 1
         self.sources = {
-            n: torch.rand(*g.shape[:-1], g.shape[-1] + extra).requires_grad_(True)
+            n: torch.rand(*g.shape[:-1], g.shape[-1] + extra, device=g.device).requires_grad_(True)
             for n, g in s.ci.lower.items()
         }
         self._opt = torch.optim.Adam(list(self.sources.values()), lr=self.lr, betas=self.betas, maximize=True)
@@ -81,7 +87,7 @@ class PersistentPGDRecon:
         if not self.sources or next(iter(self.sources.values())).shape[:-1] != first.shape[:-1]:
             self._init_sources(s)
         lead = tuple(first.shape[:-1])
-        routing = uniform_subset_routing(s.model.names, lead) if self.routing else None
+        routing = uniform_subset_routing(s.model.names, lead, device=first.device) if self.routing else None
         ci_fixed = {n: g.detach() for n, g in s.ci.lower.items()}
         deltas_fixed = None if s.deltas is None else {n: d.detach() for n, d in s.deltas.items()}
         for _ in range(self.n_ascent):  # the adversary moves; the decomposition is held fixed
@@ -128,12 +134,14 @@ def adversarial_attack(
     """Divergence after 0..n_steps sign-gradient ascent steps on fresh sources shared across the batch."""
     use_delta = model.use_delta if use_delta is None else use_delta
     gen = torch.Generator().manual_seed(seed)
+    x = x.to(next(model.parameters()).device)
     with torch.no_grad():
         target_out, inputs = model.run_with_inputs(x)
         ci = model.causal_importances(inputs).lower
         deltas = model.weight_deltas() if use_delta else None
     extra = 1 if use_delta else 0
-    sources = {n: torch.rand(1, model.C[n] + extra, generator=gen).requires_grad_(True) for n in model.names}
+    dev = next(iter(ci.values())).device
+    sources = {n: torch.rand(1, model.C[n] + extra, generator=gen).to(dev).requires_grad_(True) for n in model.names}
     history = []
     for t in range(n_steps + 1):
         with torch.enable_grad():
@@ -154,6 +162,7 @@ def random_mask_loss(
 ) -> float:
     """Mean divergence under SPD's random masks m = g + (1 − g) r (the baseline an attack should beat)."""
     gen = torch.Generator().manual_seed(seed)
+    x = x.to(next(model.parameters()).device)
     target_out, inputs = model.run_with_inputs(x)
     ci = model.causal_importances(inputs).lower
     deltas = model.weight_deltas() if model.use_delta else None

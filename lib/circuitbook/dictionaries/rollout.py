@@ -156,7 +156,7 @@ def iou(heatmap: Tensor, mask: Tensor, top_fraction: float | None = None) -> flo
 
     top_fraction defaults to the mask's own area fraction, so both regions are about the same size.
     """
-    mask = mask.bool()
+    mask = mask.to(heatmap.device).bool()
     if top_fraction is None:
         top_fraction = float(mask.float().mean())
     region = top_region(heatmap, top_fraction)

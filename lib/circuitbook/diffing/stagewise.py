@@ -125,10 +125,10 @@ def diff_from_saes(saes: dict[str, SAE], acts_F: Tensor, threshold: float = 0.7,
     acts_F: [N, d] activations of F (a feature is alive when it fires there under DF or MF).
     `adaptive`: raise the threshold with `region_threshold` when too few features fall below it.
     """
-    x = decoder_cosine(saes["D"], saes["DF"])
-    y = decoder_cosine(saes["M"], saes["MF"])
+    x = decoder_cosine(saes["D"], saes["DF"]).cpu()  # the per-feature summaries live on the CPU
+    y = decoder_cosine(saes["M"], saes["MF"]).cpu()
     alive = ~evaluate(saes["DF"], acts_F)["dead"] | ~evaluate(saes["MF"], acts_F)["dead"]
-    cos = {f"{a}-{b}": decoder_cosine(saes[a], saes[b]) for a, b in PAIRS}
+    cos = {f"{a}-{b}": decoder_cosine(saes[a], saes[b]).cpu() for a, b in PAIRS}
     if adaptive:
         threshold = region_threshold(x, y, alive, threshold)
     return DiffResult(saes, x, y, lower_left(x, y, threshold, alive), alive, threshold, cos, history or {})

@@ -252,8 +252,9 @@ class GPT(HookedRootModule):
         return self.add_positions(self.token_embeddings(tokens))
 
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [batch, pos] -> token embeddings through `hook_embed`, [batch, pos, d_model] (no positions)."""
-        return self.hook_embed(self.embed(tokens))
+        """tokens [batch, pos] -> token embeddings through `hook_embed`, [batch, pos, d_model] (no positions).
+        Token ids are moved to the model's device (as TransformerLens does): callers may keep them on the CPU."""
+        return self.hook_embed(self.embed(tokens.to(self.embed.weight.device)))
 
     def add_positions(self, x: torch.Tensor) -> torch.Tensor:
         """Add learned positions 0 .. pos-1 (through `hook_pos_embed`; nothing if positions='none') to an input
@@ -276,11 +277,13 @@ class GPT(HookedRootModule):
         if self.bigram is not None:
             if tokens is None:
                 raise ValueError("this model adds a bigram table to its logits: pass the tokens")
-            logits = logits + self.bigram(tokens)
+            logits = logits + self.bigram(tokens.to(logits.device))
         return logits
 
     def forward(self, tokens: torch.Tensor, return_type: str = "logits") -> torch.Tensor:
-        """tokens [batch, pos] -> logits [batch, pos, vocab], or the mean next-token loss if return_type='loss'."""
+        """tokens [batch, pos] -> logits [batch, pos, vocab], or the mean next-token loss if return_type='loss'.
+        The tokens may be on the CPU: they are moved to the model's device."""
+        tokens = tokens.to(self.embed.weight.device)
         resid = self.embed_tokens(tokens)
         for block in self.blocks:
             resid = block(resid)

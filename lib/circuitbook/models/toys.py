@@ -87,36 +87,38 @@ def train_tms(
     n_instances: int = 4,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[TMS, dict[str, float]]:
     """Train tied-weight TMS models with AdamW (constant lr) on MSE(x̂, x); return the best one.
 
     TMS training sometimes stalls with dead features, so `n_instances` models are trained side by
-    side on the same batches and the one with the lowest loss on a held-out batch is kept.
+    side on the same batches and the one with the lowest loss on a held-out batch is kept. Weights and
+    batches are drawn on the CPU (the same numbers on every device) and trained on `device`.
     """
     gen = torch.Generator().manual_seed(seed)
     I = n_instances
-    W = nn.Parameter(torch.empty(I, n_hidden, n_features))  # [I, m, n]
+    W0 = torch.empty(I, n_hidden, n_features)  # [I, m, n]
     bound = 1 / math.sqrt(n_features)  # nn.Linear's default init for W
-    with torch.no_grad():
-        W.uniform_(-bound, bound, generator=gen)
+    W0.uniform_(-bound, bound, generator=gen)
     b0 = (torch.rand(I, 1, n_features, generator=gen) * 2 - 1) / math.sqrt(n_hidden)
-    b = nn.Parameter(torch.zeros(I, 1, n_features) if bias_init_zero else b0)  # [I, 1, n]
+    W = nn.Parameter(W0.to(device))
+    b = nn.Parameter((torch.zeros(I, 1, n_features) if bias_init_zero else b0).to(device))  # [I, 1, n]
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # [B, n] -> [I, B, n]
         return F.relu(x @ W.transpose(1, 2) @ W + b)
 
     opt = torch.optim.AdamW([W, b], lr=lr)
     for _ in tqdm(range(steps), desc=f"TMS {n_features}-{n_hidden}", disable=not progress):
-        x = sparse_features(batch_size, n_features, p, gen)  # [B, n]
+        x = sparse_features(batch_size, n_features, p, gen).to(device)  # [B, n]
         loss = ((forward(x) - x) ** 2).mean(dim=(1, 2)).sum()  # instances train independently
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        x = sparse_features(8192, n_features, p, torch.Generator().manual_seed(seed + 10_000))
+        x = sparse_features(8192, n_features, p, torch.Generator().manual_seed(seed + 10_000)).to(device)
         losses = ((forward(x) - x) ** 2).mean(dim=(1, 2))  # [I]
     best = int(losses.argmin())
-    model = TMS.from_weights(W[best].detach(), b[best, 0].detach(), identity=identity)
+    model = TMS.from_weights(W[best].detach(), b[best, 0].detach(), identity=identity).to(device)
     return model, {"loss": float(losses[best]), "instance": best, "instance_losses": losses.tolist()}
 
 
@@ -164,16 +166,18 @@ def train_resid_mlp(
     p: float = 0.01,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[ResidMLP, dict[str, float]]:
-    """Train the MLP (embedding fixed): AdamW, cosine lr, MSE(y, x + ReLU(x)). Returns (model, metrics)."""
-    model = ResidMLP(n_features, d_embed, d_mlp, seed=seed)
+    """Train the MLP (embedding fixed): AdamW, cosine lr, MSE(y, x + ReLU(x)). Returns (model, metrics).
+    Weights and batches are drawn on the CPU (the same numbers on every device) and trained on `device`."""
+    model = ResidMLP(n_features, d_embed, d_mlp, seed=seed).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
     params = [model.mlp_in.weight, model.mlp_out.weight]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     loss = torch.tensor(0.0)
     for _ in tqdm(range(steps), desc="residual MLP", disable=not progress):
-        x = resid_mlp_features(batch_size, n_features, p, gen)  # [B, n]
+        x = resid_mlp_features(batch_size, n_features, p, gen).to(device)  # [B, n]
         loss = ((model(x) - resid_mlp_labels(x)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

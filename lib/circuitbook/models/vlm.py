@@ -125,6 +125,7 @@ class ViT(nn.Module):
         """images [B, 3, H, W] in [0, 1] -> patch features [B, gh*gw, d_vit]."""
         if images.shape[-1] != self.cfg.image_size or images.shape[-2] != self.cfg.image_size:
             raise ValueError(f"expected {self.cfg.image_size}px images, got {tuple(images.shape[-2:])}")
+        images = images.to(self.patch_embed.weight.device)  # as the GPT does with token ids
         x = self.hook_patch_embed(self.patch_embed(self.patchify(images - 0.5)))
         x = x + self.hook_pos_embed(self.pos_embed)[None]
         for block in self.blocks:
@@ -196,6 +197,7 @@ class VLM(HookedRootModule):
         """images [B, 3, H, W] (or None: text only), tokens [B, T] -> logits [B, T, vocab] at the text positions.
 
         return_type="loss": the mean next-token loss over the text (image prefix excluded)."""
+        tokens = tokens.to(self.lm.embed.weight.device)  # inputs may be on the CPU (the ViT moves the images)
         resid = run_lm(self.lm, self.lm_input(images, tokens))
         logits = resid[:, resid.shape[1] - tokens.shape[1]:]
         if return_type == "logits":
@@ -238,9 +240,10 @@ def mlp_io(
     out: dict[str, dict[int, list[Tensor]]] = {"x": {la: [] for la in layers}, "y": {la: [] for la in layers}}
     was = model.training
     model.eval()
+    dev = next(model.parameters()).device  # inputs go where the model is; so do the outputs
     for i in range(0, tokens.shape[0], batch_size):
-        imgs = None if images is None else images[i : i + batch_size]
-        _, cache = model.run_with_cache(imgs, tokens[i : i + batch_size], names_filter=lambda n: n in names)
+        imgs = None if images is None else images[i : i + batch_size].to(dev)
+        _, cache = model.run_with_cache(imgs, tokens[i : i + batch_size].to(dev), names_filter=lambda n: n in names)
         for name, (kind, la) in names.items():
             out[kind][la].append(cache[name])
     model.train(was)
@@ -285,6 +288,11 @@ class ImageTextPairs:
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return ImageTextPairs(self.images[idx], self.tokens[idx], self.loss_mask[idx], self.answer_pos[idx],
                               self.answer_ids[idx])
+
+    def to(self, device: torch.device | str) -> ImageTextPairs:
+        """The same pairs on `device`."""
+        return ImageTextPairs(self.images.to(device), self.tokens.to(device), self.loss_mask.to(device),
+                              self.answer_pos.to(device), self.answer_ids.to(device))
 
 
 def encode_pairs(
@@ -333,11 +341,12 @@ def answer_accuracy(model: VLM, pairs: ImageTextPairs, batch_size: int = 256, im
     was = model.training
     model.eval()
     hits = 0
+    dev = next(model.parameters()).device
     for i in range(0, len(pairs), batch_size):
-        b = pairs.batch(range(i, min(i + batch_size, len(pairs))))
-        imgs = b.images if images is None else images[i : i + batch_size]
+        b = pairs.batch(range(i, min(i + batch_size, len(pairs)))).to(dev)
+        imgs = b.images if images is None else images[i : i + batch_size].to(dev)
         logits = model(imgs, b.tokens)
-        pred = logits[torch.arange(len(b.tokens)), b.answer_pos].argmax(-1)
+        pred = logits[torch.arange(len(b.tokens), device=dev), b.answer_pos].argmax(-1)
         hits += int((pred == b.answer_ids).sum())
     model.train(was)
     return hits / max(1, len(pairs))
@@ -414,18 +423,19 @@ def train_vlm(
     if (meta := ckpt.resume()) is not None:
         start, history = meta["step"], meta["history"]
 
+    dev = next(model.parameters()).device  # batches go where the model is
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="vlm")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * g["lr_mult"] * schedule(step, cfg.steps)
-        batch = pairs.batch(pair_batch(len(pairs), step, cfg.batch_size, cfg.seed))
+        batch = pairs.batch(pair_batch(len(pairs), step, cfg.batch_size, cfg.seed)).to(dev)
         loss_pairs = pair_loss(model, batch, cfg.answer_only)
         loss = loss_pairs
         row = {"step": step + 1, "pair_loss": loss_pairs.item()}
         if cfg.text_batch_size > 0:
-            text = get_batch(text_tokens, step, cfg.text_batch_size, cfg.text_ctx, cfg.seed + 1)
+            text = get_batch(text_tokens, step, cfg.text_batch_size, cfg.text_ctx, cfg.seed + 1).to(dev)
             loss_text = lm_loss(model(None, text), text)
             loss = loss + cfg.text_weight * loss_text
             row["text_loss"] = loss_text.item()
@@ -438,7 +448,7 @@ def train_vlm(
             if val_pairs is not None:
                 with torch.no_grad():
                     model.eval()
-                    row["val_pair_loss"] = float(pair_loss(model, val_pairs, cfg.answer_only))
+                    row["val_pair_loss"] = float(pair_loss(model, val_pairs.to(dev), cfg.answer_only))
                     model.train()
                 row["val_answer_acc"] = answer_accuracy(model, val_pairs)
             if eval_fn is not None:

@@ -23,6 +23,7 @@ from circuitbook.zoo.core import (
     suffix,
     task_sets,
     thin,
+    to_device,
     token_streams,
     tokenizer,
 )
@@ -75,7 +76,7 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
     def fit():
         sparse = the_sparse_model(prof, seed)[0].float().train()
         seed_everything(seed)
-        bridge = Bridge.for_models(dense, sparse)
+        bridge = to_device(Bridge.for_models(dense, sparse))  # dense and sparse are there already
         # already at its final sparsity
         sparsifier = WeightSparsifier(sparse, scfg.kept_fraction, min_per_row=scfg.min_per_row)
         streams = token_streams(prof)
@@ -91,8 +92,8 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
     family = parents(prof, f"dense_baseline{suffix(seed)}", sparse_name(scfg.kept_fraction, gcfg.d_model, seed=seed))
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=family)
     packed = {k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")}
-    sparse = gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval()
-    bridge = Bridge.for_models(dense, sparse)
+    sparse = to_device(gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval())
+    bridge = to_device(Bridge.for_models(dense, sparse))
     bridge.load_state_dict({k[7:]: v.float() for k, v in tensors.items() if k.startswith("bridge.")})
     return dense.eval(), sparse, bridge.eval(), meta
 

@@ -174,6 +174,18 @@ def half(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
 
 
+def to_device(x):
+    """A model (or a tensor, or a dict or list of them) on the book's device, `config.device()`: where the zoo
+    trains and where the models it returns live. Artifacts are stored from the CPU and load onto it; on the CPU
+    this is a no-op."""
+    dev = device()
+    if isinstance(x, dict):
+        return {k: to_device(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(to_device(v) for v in x)
+    return x.to(dev)
+
+
 def parents(profile: str | Profile, *names: str) -> list[Path]:
     """The files of the named artifacts of `profile`: the `parents` a child artifact records and checks."""
     return [artifacts.artifact_path(n, profile) for n in names]
@@ -185,7 +197,7 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
     tok = tokenizer(prof)
     streams = token_streams(prof, tok)
     sets = task_sets(prof, tok, tcfg.seed)
-    model.to(device())  # CIRCUITBOOK_DEVICE, else CUDA when present (the artifact is stored from CPU)
+    to_device(model)  # CIRCUITBOOK_DEVICE, else CUDA when present (the artifact is stored from CPU)
     out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
                 eval_fn=task_eval_fn(sets), progress=progress, **train_kw)
     model.cpu()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from circuitbook import artifacts
-from circuitbook.config import Profile, get_profile, pick
+from circuitbook.config import Profile, device, get_profile, pick
 from circuitbook.decomposition.components import ComponentModel
 from circuitbook.decomposition.decompose import Decomposition
 from circuitbook.decomposition.lm import AnnealedMinimality, LMDecompConfig, decompose_lm, lm_component_model
@@ -33,7 +33,7 @@ from circuitbook.decomposition.toys import (
     decompose_toy,
 )
 from circuitbook.decomposition.vpd import PGDSettings
-from circuitbook.zoo.core import parents, scratch_dir, suffix
+from circuitbook.zoo.core import parents, scratch_dir, suffix, to_device
 
 # ---------------------------------------------------------------- the toys
 
@@ -91,7 +91,7 @@ def toy_decomposition_config(
 
 def train_toy_target(name: str, profile: str | Profile = "full", seed: int = 0, progress: bool = True) -> nn.Module:
     """Train the toy's target with its profile's settings (no artifact; see `toy_target`)."""
-    return TOY_TARGETS[name].train(toy_training(name, profile), seed, progress)[0]
+    return TOY_TARGETS[name].train(toy_training(name, profile), seed, progress, device=device())[0]
 
 
 def toy_target(
@@ -104,14 +104,14 @@ def toy_target(
 
     def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         t0 = time.perf_counter()
-        model, metrics = spec.train(run, seed, progress)
+        model, metrics = spec.train(run, seed, progress, device=device())
         metrics["seconds"] = time.perf_counter() - t0
         return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, metrics
 
     tensors, meta = artifacts.load_or_train(f"{name}{suffix(seed)}", profile, fit, config, retrain)
     model = spec.build()
     model.load_state_dict(tensors)  # strictly: every key must match
-    return model.requires_grad_(False).eval(), meta
+    return to_device(model).requires_grad_(False).eval(), meta
 
 
 def toy_decomposition(
@@ -126,14 +126,15 @@ def toy_decomposition(
 ) -> tuple[Decomposition, dict[str, Any]]:
     """SPD/VPD of a toy target (artifact `<method>_<name>`); `overrides` replace any setting.
 
-    The target is deep-copied, so several decompositions of one target never share hooks.
+    The target is deep-copied (and put on `config.device()`), so several decompositions of one target never
+    share hooks; the decomposition lives where its target is.
     Returns (decomposition, meta); meta["metrics"] holds the training history and wall time.
     """
     spec = TOY_TARGETS[name]
     cfg = toy_decomposition_config(name, profile, method, **overrides)
     recorded = {k: v for k, v in asdict(cfg).items() if k != "vpd" or v is not None}  # SPD records no "vpd"
     config = {"decomposition": recorded, "seed": seed, "target": spec.kind}
-    target = copy.deepcopy(target)
+    target = to_device(copy.deepcopy(target))
 
     def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         d = decompose_toy(spec, target, cfg, seed, progress)
@@ -190,7 +191,7 @@ def lm_decomposition(
     data/scratch/<profile>/<name>/ after an interruption; see `decomposition.lm.decompose_lm` for `val_stream`."""
     cfg = lm_config(profile)
     config = {"decomposition": asdict(cfg), "seed": seed}
-    target = copy.deepcopy(target).eval()
+    target = to_device(copy.deepcopy(target).eval())
 
     def fit() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         d = decompose_lm(target, train_stream, cfg, val_stream, seed, scratch_dir(get_profile(profile), name), config,

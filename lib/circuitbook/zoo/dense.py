@@ -8,7 +8,7 @@ from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state
 from circuitbook.train import TrainConfig, cosine_schedule
-from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, half, parents, suffix
+from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, half, parents, suffix, to_device
 
 
 def dense_configs(profile: str | Profile, seed: int = 0) -> tuple[GPTConfig, TrainConfig]:
@@ -44,7 +44,7 @@ def dense_baseline(
         return half(model.state_dict()), metrics
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=parents(prof, "tokenizer"))
-    return gpt_from_state(tensors, gcfg).eval(), meta
+    return to_device(gpt_from_state(tensors, gcfg).eval()), meta
 
 
 
@@ -64,7 +64,7 @@ def dense_checkpoints(profile: str | Profile, seed: int = 0) -> dict[int, GPT]:
     out = {}
     for s in earlier:
         tensors, _ = artifacts.load_tensors(artifacts.artifact_path(f"{name}_step{s}", prof))
-        out[s] = gpt_from_state(tensors, gcfg).eval()
+        out[s] = to_device(gpt_from_state(tensors, gcfg).eval())
     out[tcfg.steps] = dense_baseline(prof, seed)[0]
     return out
 

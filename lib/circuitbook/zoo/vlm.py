@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from circuitbook import artifacts
-from circuitbook.config import Profile, get_profile, pick, seed_everything
+from circuitbook.config import Profile, device, get_profile, pick, seed_everything
 from circuitbook.data.scenes import KINDS, make_dataset
 from circuitbook.dictionaries.sae import Transcoder, train_transcoder
 from circuitbook.models.vlm import VLM, VLMConfig, VLMTrainConfig, encode_scenes, mlp_io, train_vlm, vlm_from_state
-from circuitbook.zoo.core import half, parents, scratch_dir, suffix, token_streams, tokenizer
+from circuitbook.zoo.core import half, parents, scratch_dir, suffix, to_device, token_streams, tokenizer
 from circuitbook.zoo.dense import dense_baseline, dense_configs
 
 VLM_N_TEXT = 24  # caption tokens: the longest question, the answer and EOT fit
@@ -91,7 +91,7 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
         streams = token_streams(prof, tok)
         train_pairs = encode_scenes(vlm_scenes(prof, "train", data.n_train, seed), tok, data.n_text)
         val_pairs = encode_scenes(vlm_scenes(prof, "val", data.n_val, seed), tok, data.n_text)
-        model = VLM(vcfg, lm=dense_baseline(prof, seed)[0].float())
+        model = to_device(VLM(vcfg, lm=dense_baseline(prof, seed)[0].float()))
         out = train_vlm(model, train_pairs, tcfg, text_tokens=streams["train"], val_pairs=val_pairs,
                         ckpt_dir=scratch_dir(prof, name), progress=progress)
         hist = [r for r in out["history"] if "val_pair_loss" in r or r["step"] % 50 == 0]
@@ -100,7 +100,7 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
                                             parents=parents(prof, f"dense_baseline{suffix(seed)}"))
-    return vlm_from_state(tensors, vcfg).eval(), meta
+    return to_device(vlm_from_state(tensors, vcfg).eval()), meta
 
 
 def vlm_transcoder_configs(profile: str | Profile) -> TranscoderSettings:
@@ -146,7 +146,7 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
                 n = min(len(x), len(xi))
                 x, y = torch.cat([x[:n], xi[:n]]), torch.cat([y[:n], yi[:n]])
             t, h = train_transcoder((x, y), tc.n_features, tc.k, steps=tc.steps, seed=seed + layer,
-                                    batch_size=tc.batch_size, progress=progress)
+                                    batch_size=tc.batch_size, progress=progress, device=device())
             tensors |= {f"l{layer}.{k}": v.half() for k, v in t.to_tensors().items()}
             metrics[f"l{layer}_train_fvu"] = float(np.mean(h["fvu"][-20:]))
         return tensors, metrics
@@ -154,6 +154,6 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
                                             parents=parents(prof, f"vlm{suffix(seed)}"))
     cfg = {"kind": "Transcoder", "d_in": D, "d_out": D, "n_features": tc.n_features, "k": tc.k}
-    return [Transcoder.from_tensors({k[len(f"l{la}."):]: v.float() for k, v in tensors.items()
-                                     if k.startswith(f"l{la}.")}, cfg) for la in range(L)], meta
+    return [to_device(Transcoder.from_tensors({k[len(f"l{la}."):]: v.float() for k, v in tensors.items()
+                                               if k.startswith(f"l{la}.")}, cfg)) for la in range(L)], meta
 
