@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -164,6 +165,20 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except Exception as e:  # safetensors raises several types on a bad header
         raise ArtifactError(f"{path} is not a readable safetensors file ({e})") from e
     return tensors, meta
+
+
+def load_shipped_json_gz(path: Path, what: str) -> Any:
+    """A shipped gzipped JSON input (the frozen corpus, the wild prompts), after the sha256 recorded in the JSON
+    meta beside it (`<name>.json`). `what` names it in the errors."""
+    path = Path(path)
+    meta_path = path.with_name(path.name.removesuffix(".json.gz") + ".json")
+    if not path.exists() or not meta_path.exists():
+        raise FileNotFoundError(f"{what} {path} (or {meta_path.name}) is missing; it is shipped with the book "
+                                "(git checkout data/artifacts)")
+    expected = json.loads(meta_path.read_text())["sha256"]
+    if sha256(path) != expected:
+        raise ArtifactError(f"checksum mismatch for {path}: expected {expected}; restore it from git")
+    return json.loads(gzip.decompress(path.read_bytes()))
 
 
 def artifact_path(name: str, profile: str | Profile) -> Path:

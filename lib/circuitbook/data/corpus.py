@@ -23,7 +23,7 @@ import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from circuitbook.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, sha256
+from circuitbook.artifacts import atomic_write_bytes, atomic_write_json, load_shipped_json_gz, sha256
 from circuitbook.config import DATA, Profile, get_profile, pick
 from circuitbook.data.tasks import corpus_snippet
 
@@ -87,14 +87,7 @@ def freeze_stdlib(path: Path = STDLIB, root: Path | None = None) -> str:
 
 def frozen_stdlib(path: Path = STDLIB) -> list[tuple[str, str | None]]:
     """The shipped standard library, after its sha256 check: [(name, text or None)]."""
-    meta_path = path.with_name(path.name.removesuffix(".json.gz") + ".json")
-    if not path.exists() or not meta_path.exists():
-        raise FileNotFoundError(f"the frozen corpus {path} (or {meta_path.name}) is missing; it is shipped with "
-                                "the book (git checkout data/artifacts)")
-    expected = json.loads(meta_path.read_text())["sha256"]
-    if sha256(path) != expected:
-        raise ArtifactError(f"checksum mismatch for {path}: expected {expected}; restore it from git")
-    return [tuple(f) for f in json.loads(gzip.decompress(path.read_bytes()))["files"]]
+    return [tuple(f) for f in load_shipped_json_gz(path, "the frozen corpus")["files"]]
 
 
 def _is_val(name: str, frac: float) -> bool:

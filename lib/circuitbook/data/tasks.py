@@ -231,15 +231,20 @@ def task_accuracy(logits: torch.Tensor, batch: TaskBatch) -> float:
 
 
 @torch.no_grad()
-def evaluate_task(model, batch: TaskBatch, chunk: int = 256) -> dict[str, float]:
-    """Task loss and accuracy of `model` (tokens -> logits) on a TaskBatch, in chunks."""
+def logit_margins(model, batch: TaskBatch, chunk: int = 256) -> torch.Tensor:
+    """Correct minus wrong logit at each prompt's last token, [n] on the CPU, computed in chunks."""
     params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
     dev = params[0].device if params else batch.tokens.device
     diffs = []
     for i in range(0, len(batch.tokens), chunk):
         sub = batch[i : i + chunk].to(dev)
         diffs.append(logit_diff(model(sub.tokens), sub).cpu())
-    d = torch.cat(diffs)
+    return torch.cat(diffs)
+
+
+def evaluate_task(model, batch: TaskBatch, chunk: int = 256) -> dict[str, float]:
+    """Task loss and accuracy of `model` (tokens -> logits) on a TaskBatch (`logit_margins`)."""
+    d = logit_margins(model, batch, chunk)
     return {"loss": float(F.softplus(-d).mean()), "acc": float((d > 0).float().mean())}
 
 

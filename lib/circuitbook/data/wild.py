@@ -54,7 +54,7 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuitbook.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, sha256
+from circuitbook.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, load_shipped_json_gz, sha256
 from circuitbook.config import DATA
 from circuitbook.data.forms import valid_contrast
 from circuitbook.data.tasks import Example
@@ -346,14 +346,7 @@ def freeze_wild(tok, stdlib: list[tuple[str, str | None]], parents: dict[str, st
 
 def wild_document(path: Path = WILD) -> dict:
     """The shipped wild-prompts document, after its sha256 check."""
-    meta_path = path.with_name(path.name.removesuffix(".json.gz") + ".json")
-    if not path.exists() or not meta_path.exists():
-        raise FileNotFoundError(f"the wild prompts {path} (or {meta_path.name}) are missing; they are shipped with "
-                                "the book (git checkout data/artifacts)")
-    expected = json.loads(meta_path.read_text())["sha256"]
-    if sha256(path) != expected:
-        raise ArtifactError(f"checksum mismatch for {path}: expected {expected}; restore it from git")
-    return json.loads(gzip.decompress(path.read_bytes()))
+    return load_shipped_json_gz(path, "the wild prompts")
 
 
 def load_wild(path: Path = WILD) -> dict[str, list[WildExample]]:

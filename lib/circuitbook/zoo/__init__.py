@@ -36,7 +36,6 @@ from circuitbook.zoo.circuits import (
     prune_config_v2,
     pruned_circuit,
     search_curve,
-    tensor_fingerprint,
 )
 from circuitbook.zoo.core import (
     VAL_WINDOWS,
@@ -57,6 +56,7 @@ from circuitbook.zoo.core import (
     suffix,
     task_eval_fn,
     task_sets,
+    tensor_fingerprint,
     thin,
     to_device,
     token_streams,

@@ -14,7 +14,6 @@ from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, total_l0
 from circuitbook.train import get_batch
-from circuitbook.zoo.circuits import tensor_fingerprint
 from circuitbook.zoo.core import (
     batch_fingerprint,
     half,
@@ -22,6 +21,7 @@ from circuitbook.zoo.core import (
     scratch_dir,
     suffix,
     task_sets,
+    tensor_fingerprint,
     thin,
     to_device,
     token_streams,

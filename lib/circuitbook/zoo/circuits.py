@@ -10,7 +10,6 @@ raised, never silently retrained.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -43,6 +42,7 @@ from circuitbook.zoo.core import (
     parents,
     suffix,
     task_sets,
+    tensor_fingerprint,
     token_streams,
     tokenizer,
 )
@@ -183,11 +183,6 @@ def cached_search(
     tensors, meta = _load_or_make(name, profile, fit, config, retrain, parents)
     m = meta["metrics"]
     return SearchResult(PruneConfig(**m["best"]), Circuit.from_artifact(tensors, m["circuit"]), m["trials"])
-
-
-def tensor_fingerprint(t: Tensor) -> str:
-    """A short sha1 of a tensor's values (the scores a curve is drawn from)."""
-    return hashlib.sha1(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def cached_attribution(

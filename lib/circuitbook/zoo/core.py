@@ -15,7 +15,7 @@ from circuitbook import artifacts
 from circuitbook.config import DATA, Profile, device, get_profile, pick
 from circuitbook.data.corpus import STDLIB, frozen_stdlib, load_corpus
 from circuitbook.data.forms import GROUPS, examples_sha256, sample_form_examples, valid_contrast
-from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, logit_diff, sample_examples
+from circuitbook.data.tasks import TASKS, TaskBatch, encode_examples, evaluate_task, logit_margins, sample_examples
 from circuitbook.data.tokenizer import CodeTokenizer, train_tokenizer
 from circuitbook.data.wild import WILD, freeze_wild, load_wild, wild_document
 from circuitbook.models.gpt import GPT
@@ -237,6 +237,11 @@ def batch_fingerprint(batch: TaskBatch) -> str:
     return h.hexdigest()[:16]
 
 
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """A short sha1 of a tensor's values (the scores a curve is drawn from, a steering move)."""
+    return hashlib.sha1(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 VAL_WINDOWS = (20, 32)  # chapter 2's validation set: val_batches(val, 20, 32, n_ctx), 640 windows over the split
 
 
@@ -259,13 +264,6 @@ def model_eval(profile: str | Profile, name: str, model: GPT, seed: int = 0, ret
     return {"val_loss": float(tensors["val_loss"][0]), "acc": meta["metrics"]["acc"]}
 
 
-@torch.no_grad()
-def _margins(model: GPT, batch: TaskBatch, chunk: int = 256) -> torch.Tensor:
-    """Correct minus wrong logit at each prompt's last token, [n] (what `evaluate_task` thresholds at 0)."""
-    return torch.cat([logit_diff(model(batch[i: i + chunk].tokens), batch[i: i + chunk])
-                      for i in range(0, len(batch.tokens), chunk)])
-
-
 def split_margins(profile: str | Profile, name: str, model: GPT, seed: int = 0,
                   retrain: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """{split: {task: per-prompt logit margin [n]}} of `model` (the artifact `name`) on chapter 2's three
@@ -277,7 +275,7 @@ def split_margins(profile: str | Profile, name: str, model: GPT, seed: int = 0,
               "wild": wild_sets(prof, tok).test}
     config = {"model": model_fingerprint(model),
               "prompts": {s: {t: batch_fingerprint(b) for t, b in bs.items()} for s, bs in splits.items()}}
-    fit = lambda: ({f"{s}.{t}": _margins(model, b) for s, bs in splits.items() for t, b in bs.items()}, {})
+    fit = lambda: ({f"{s}.{t}": logit_margins(model, b) for s, bs in splits.items() for t, b in bs.items()}, {})
     tensors, _ = artifacts.load_or_train(f"margins_{name}", prof, fit, config, retrain,
                                          parents=parents(prof, name) + [WILD])
     return {s: {t: tensors[f"{s}.{t}"] for t in bs} for s, bs in splits.items()}
