@@ -652,6 +652,274 @@ print("models whose whole self misses the target loss on the train prompts:", mi
 # the frontier at our scale is mostly a width-128 story.
 
 # %% [markdown]
+# ## The second method: pruning that measures size
+#
+# An independent check of the sections above found three faults in how they count a circuit. The mask's
+# scores clamp at 1, and ties broke by node index: 29 of the 35 bracket nodes and 56 of the 109
+# set-or-string nodes scored exactly 1.0, so the order the bisection walked, and the counts it returned,
+# were arbitrary. The mask's own loss settled far below the target (0.017 against 0.12 for quote), so the
+# penalty was not what set the size. And six search trials could miss the narrow band of `k_coef` where
+# the mask is small and still sufficient. The second method (`prune_v2`) fixes each of these:
+#
+# - **An order with no ties.** Nodes are ranked by score. Within a group of equal scores they are ranked by
+#   their measured leave-one-out effect on the mask's circuit. Nodes that no measurement tells apart are kept
+#   or dropped together, so renumbering the nodes cannot change the size (`tests/test_prune_v2.py`).
+# - **A dual update of `k_coef`.** The sparsity pressure rises while the running task loss is under the
+#   target and falls while it is over, so the mask settles at the target.
+# - **The paper's target, 0.15, on the calibrated loss** (after the best logit scale and shift for the
+#   circuit), with the calibration learned along with the mask. **24 search trials** per task.
+#
+# ### The protocol, written before the measurement
+#
+# Everything below this paragraph was committed before the second method's searches were first read.
+#
+# - **Prompts for pruning** (`choose_pruning_prompts`): a task is pruned on its *pruning forms* when the
+#   whole model's calibrated loss on them reaches the target. Otherwise it is pruned on the generated train
+#   prompts, because a circuit cannot do better than its own model. The held-out forms are never used to
+#   find or select anything.
+# - **Sufficiency** (`circuit_sufficient_v2_<task>`): the circuit's calibrated loss on the held-out forms,
+#   with the scale and shift fitted on the pruning prompts. Goal: at most 0.2. The same loss on the
+#   generated test prompts is reported beside it.
+# - **Necessity without the final reads** (`circuit_necessary_without_final_reads_<task>`): only the
+#   circuit's interior is mean-ablated. Its final reads (the unembedding's own inputs) are kept, because
+#   removing them breaks any task whatever computes it. This is measured on the generated test prompts,
+#   where the whole model is at least 0.99 accurate; on forms the model already fails, a low accuracy would
+#   prove nothing. Goal: accuracy at most 0.6.
+# - **Matched loss** (`sparse_vs_dense_circuit_ratio_matched_loss`): the kept checkpoint of the dense
+#   baseline whose validation loss is nearest the sparse model's (`matched_checkpoint`). If none is within
+#   0.05 nats, intermediate checkpoints are trained first. Both models are pruned for the quote task with
+#   the second method's base settings, on the same generated train prompts; neither side is searched. The
+#   claim is the edge ratio, dense over sparse; goal at least 4. The node ratio is reported.
+# - **The quote-type node** (`best_sign_separating`): among the v2 quote circuit's residual-stream nodes
+#   (reads and writes, but not the final read), the node whose sign best separates `'` from `"` at the last
+#   token of the *train* prompts; ties go to the earlier node in forward order. Its agreement is measured at
+#   the last token of the *wild* quote prompts (strings from code the model never saw), where a zero counts
+#   as a miss: `quote_type_sign_agreement_v2`, goal at least 0.9, with each quote type reported alone.
+# - **Bracket attacks** (`data.attacks.AVERAGING_PREDICTS`): the mechanism this chapter names for the
+#   bracket circuit is an average of `[` signals over the context. It predicts, per depth:
+#   - closed brackets before the list add to the average, so depth-1 lists look deeper: depth-1 prompts
+#     fail, and depth-2 prompts (already deep) do not;
+#   - bracket-free tokens dilute the average, so depth-2 lists look shallower: depth-2 prompts fail, and
+#     depth-1 prompts do not.
+#
+#   "Fail" means accuracy drops by at least 0.1; "do not" means the accuracy changes by at most 0.05. Three
+#   attacks were found after the fact (tried until one broke the model): `flat` (three closed flat lists),
+#   `distractor` (one closed `[[..], [..]]`) and `long` (long lists). Three more were written with their
+#   predictions before they were measured: `flat_one` (one closed flat list), `subscripts` (three lines
+#   that index, `a = b[2]`) and `long_prefix` (8 to 12 bracket-free lines before the list). Each attack
+#   has 400 held-out prompts (ci: 40), half at each depth. Every one is reported.
+#
+# The prompt sets' sha256 (first 12 hex digits) are fixed here, and the run checks them.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from circuitbook.circuits import FINAL_SITE, choose_pruning_prompts, heldout_sufficiency, matched_checkpoint
+from circuitbook.data.attacks import ATTACKS, AVERAGING_PREDICTS, FOUND_AFTER_THE_FACT
+from circuitbook.data.forms import examples_sha256
+from circuitbook.separation import best_sign_separating
+
+PROTOCOL_SHA256 = {  # full profile: prompt sets fixed with the protocol
+    "pruning forms": {QUOTE: "aac325dbbba0", BRACKET: "bc2d7d9c0e03", SOS: "71cc437171a7"},
+    "held-out forms": {QUOTE: "e4d8076dac90", BRACKET: "41a5fe1051c9", SOS: "c39bad0eb4ec"},
+    "wild": {QUOTE: "e9040c866193"},
+    "attacks": {"normal": "725f8347fad1", "flat": "336dc3d94114", "distractor": "0db380cc92e3",
+                "long": "3d26dc2ae449", "flat_one": "3a40f48bccb4", "subscripts": "fd712d9c9e99",
+                "long_prefix": "ab89ea4da584"},
+}
+forms = zoo.form_sets(prof, tok, seed)
+wild = zoo.wild_sets(prof, tok)
+n_attack_v2 = 400 if prof.name == "full" else 40
+attack_examples = {k: [e for e in bracket_attack_examples(k, n_attack_v2, seed=123 + seed)
+                       if len(tok.encode(e.prompt)) <= model.cfg.n_ctx] for k in ATTACKS}
+digests = {"pruning forms": {t: forms.sha256["pruning"][t][:12] for t in zoo.CIRCUIT_TASKS},
+           "held-out forms": {t: forms.sha256["heldout"][t][:12] for t in zoo.CIRCUIT_TASKS},
+           "wild": {QUOTE: wild.sha256[QUOTE][:12]},
+           "attacks": {k: examples_sha256(v)[:12] for k, v in attack_examples.items()}}
+for name, d in digests.items():
+    print(f"{name:15s}", d)
+if prof.name == "full" and seed == 0:
+    assert digests == PROTOCOL_SHA256, "a prompt set differs from the one fixed with the protocol"
+    print("every prompt set is the one fixed with the protocol")
+
+# %% [markdown]
+# ### Which prompts each task is pruned on
+#
+# The whole model's calibrated loss on each candidate set, and the set the rule picks.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+base_v2 = zoo.prune_config_v2(prof, seed=seed)
+prompt_rows = {}
+for t in zoo.CIRCUIT_TASKS:
+    chosen, _, whole_losses = zoo.v2_pruning_set(prof, t, seed)
+    assert chosen == choose_pruning_prompts(whole_losses, base_v2.target_loss)
+    prompt_rows[t] = {**{f"whole model, {k}": v for k, v in whole_losses.items()}, "pruned on": chosen}
+display(pd.DataFrame(prompt_rows).T.round(3))
+
+# %% [markdown]
+# ### The searches
+#
+# Each task gets 24 trials (ci: 3) over the learning rate, the initial scores, the dual step and the
+# calibration's learning rate. `k_coef` itself is not searched, because the dual update sets it. A trial's
+# score is its node count if the circuit reaches the target, and the total node count plus its loss if it
+# does not.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+searches_v2 = {t: zoo.circuit_search_v2(prof, t, seed, retrain=retrain) for t in zoo.CIRCUIT_TASKS}
+circuits_v2 = {t: r.circuit for t, r in searches_v2.items()}
+trials_v2 = pd.concat({t: pd.DataFrame(r.trials).set_index("trial") for t, r in searches_v2.items()})
+display(trials_v2.round(4))
+for t, c in circuits_v2.items():
+    reached = int((trials_v2.loc[t, "sufficiency_loss"] <= base_v2.target_loss).sum())
+    print(f"{t:20s} best: {c.n_nodes} nodes, calibrated train loss {c.sufficiency_loss:.3f}; "
+          f"{reached} of {len(trials_v2.loc[t])} trials reached the target")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+for i, (t, c) in enumerate(circuits_v2.items()):
+    h = pd.DataFrame(c.info["history"])
+    axes[0].plot(h["step"], h["loss_ema"], color=f"C{i}", label=t)
+    axes[1].plot(h["step"], h["k_coef"], color=f"C{i}", label=t)
+    bis = {int(k): v for k, v in c.info["bisection"].items()}
+    ks = sorted(bis)
+    axes[2].plot(ks, [bis[k] for k in ks], "o", ms=4, color=f"C{i}", label=f"{t}: {c.n_nodes} nodes")
+    axes[2].plot([c.n_nodes], [bis[c.n_nodes]], "k*", ms=10)
+axes[0].axhline(base_v2.target_loss, color="k", ls="--", lw=1)
+axes[0].set(xlabel="mask step", ylabel="running task loss", title="the dual update holds the target")
+axes[1].set(xlabel="mask step", ylabel="k_coef", yscale="log", title="k_coef, set by the dual update")
+axes[2].axhline(base_v2.target_loss, color="k", ls="--", lw=1)
+axes[2].set(xscale="symlog", yscale="log", xlabel="nodes kept (prefix of the measured order)",
+            ylabel="calibrated loss", title="every prefix the bisection tried")
+for ax in axes:
+    ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### Sufficient, and necessary without the final reads
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rows = []
+for t, c in circuits_v2.items():
+    size = circuit_size(model, c)
+    suff_forms = heldout_sufficiency(model, c, forms.heldout[t], means)
+    suff_test = heldout_sufficiency(model, c, sets.test[t], means)
+    interior = circuit_removed(model, c, sets.test[t], means, spare_sites=(FINAL_SITE,))
+    rows.append({"task": t, "pruned on": prompt_rows[t]["pruned on"], "nodes": size["nodes"], "edges": size["edges"],
+                 "final reads": len(c.by_site().get(FINAL_SITE, [])),
+                 "held-out forms: loss": suff_forms["loss"], "held-out forms: acc": suff_forms["acc"],
+                 "test: loss": suff_test["loss"], "test: acc": suff_test["acc"],
+                 "interior removed: acc": interior["acc"],
+                 "whole model, held-out forms acc": evaluate_task(model, forms.heldout[t])["acc"]})
+table_v2 = pd.DataFrame(rows).set_index("task")
+display(table_v2.round(3))
+
+# %%
+for t in (QUOTE, BRACKET):
+    draw_circuit(model, circuits_v2[t])
+    plt.title(f"{t}: the second method's circuit ({circuits_v2[t].n_nodes} nodes)")
+    plt.show()
+
+# %% [markdown]
+# ### Sparse against dense at matched loss
+
+# %%
+# NBVAL_CHECK_OUTPUT
+sparse_val = zoo.model_eval(prof, model_name, model, seed)["val_loss"]
+ckpt_losses = zoo.dense_checkpoint_losses(prof, seed)
+step = matched_checkpoint(ckpt_losses, sparse_val)
+print(f"sparse model val loss {sparse_val:.4f}; dense checkpoints:",
+      {s: round(v, 4) for s, v in ckpt_losses.items()}, f"-> step {step} (gap {ckpt_losses[step] - sparse_val:+.4f})")
+if abs(ckpt_losses[step] - sparse_val) > 0.05:  # the book's models have one (full); toy sizes need not
+    assert prof.name != "full", "no dense checkpoint within 0.05 nats of the sparse model: train intermediate ones"
+    print("(no checkpoint within 0.05 nats at this profile: the nearest is used)")
+final_step = max(ckpt_losses)
+matched_name = f"dense_baseline{zoo.suffix(seed)}" + ("" if step == final_step else f"_step{step}")
+matched = zoo.dense_checkpoints(prof, seed)[step].float().eval()
+dc_v2 = zoo.pruned_circuit_v2(prof, matched, matched_name, QUOTE, seed)
+qc_v2_base = zoo.pruned_circuit_v2(prof, model, model_name, QUOTE, seed)
+m_size, s_size = circuit_size(matched, dc_v2), circuit_size(model, qc_v2_base)
+matched_ratio = m_size["edges"] / max(s_size["edges"], 1)
+matched_ratio_nodes = m_size["nodes"] / max(s_size["nodes"], 1)
+display(pd.DataFrame({
+    f"dense, step {step}": {"val loss": ckpt_losses[step], "nodes": m_size["nodes"], "edges": m_size["edges"],
+                            "calibrated train loss": dc_v2.sufficiency_loss},
+    "sparse": {"val loss": sparse_val, "nodes": s_size["nodes"], "edges": s_size["edges"],
+               "calibrated train loss": qc_v2_base.sufficiency_loss}}).T.round(4))
+print(f"quote circuit at matched loss, dense over sparse: edges {matched_ratio:.2f}, nodes {matched_ratio_nodes:.2f}")
+
+# %% [markdown]
+# ### The quote-type node, chosen by the rule, measured on wild strings
+
+# %%
+# NBVAL_CHECK_OUTPUT
+qc2 = circuits_v2[QUOTE]
+train_q = sets.train[QUOTE].to(device())
+resid = [(s, ch) for s, ch in qc2.node_list() if nodes.kind(s) in ("read", "write") and s != FINAL_SITE]
+with torch.no_grad():
+    _, tcache = model.run_with_cache(train_q.tokens, names_filter=lambda n: n in {s for s, _ in resid})
+ar_t = torch.arange(len(train_q.last))
+values = {nodes.label(s, ch): tcache[s].reshape(len(ar_t), train_q.tokens.shape[1], -1)[ar_t, train_q.last, ch]
+          for s, ch in resid}
+if values:
+    qtype_v2, train_sep = best_sign_separating(values, train_q.labels)
+    site_v2, ch_v2 = next((s, ch) for s, ch in resid if nodes.label(s, ch) == qtype_v2)
+    single_sign_v2 = 1.0 if float(values[qtype_v2][train_q.labels == 0].mean()) > 0 else -1.0
+    wq = wild.test[QUOTE].to(device())
+    with torch.no_grad():
+        _, wcache = model.run_with_cache(wq.tokens, names_filter=site_v2)
+    ar_w = torch.arange(len(wq.last))
+    v = wcache[site_v2].reshape(len(ar_w), wq.tokens.shape[1], -1)[ar_w, wq.last, ch_v2]
+    want = torch.where(wq.labels == 0, single_sign_v2, -single_sign_v2)
+    hit = torch.sign(v) == want  # a zero is a miss
+    wild_agree = float(hit.float().mean())
+    wild_agree_by = {q: float(hit[wq.labels == i].float().mean()) for i, q in enumerate(("'", '"'))}
+    print(f"rule's quote-type node: {qtype_v2} (sign separation on train prompts {train_sep:.3f}, "
+          f"{len(resid)} residual-stream candidates)")
+    print(f"wild quote prompts ({len(ar_w)}): sign agreement {wild_agree:.3f} "
+          f"(' {wild_agree_by[chr(39)]:.3f}, \" {wild_agree_by[chr(34)]:.3f}); exactly zero on "
+          f"{float((v == 0).float().mean()):.1%}")
+else:
+    qtype_v2, wild_agree, wild_agree_by = None, float("nan"), {"'": float("nan"), '"': float("nan")}
+    print("the v2 quote circuit keeps no residual-stream node besides the final reads")
+
+# %% [markdown]
+# ### The bracket attacks: predictions against measurements
+
+# %%
+# NBVAL_CHECK_OUTPUT
+bc2 = circuits_v2[BRACKET]
+acc_by = {}
+for k, exs in attack_examples.items():
+    acc_by[k] = {1: float("nan"), 2: float("nan"), "circuit": float("nan")}  # no prompt fits the context (ci)
+    if exs:
+        b = encode_examples(exs, tok)
+        for d in (1, 2):
+            if bool((b.labels == d - 1).any()):
+                acc_by[k][d] = evaluate_task(model, b[b.labels == d - 1])["acc"]
+        acc_by[k]["circuit"] = circuit_alone(model, bc2, b, means, calibrated=True)["acc"]
+rows = []
+for k in ATTACKS:
+    if k == "normal":
+        continue
+    for d in (1, 2):
+        drop = acc_by["normal"][d] - acc_by[k][d]
+        pred = AVERAGING_PREDICTS[k][d]
+        held = drop >= 0.1 if pred == "drop" else abs(drop) <= 0.05
+        rows.append({"attack": k, "depth": d,
+                     "when": "found after the fact" if k in FOUND_AFTER_THE_FACT else "registered",
+                     "predicted": pred, "model acc": acc_by[k][d], "drop": drop, "prediction held": held,
+                     "circuit acc (both depths)": acc_by[k]["circuit"]})
+attack_table = pd.DataFrame(rows).set_index(["attack", "depth"])
+print(f"no attack: model acc depth 1 {acc_by['normal'][1]:.3f}, depth 2 {acc_by['normal'][2]:.3f}; "
+      f"circuit acc {acc_by['normal']['circuit']:.3f}")
+display(attack_table.round(3))
+reg = attack_table[attack_table["when"] == "registered"]
+print(f"registered predictions that held: {int(reg['prediction held'].sum())} of {len(reg)}")
+
+# %% [markdown]
 # ## Explore: a task and a target loss
 #
 # Pick a task and a target loss; the circuit is the smallest top-scored set on the loss curve above
@@ -735,6 +1003,48 @@ claims += [
     Claim("learned_vs_attribution_ratio_set_or_string", "set_or_string circuit edges, attribution over learned",
           round(float(attr_table.loc[SOS, "edge ratio"]), 3), target="report"),
 ]
+for t, r in table_v2.iterrows():  # the second method (issue 16), registered before it was measured
+    goal = 20 if t == QUOTE else 30
+    claims += [
+        Claim(f"circuit_nodes_v2_{t}", f"nodes in the {t} circuit of the second method (24-trial search, "
+              "calibrated loss 0.15, prompts by choose_pruning_prompts)", int(r["nodes"]),
+              paper="12 (quote)" if t == QUOTE else None, target=f"<= {goal}", holds=bool(r["nodes"] <= goal)),
+        Claim(f"circuit_edges_v2_{t}", f"edges in the {t} circuit of the second method", int(r["edges"]),
+              paper="9 (quote)" if t == QUOTE else None, target="report"),
+        Claim(f"circuit_sufficient_v2_{t}", f"{t}: calibrated loss of the second method's circuit alone on the "
+              "held-out forms (scale and shift fitted on the pruning prompts)",
+              round(float(r["held-out forms: loss"]), 4),
+              paper="reaches 0.15", target="<= 0.2", holds=bool(r["held-out forms: loss"] <= 0.2)),
+        Claim(f"circuit_sufficient_v2_test_{t}", f"{t}: the same on the generated test prompts",
+              round(float(r["test: loss"]), 4), target="report"),
+        Claim(f"circuit_necessary_without_final_reads_{t}", f"{t}: generated-test accuracy with the second "
+              "method's circuit mean-ablated except its final reads", round(float(r["interior removed: acc"]), 4),
+              paper="destroyed", target="<= 0.6", holds=bool(r["interior removed: acc"] <= 0.6)),
+    ]
+claims += [
+    Claim("sparse_vs_dense_circuit_ratio_matched_loss", "quote circuit edges, the dense baseline's checkpoint nearest "
+          "the sparse model's validation loss over the sparse model (second method, base settings, both)",
+          round(matched_ratio, 3), paper="~16", target=">= 4", holds=matched_ratio >= 4,
+          context=f"dense step {step}: val {ckpt_losses[step]:.4f}; sparse val {sparse_val:.4f}"),
+    Claim("sparse_vs_dense_circuit_ratio_matched_loss_nodes", "the same in nodes", round(matched_ratio_nodes, 3),
+          target="report"),
+    Claim("quote_type_sign_agreement_v2", "sign agreement of the rule's quote-type node (best sign separation on "
+          "train prompts among the v2 circuit's residual nodes) with the quote type, last token of the wild quote "
+          "prompts, zero counts as a miss", round(wild_agree, 4), paper="monosemantic", target=">= 0.9",
+          holds=wild_agree >= 0.9, context=f"node {qtype_v2}"),
+    Claim("quote_type_sign_agreement_v2_single", "the same on wild prompts in ' strings",
+          round(wild_agree_by["'"], 4), target="report"),
+    Claim("quote_type_sign_agreement_v2_double", 'the same on wild prompts in " strings',
+          round(wild_agree_by['"'], 4), target="report"),
+]
+for (k, d), r in attack_table.iterrows():
+    pred = AVERAGING_PREDICTS[k][d]
+    claims.append(Claim(
+        f"bracket_attack_v2_drop_depth{d}_{k}", f"model accuracy drop on depth-{d} prompts under the {k} attack "
+        f"({'found after the fact' if k in FOUND_AFTER_THE_FACT else 'registered before measuring'}; averaging "
+        f"predicts {'a drop' if pred == 'drop' else 'none'})", round(float(r["drop"]), 4),
+        paper="fails (predicted)" if pred == "drop" else None, target=">= 0.1" if pred == "drop" else "abs <= 0.05",
+        holds=bool(r["prediction held"])))
 results = write_results("03_circuits", prof, claims)
 claims_table(results)
 

@@ -228,3 +228,42 @@ def test_the_zoo_v2_settings():
         assert cfg.dual_lr > 0 and cfg.calibration_lr > 0
     assert prune_config_v2("ci").steps < prune_config_v2("full").steps
     assert prune_config("full").legacy  # the first method's settings (the shipped searches') are untouched
+
+
+# ---------------------------------------------------------------- chapter 3's rules for the second method
+
+
+def test_the_pruning_prompts_are_the_first_set_the_whole_model_reaches():
+    from circuitbook.circuits import choose_pruning_prompts
+
+    assert choose_pruning_prompts({"pruning forms": 0.09, "generated train": 0.01}, 0.15) == "pruning forms"
+    assert choose_pruning_prompts({"pruning forms": 0.47, "generated train": 0.01}, 0.15) == "generated train"
+    assert choose_pruning_prompts({"pruning forms": 0.47, "generated train": 0.3}, 0.15) == "generated train"
+    assert choose_pruning_prompts({"pruning forms": 0.15, "generated train": 0.3}, 0.15) == "pruning forms"
+    with pytest.raises(ValueError):
+        choose_pruning_prompts({}, 0.15)
+
+
+def test_the_matched_checkpoint_is_the_nearest_in_loss():
+    from circuitbook.circuits import matched_checkpoint
+
+    losses = {50: 4.6, 150: 3.37, 400: 2.81, 1000: 2.53, 4000: 2.05}
+    assert matched_checkpoint(losses, 2.82) == 400 and matched_checkpoint(losses, 2.6) == 1000
+    assert matched_checkpoint(losses, 9.0) == 50 and matched_checkpoint({1: 1.0, 2: 3.0}, 2.0) == 1
+    with pytest.raises(ValueError):
+        matched_checkpoint({}, 1.0)
+
+
+def test_removing_the_circuit_but_its_final_reads(task):
+    from circuitbook.circuits import FINAL_SITE, Circuit, circuit_removed, evaluate_masked
+    from circuitbook.circuits.ablation import all_kept
+
+    model, nodes, batch, means, _ = task
+    kept = torch.zeros(len(nodes), dtype=torch.bool)
+    off = nodes.offset(FINAL_SITE)
+    kept[off: off + nodes.width(FINAL_SITE)] = True  # a "circuit" that is only the final reads
+    only_reads = Circuit(nodes, kept, kept.float(), 0.15, 0.0)
+    full = evaluate_masked(model, batch, all_kept(nodes), means)
+    spared = circuit_removed(model, only_reads, batch, means, spare_sites=(FINAL_SITE,))
+    assert spared == pytest.approx(full)  # nothing of the circuit is left to remove: the whole model
+    assert circuit_removed(model, only_reads, batch, means)["loss"] > full["loss"] + 0.1  # the reads matter

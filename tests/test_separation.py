@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from circuitbook.separation import midpoint_separation, sign_separation
@@ -35,3 +36,20 @@ def test_one_channel_gives_a_scalar():
     v = torch.tensor([-1.0, -2.0, 0.5, -1.0, 1.0, 2.0, 3.0, 4.0])  # one class-0 prompt on the wrong side
     assert float(sign_separation(v, LABELS)) == (3 / 4 + 1) / 2
     assert sign_separation(v, LABELS).shape == ()
+
+
+def test_the_best_sign_separating_node_is_chosen_and_ties_go_to_the_first():
+    from circuitbook.separation import best_sign_separating
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    values = {
+        "shifted": torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),  # separates by size, not by sign: 0.5
+        "signed": torch.tensor([1.0, 2.0, -0.5, -1.0, -2.0, -3.0]),  # one prompt on the wrong side: 5/6
+        "zeros": torch.tensor([0.0, 0.0, 0.0, -1.0, -1.0, -1.0]),  # zeros count for neither side: 0.5
+    }
+    assert best_sign_separating(values, labels) == ("signed", pytest.approx(5 / 6))
+    values["perfect"] = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    values["also_perfect"] = -values["perfect"]
+    assert best_sign_separating(values, labels) == ("perfect", 1.0)
+    with pytest.raises(ValueError):
+        best_sign_separating({}, labels)

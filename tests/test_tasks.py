@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -93,6 +95,23 @@ def test_bracket_attacks_are_held_out_balanced_and_do_what_they_say(tok):
             assert ("[[" in earlier) == (kind == "distractor")
             if kind == "long" and depth == 1:
                 assert last.count(",") >= 19
+    from circuitbook.data.attacks import ATTACKS, AVERAGING_PREDICTS, FOUND_AFTER_THE_FACT, REGISTERED
+
+    assert set(AVERAGING_PREDICTS) == set(ATTACKS) - {"normal"} == set(FOUND_AFTER_THE_FACT) | set(REGISTERED)
+    for kind in REGISTERED:  # the attacks written before they were measured
+        exs = bracket_attack_examples(kind, n=20)
+        assert all(is_test(e.prompt) for e in exs) and sum(e.label for e in exs) == 10
+        for e in exs:
+            lines = e.prompt.splitlines()
+            assert lines[-1].count("[") - lines[-1].count("]") == 1 + e.label
+            earlier = "\n".join(lines[1:-1])
+            assert earlier.count("[") == earlier.count("]") and "[[" not in earlier  # every earlier bracket closed
+            if kind == "long_prefix":
+                assert "[" not in earlier and len(lines) >= 10
+            if kind == "subscripts":
+                assert sum(bool(re.search(r"= \w+\[\d\]$", ln)) for ln in lines) == 3
+            if kind == "flat_one":
+                assert sum(bool(re.search(r"= \[[^\[\]]*\]$", ln)) for ln in lines) == 1
     sweep = bracket_length_sweep([3, 25], n=5)
     assert all(e.prompt.splitlines()[-1].count(",") == 24 for e in sweep[25])
     with pytest.raises(ValueError, match="valid"):

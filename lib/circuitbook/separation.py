@@ -48,3 +48,16 @@ def midpoint_separation(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     chance). Strict on both sides, so a channel that never changes scores 0, not 1."""
     mid = (h[labels == 0].mean(0) + h[labels == 1].mean(0)) / 2
     return _separation_at(h, labels, mid)
+
+
+def best_sign_separating(values: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[str, float]:
+    """The node whose sign best tells the labels apart: `values` {node: activation [batch]} (in a fixed order,
+    e.g. forward order), labels [batch] in {0, 1} -> (node, its `sign_separation`). Ties go to the first node of
+    `values`, so the choice does not depend on anything but that order. Chapter 3's rule for the quote-type node,
+    fixed before it is measured."""
+    if not values:
+        raise ValueError("no candidate nodes")
+    scores = {k: float(sign_separation(v, labels)) for k, v in values.items()}
+    best = max(scores.values())
+    node = next(k for k, v in scores.items() if v == best)
+    return node, best

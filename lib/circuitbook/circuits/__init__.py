@@ -53,15 +53,24 @@ from circuitbook.circuits.prune import (
     top_k_kept,
     train_mask,
 )
-from circuitbook.circuits.search import SPACE, SPACE_V2, SearchResult, objective_value, search
+from circuitbook.circuits.search import (
+    SPACE,
+    SPACE_V2,
+    SearchResult,
+    choose_pruning_prompts,
+    matched_checkpoint,
+    objective_value,
+    search,
+)
 
 __all__ = [
-    "FINAL_SITE", "KINDS", "SPACE", "SPACE_V2", "Circuit", "CircuitLoss", "Edge", "HeavisideSigmoid", "NodeMask",
-    "NodeSet", "PruneConfig", "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune",
-    "attribution_scores", "bisect_smallest", "circuit_alone", "circuit_edges", "circuit_from_scores",
-    "circuit_removed", "circuit_size", "draw_circuit", "dual_step", "evaluate_masked", "examples_html",
-    "examples_text", "fast_masked_logit_diff", "fit_logit_calibration", "heaviside", "heldout_sufficiency",
-    "masked_logit_diff", "mean_activations", "measured_order", "node_examples", "node_sites", "objective_value",
-    "plotly_circuit", "prune", "prune_v2", "run_masked", "search", "site_kind", "size_loss_curve",
-    "smallest_sufficient", "task_tokens", "top_activations", "top_k_kept", "train_mask",
+    "Circuit", "CircuitLoss", "Edge", "FINAL_SITE", "HeavisideSigmoid", "KINDS", "NodeMask", "NodeSet",
+    "PruneConfig", "SPACE", "SPACE_V2", "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune",
+    "attribution_scores", "bisect_smallest", "choose_pruning_prompts", "circuit_alone", "circuit_edges",
+    "circuit_from_scores", "circuit_removed", "circuit_size", "draw_circuit", "dual_step", "evaluate_masked",
+    "examples_html", "examples_text", "fast_masked_logit_diff", "fit_logit_calibration", "heaviside",
+    "heldout_sufficiency", "masked_logit_diff", "matched_checkpoint", "mean_activations", "measured_order",
+    "node_examples", "node_sites", "objective_value", "plotly_circuit", "prune", "prune_v2", "run_masked", "search",
+    "site_kind", "size_loss_curve", "smallest_sufficient", "task_tokens", "top_activations", "top_k_kept",
+    "train_mask",
 ]

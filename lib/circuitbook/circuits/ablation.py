@@ -148,9 +148,13 @@ def circuit_alone(model, circuit: Circuit, batch: TaskBatch, means: dict[str, Te
     return _metrics(diff)
 
 
-def circuit_removed(model, circuit: Circuit, batch: TaskBatch, means: dict[str, Tensor]) -> dict[str, float]:
-    """Task loss/accuracy with the circuit's own nodes mean-ablated and everything else kept."""
-    masks = {s: (1 - m).to(_device(model)) for s, m in circuit.masks().items()}
+def circuit_removed(model, circuit: Circuit, batch: TaskBatch, means: dict[str, Tensor],
+                    spare_sites: tuple[str, ...] = ()) -> dict[str, float]:
+    """Task loss/accuracy with the circuit's own nodes mean-ablated and everything else kept; the circuit's nodes
+    at `spare_sites` are kept too (e.g. `(FINAL_SITE,)`: ablate the circuit's interior, keep its final reads, which
+    are the unembedding's own input and would break any task however the rest computes it)."""
+    masks = {s: (1 - m if s not in spare_sites else torch.ones_like(m)).to(_device(model))
+             for s, m in circuit.masks().items()}
     return evaluate_masked(model, batch, masks, means)
 
 

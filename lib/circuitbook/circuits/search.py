@@ -57,6 +57,24 @@ def objective_value(circuit: Circuit) -> float:
     return float(circuit.n_nodes) if circuit.reached else float(len(circuit.nodes)) + circuit.sufficiency_loss
 
 
+def choose_pruning_prompts(whole_losses: dict[str, float], target: float) -> str:
+    """The prompt set a circuit is pruned on, by the rule fixed before the second method's searches ran (issue 16):
+    the first set of `whole_losses` (in its order of preference) on which the *whole* model's loss reaches
+    `target`; the last set when none does. A circuit cannot be better than its model, so a set the model itself
+    fails on has no circuit at the target to find: bisecting there would keep the whole walk."""
+    if not whole_losses:
+        raise ValueError("no prompt sets to choose from")
+    return next((name for name, loss in whole_losses.items() if loss <= target), list(whole_losses)[-1])
+
+
+def matched_checkpoint(losses: dict, target: float):
+    """The key of `losses` ({checkpoint: validation loss}) nearest `target` (ties: the first), chapter 3's dense
+    checkpoint at matched loss."""
+    if not losses:
+        raise ValueError("no checkpoints to match")
+    return min(losses, key=lambda k: abs(losses[k] - target))
+
+
 def search(
     model,
     batch: TaskBatch,

@@ -11,7 +11,19 @@ import random
 
 from circuitbook.data.tasks import NAMES, Example, _elems, _filler, _header, is_test
 
-ATTACKS = ("normal", "flat", "distractor", "long")
+ATTACKS = ("normal", "flat", "distractor", "long", "flat_one", "subscripts", "long_prefix")
+# The first three attacks were found after the fact (issue 16: tried until one broke the model); the last three
+# were written, with the averaging mechanism's prediction for each depth, before they were first measured.
+FOUND_AFTER_THE_FACT = ("flat", "distractor", "long")
+REGISTERED = ("flat_one", "subscripts", "long_prefix")
+# What averaging `[` signals over the context predicts, per attack and depth: "drop" (accuracy falls by >= 0.1)
+# or "none" (|change| <= 0.05). Closed brackets before the list add `[` to the average, so a depth-1 list looks
+# deeper (depth-1 prompts fail; depth-2 ones, already deep, do not); bracket-free tokens dilute the average, so a
+# depth-2 list looks shallower (depth-2 prompts fail; depth-1 ones do not).
+AVERAGING_PREDICTS = {
+    "flat": {1: "drop", 2: "none"}, "distractor": {1: "drop", 2: "none"}, "long": {1: "none", 2: "drop"},
+    "flat_one": {1: "drop", 2: "none"}, "subscripts": {1: "drop", 2: "none"}, "long_prefix": {1: "none", 2: "drop"},
+}
 
 
 def bracket_prompt(rng: random.Random, depth: int, n_items: int, n_groups: int = 1, before: list[str] = ()) -> str:
@@ -36,7 +48,9 @@ def bracket_attack_examples(kind: str, n: int = 200, seed: int = 123) -> list[Ex
     """n held-out bracket prompts (half depth 1, half depth 2) of one kind:
     'normal' as the task; 'flat' three closed flat lists before the list; 'distractor' one closed nested list
     `[[..], [..]]` before it (our tokenizer makes `[[` one token, so this is the distractor that carries a
-    depth-2 signal); 'long' 20-30 elements at depth 1, 4-6 groups of 4-6 at depth 2."""
+    depth-2 signal); 'long' 20-30 elements at depth 1, 4-6 groups of 4-6 at depth 2. Registered before measuring:
+    'flat_one' one closed flat list before the list; 'subscripts' three lines that index (`a = b[i]`: closed
+    brackets that are not list literals); 'long_prefix' 8-12 bracket-free filler lines before the list."""
     if kind not in ATTACKS:
         raise ValueError(f"unknown attack {kind!r}; valid: {', '.join(ATTACKS)}")
     rng = random.Random(f"bracket-attack/{kind}/{seed}")
@@ -48,6 +62,12 @@ def bracket_attack_examples(kind: str, n: int = 200, seed: int = 123) -> list[Ex
             before = [f"    {rng.choice(NAMES)} = [{', '.join(_elems(rng, rng.randint(1, 3)))}]" for _ in range(3)]
         elif kind == "distractor":
             before = [f"    {rng.choice(NAMES)} = [[{', '.join(_elems(rng, 2))}], [{', '.join(_elems(rng, 2))}]]"]
+        elif kind == "flat_one":
+            before = [f"    {rng.choice(NAMES)} = [{', '.join(_elems(rng, rng.randint(1, 3)))}]"]
+        elif kind == "subscripts":
+            before = [f"    {a} = {b}[{rng.randrange(4)}]" for a, b in (rng.sample(NAMES, 2) for _ in range(3))]
+        elif kind == "long_prefix":
+            before = _filler(rng, "    ", rng.randint(8, 12))
         if kind == "long":
             items, groups = (rng.randint(20, 30), 1) if depth == 1 else (rng.randint(4, 6), rng.randint(4, 6))
         else:

@@ -24,10 +24,12 @@ from circuitbook.circuits import (
     SPACE,
     SPACE_V2,
     Circuit,
+    CircuitLoss,
     NodeSet,
     PruneConfig,
     SearchResult,
     attribution_prune,
+    choose_pruning_prompts,
     mean_activations,
     prune,
     search,
@@ -38,6 +40,8 @@ from circuitbook.data.tasks import TaskBatch
 from circuitbook.models.gpt import GPT
 from circuitbook.zoo.core import (
     batch_fingerprint,
+    form_sets,
+    model_eval,
     model_fingerprint,
     parents,
     suffix,
@@ -46,6 +50,7 @@ from circuitbook.zoo.core import (
     token_streams,
     tokenizer,
 )
+from circuitbook.zoo.dense import dense_checkpoints, dense_configs
 from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_name, the_sparse_model
 
 CIRCUIT_TASKS = ("single_double_quote", "bracket_counting", "set_or_string")
@@ -288,14 +293,33 @@ def attribution_circuit(profile: str | Profile, task: str, seed: int = 0, retrai
         parents=parents(prof, name, f"means_{name}"))
 
 
+def v2_pruning_set(profile: str | Profile, task: str, seed: int = 0) -> tuple[str, TaskBatch, dict[str, float]]:
+    """The prompts the second method prunes `task` on in the chosen sparse model, by `choose_pruning_prompts`
+    (fixed before the searches ran): the pruning forms when the whole model's calibrated loss on them reaches the
+    target, else the generated train prompts. -> (chosen set, its batch, {set: the whole model's loss})."""
+    prof = get_profile(profile)
+    model, _, sets, means = _search_inputs(prof, seed)
+    cfg = prune_config_v2(prof, seed=seed)
+    candidates = {"pruning forms": form_sets(prof, tokenizer(prof), seed).pruning[task],
+                  "generated train": sets.train[task]}
+    nodes = NodeSet.from_model(model)
+    whole = torch.ones(len(nodes), dtype=torch.bool)
+    losses = {k: CircuitLoss(model, b, means, nodes, cfg.calibrated, cfg.lbfgs_steps)(whole)
+              for k, b in candidates.items()}
+    chosen = choose_pruning_prompts(losses, cfg.target_loss)
+    return chosen, candidates[chosen], losses
+
+
 def circuit_search_v2(profile: str | Profile, task: str, seed: int = 0, retrain: bool = False,
                       progress: bool = True) -> SearchResult:
     """The second method's circuit for `task` in the chosen sparse model (issue 16): the best of `n_trials_v2`
-    Optuna trials over `SPACE_V2` from `prune_config_v2` (artifact `circuit_search_v2_<task>`). The best circuit's
-    `info` has the dual update's k_coef trajectory, the bisection on the calibrated loss and the measured order."""
+    Optuna trials over `SPACE_V2` from `prune_config_v2` (artifact `circuit_search_v2_<task>`), on the prompts
+    `v2_pruning_set` chooses. The best circuit's `info` has the dual update's k_coef trajectory, the bisection on
+    the calibrated loss and the measured order."""
     prof = get_profile(profile)
     model, name, sets, means = _search_inputs(prof, seed)
-    return cached_search(f"circuit_search_v2_{task}{suffix(seed)}", prof, model, sets.train[task], means,
+    batch = v2_pruning_set(prof, task, seed)[1]
+    return cached_search(f"circuit_search_v2_{task}{suffix(seed)}", prof, model, batch, means,
                          prune_config_v2(prof, seed=seed), n_trials_v2(prof), NodeSet.from_model(model), seed,
                          retrain, progress, parents=parents(prof, name, f"means_{name}"), space=SPACE_V2)
 
@@ -309,3 +333,28 @@ def pruned_circuit(profile: str | Profile, model: GPT, name: str, task: str, cfg
     means = circuit_means(prof, model, name, seed)
     return cached_prune(f"circuit_{task}_{name}", prof, model, sets.train[task], means, cfg,
                         NodeSet.from_model(model), retrain, progress, parents=parents(prof, name, f"means_{name}"))
+
+
+def pruned_circuit_v2(profile: str | Profile, model: GPT, name: str, task: str, seed: int = 0, retrain: bool = False,
+                      progress: bool = True) -> Circuit:
+    """`model`'s circuit for `task` by the second method at its base settings (`prune_config_v2`, not searched), on
+    the generated train prompts (artifact `circuit_v2_<task>_<name>`): chapter 3's matched-loss comparison prunes
+    the sparse model and a dense checkpoint alike."""
+    prof = get_profile(profile)
+    sets = task_sets(prof, tokenizer(prof), seed)
+    means = circuit_means(prof, model, name, seed)
+    return cached_prune(f"circuit_v2_{task}_{name}", prof, model, sets.train[task], means,
+                        prune_config_v2(prof, seed=seed), NodeSet.from_model(model), retrain, progress,
+                        parents=parents(prof, name, f"means_{name}"))
+
+
+def dense_checkpoint_losses(profile: str | Profile, seed: int = 0) -> dict[int, float]:
+    """{step: validation loss on chapter 2's `VAL_WINDOWS`} of every kept checkpoint of the dense baseline (the
+    last is the baseline itself), each cached as `eval_dense_baseline_step<s>` (`eval_dense_baseline`)."""
+    prof = get_profile(profile)
+    final = dense_configs(prof)[1].steps
+    out = {}
+    for s, m in dense_checkpoints(prof, seed).items():
+        name = f"dense_baseline{suffix(seed)}" + ("" if s == final else f"_step{s}")
+        out[s] = model_eval(prof, name, m.float().eval(), seed)["val_loss"]
+    return out

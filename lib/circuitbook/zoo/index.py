@@ -19,11 +19,12 @@ from circuitbook.zoo.circuits import (
     circuit_search_v2,
     prune_config,
     pruned_circuit,
+    pruned_circuit_v2,
     search_curve,
 )
 from circuitbook.zoo.core import WILD, freeze_wild_prompts, model_eval, split_margins, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
-from circuitbook.zoo.dense import dense_baseline, dense_configs
+from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs
 from circuitbook.zoo.diffing import diffing_artifacts
 from circuitbook.zoo.sparse import (
     FAMILY_R2,
@@ -48,6 +49,8 @@ class Entry:
 
 def _model(prof: Profile, name: str):
     """A chapter-2 or chapter-1 model by artifact name (for the circuits built on it)."""
+    if name.startswith("dense_baseline_step"):
+        return dense_checkpoints(prof)[int(name.rsplit("step", 1)[1])].float()
     if name.startswith("dense_baseline"):
         return dense_baseline(prof)[0].float()
     return _sparse_builds(prof)[name](prof, False)[0].float()
@@ -109,6 +112,16 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
         add(3, f"size_loss_{t}", lambda p, r, t=t: search_curve(p, t, retrain=r))
         add(3, f"circuit_attribution_{t}", lambda p, r, t=t: attribution_circuit(p, t, retrain=r))
         add(3, f"circuit_search_v2_{t}", lambda p, r, t=t: circuit_search_v2(p, t, retrain=r))
+    # the matched-loss comparison: every kept dense checkpoint's validation loss; the second method at its base
+    # settings on the sparse model and on each checkpoint (only the one nearest the sparse model's loss is built)
+    ckpts = [f"dense_baseline_step{s}" for s in tcfg.keep_steps if s != tcfg.steps]
+    add(3, "eval_dense_baseline", lambda p, r: model_eval(p, "dense_baseline", _model(p, "dense_baseline"), retrain=r))
+    for m in ckpts:
+        add(3, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
+        add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
+    for m in [models[0], sparse_name(THE_SPARSE_MODEL["kept"], d), *ckpts]:
+        add(3, f"circuit_v2_{CIRCUIT_TASKS[0]}_{m}",
+            lambda p, r, m=m: pruned_circuit_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
     for t in BRIDGE_TASKS:
         add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
