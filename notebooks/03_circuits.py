@@ -713,7 +713,7 @@ print("models whose whole self misses the target loss on the train prompts:", mi
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from circuitbook.circuits import FINAL_SITE, choose_pruning_prompts, heldout_sufficiency, matched_checkpoint
+from circuitbook.circuits import FINAL_SITE, choose_pruning_prompts, heldout_sufficiency
 from circuitbook.data.attacks import ATTACKS, AVERAGING_PREDICTS, FOUND_AFTER_THE_FACT
 from circuitbook.data.forms import examples_sha256
 from circuitbook.separation import best_sign_separating
@@ -816,6 +816,24 @@ for t, c in circuits_v2.items():
 table_v2 = pd.DataFrame(rows).set_index("task")
 display(table_v2.round(3))
 
+# %% [markdown]
+# **What the second method finds.** All three circuits are small, and each is within its goal: 16 nodes for
+# quote (19 edges), 18 for bracket (25 edges) and 25 for set-or-string (32 edges). Every trial of the quote and
+# bracket searches reached the target, and 22 of the 24 set-or-string trials did. The dual update holds the mask's
+# running loss at the target instead of far below it (the first figure), so the penalty, not the starting
+# `k_coef`, sets the size. A circuit alone reaches the target on the prompts it was pruned on, and on generated
+# test prompts it stays near it (0.134, 0.198, 0.137). Removing a circuit's interior, with its final reads
+# kept, brings each task to chance (accuracy 0.57, 0.54, 0.50).
+#
+# **Where it fails, and why.** On the held-out forms the quote and bracket circuits are far from sufficient
+# (calibrated loss 2.43 and 1.35 against the goal of 0.2). The model is the limit, not the pruning: the whole
+# model is right on only 0.60 and 0.64 of those prompts. It was never trained on merged closing quotes or on
+# mixed nesting, so there is no circuit for them to find. The same rule that picked the pruning prompts says so
+# in advance: the whole model's loss on the pruning forms is 0.47 (quote) and 0.26 (bracket), over the target,
+# so those two tasks were pruned on the generated prompts. Set-or-string, which the model does off the template
+# (0.94 on held-out forms), was pruned on its pruning forms, and its circuit is sufficient on the held-out forms
+# (0.144). Chapter 2's retrained family (issue 17) is where the held-out goals can be met.
+
 # %%
 for t in (QUOTE, BRACKET):
     draw_circuit(model, circuits_v2[t])
@@ -828,27 +846,37 @@ for t in (QUOTE, BRACKET):
 # %%
 # NBVAL_CHECK_OUTPUT
 sparse_val = zoo.model_eval(prof, model_name, model, seed)["val_loss"]
-ckpt_losses = zoo.dense_checkpoint_losses(prof, seed)
-step = matched_checkpoint(ckpt_losses, sparse_val)
-print(f"sparse model val loss {sparse_val:.4f}; dense checkpoints:",
-      {s: round(v, 4) for s, v in ckpt_losses.items()}, f"-> step {step} (gap {ckpt_losses[step] - sparse_val:+.4f})")
-if abs(ckpt_losses[step] - sparse_val) > 0.05:  # the book's models have one (full); toy sizes need not
-    assert prof.name != "full", "no dense checkpoint within 0.05 nats of the sparse model: train intermediate ones"
+matched_name, matched, ckpt_losses = zoo.dense_matched(prof, sparse_val, seed)
+gap = ckpt_losses[matched_name] - sparse_val
+print(f"sparse model val loss {sparse_val:.4f}; dense checkpoints:", {n: round(v, 4) for n, v in ckpt_losses.items()})
+print(f"-> {matched_name} (gap {gap:+.4f})")
+if abs(gap) > zoo.MATCH_WITHIN:  # the book's models have one (full); toy sizes need not
+    assert prof.name != "full", "no dense checkpoint within 0.05 nats of the sparse model"
     print("(no checkpoint within 0.05 nats at this profile: the nearest is used)")
-final_step = max(ckpt_losses)
-matched_name = f"dense_baseline{zoo.suffix(seed)}" + ("" if step == final_step else f"_step{step}")
-matched = zoo.dense_checkpoints(prof, seed)[step].float().eval()
 dc_v2 = zoo.pruned_circuit_v2(prof, matched, matched_name, QUOTE, seed)
 qc_v2_base = zoo.pruned_circuit_v2(prof, model, model_name, QUOTE, seed)
 m_size, s_size = circuit_size(matched, dc_v2), circuit_size(model, qc_v2_base)
 matched_ratio = m_size["edges"] / max(s_size["edges"], 1)
 matched_ratio_nodes = m_size["nodes"] / max(s_size["nodes"], 1)
 display(pd.DataFrame({
-    f"dense, step {step}": {"val loss": ckpt_losses[step], "nodes": m_size["nodes"], "edges": m_size["edges"],
-                            "calibrated train loss": dc_v2.sufficiency_loss},
+    f"dense ({matched_name})": {"val loss": ckpt_losses[matched_name], "nodes": m_size["nodes"],
+                                "edges": m_size["edges"], "calibrated train loss": dc_v2.sufficiency_loss},
     "sparse": {"val loss": sparse_val, "nodes": s_size["nodes"], "edges": s_size["edges"],
                "calibrated train loss": qc_v2_base.sufficiency_loss}}).T.round(4))
 print(f"quote circuit at matched loss, dense over sparse: edges {matched_ratio:.2f}, nodes {matched_ratio_nodes:.2f}")
+for label, c in (("dense", dc_v2), ("sparse", qc_v2_base)):
+    h = c.info["history"][-1]
+    print(f"{label}: the mask kept {c.info['n_kept_by_mask']} nodes (last step's task loss {h['task_loss']:.3f}); "
+          f"the bisection walked {c.info['walk']} nodes")
+
+# %% [markdown]
+# The registered ratio holds, but it does not measure what the paper measures. At the base settings the dense
+# model's mask collapsed: it ends with a handful of nodes at a task loss far above the target (the last line
+# above), and the dual update did not bring it back within 200 steps. Its circuit is then the bisection over
+# every node the mask had not pushed to the floor, thousands of nodes. So the ratio records that the method,
+# tuned on sparse models, fails on this dense checkpoint; it is not evidence for the paper's 16x. A fair number
+# needs the dense checkpoint searched as the sparse model was (24 trials); that is left for the next session,
+# and the claim's value should be read with this paragraph.
 
 # %% [markdown]
 # ### The quote-type node, chosen by the rule, measured on wild strings
@@ -886,6 +914,10 @@ else:
     print("the v2 quote circuit keeps no residual-stream node besides the final reads")
 
 # %% [markdown]
+# The rule's node separates the quote types on the train prompts, but on strings from real code its sign
+# follows the type inside `"`-strings and mostly not inside `'`-strings (the numbers above): in the wild it
+# behaves like a "double quote" channel rather than a signed type. The claim fails its goal of 0.9.
+#
 # ### The bracket attacks: predictions against measurements
 
 # %%
@@ -918,6 +950,16 @@ print(f"no attack: model acc depth 1 {acc_by['normal'][1]:.3f}, depth 2 {acc_by[
 display(attack_table.round(3))
 reg = attack_table[attack_table["when"] == "registered"]
 print(f"registered predictions that held: {int(reg['prediction held'].sum())} of {len(reg)}")
+
+# %% [markdown]
+# Averaging is not what the model does. None of the three registered attacks that averaging says should hurt
+# did: one closed flat list and three subscripts barely move depth-1 accuracy, and a dozen bracket-free lines do
+# not move depth-2 accuracy at all. Their "none" predictions held, but only because nothing happened. Of the
+# attacks found after the fact, the ones that break the model change the tokens at or near the list: a closed
+# `[[` before it (one token, which the model reads as depth 2) costs depth-1 prompts most of their accuracy, and
+# long lists hurt *both* depths, where averaging predicts only depth 2. The earlier reading of this section
+# (an averaging head) is therefore not supported: the model keys on the `[[` token and on something that long
+# lists disturb, and the chapter reports the drops of all six attacks as claims, with their predictions.
 
 # %% [markdown]
 # ## Explore: a task and a target loss
@@ -1025,7 +1067,7 @@ claims += [
     Claim("sparse_vs_dense_circuit_ratio_matched_loss", "quote circuit edges, the dense baseline's checkpoint nearest "
           "the sparse model's validation loss over the sparse model (second method, base settings, both)",
           round(matched_ratio, 3), paper="~16", target=">= 4", holds=matched_ratio >= 4,
-          context=f"dense step {step}: val {ckpt_losses[step]:.4f}; sparse val {sparse_val:.4f}"),
+          context=f"{matched_name}: val {ckpt_losses[matched_name]:.4f}; sparse val {sparse_val:.4f}"),
     Claim("sparse_vs_dense_circuit_ratio_matched_loss_nodes", "the same in nodes", round(matched_ratio_nodes, 3),
           target="report"),
     Claim("quote_type_sign_agreement_v2", "sign agreement of the rule's quote-type node (best sign separation on "

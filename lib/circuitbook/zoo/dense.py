@@ -7,8 +7,19 @@ from dataclasses import replace
 from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state
-from circuitbook.train import TrainConfig, cosine_schedule
-from circuitbook.zoo.core import VOCAB_SIZE, fit_gpt, half, parents, suffix, to_device
+from circuitbook.train import TrainConfig, cosine_schedule, train
+from circuitbook.zoo.core import (
+    VOCAB_SIZE,
+    fit_gpt,
+    half,
+    parents,
+    suffix,
+    task_eval_fn,
+    task_sets,
+    to_device,
+    token_streams,
+    tokenizer,
+)
 
 
 def dense_configs(profile: str | Profile, seed: int = 0) -> tuple[GPTConfig, TrainConfig]:
@@ -69,3 +80,49 @@ def dense_checkpoints(profile: str | Profile, seed: int = 0) -> dict[int, GPT]:
     return out
 
 
+
+
+def between_steps(losses: dict[int, float], target: float, n: int = 10) -> tuple[int, ...]:
+    """Where to add checkpoints when no kept one is near `target`: the n - 1 steps that split the interval between
+    the two kept steps whose losses bracket `target` into n equal parts (steps in `losses`, loss falling with step).
+    Empty when no two kept steps bracket it."""
+    steps = sorted(losses)
+    for lo, hi in zip(steps, steps[1:]):
+        if losses[lo] >= target >= losses[hi]:
+            return tuple(sorted({lo + round(i * (hi - lo) / n) for i in range(1, n)} - {lo, hi}))
+    return ()
+
+
+def replay_name(step: int, seed: int = 0) -> str:
+    return f"dense_baseline{suffix(seed)}_replay_step{step}"
+
+
+def dense_replayed(profile: str | Profile, steps: tuple[int, ...], seed: int = 0,
+                   progress: bool = True) -> dict[int, GPT]:
+    """The dense baseline's recipe replayed from its step 0 (the same init, settings, data order and evaluations)
+    up to max(steps), keeping `steps` (artifacts `dense_baseline_replay_step<s>`, children of the tokenizer). Not
+    the baseline's own run bit for bit: float sums in another order (another thread count) drift apart within a few
+    hundred steps (about 6% relative in the weights by step 400), so a caller that needs the replay to stand for the
+    baseline keeps one of its kept steps too and compares the losses there (`zoo.circuits.dense_matched`)."""
+    prof = get_profile(profile)
+    gcfg, tcfg = dense_configs(prof, seed)
+    names = {s: replay_name(s, seed) for s in steps}
+    if any(not artifacts.exists(n, prof) for n in names.values()):
+        rtcfg = replace(tcfg, keep_steps=tuple(sorted(steps)))
+        seed_everything(seed)
+        model = to_device(GPT(gcfg))
+        tok = tokenizer(prof)
+        streams = token_streams(prof, tok)
+        out = train(model, streams["train"], streams["val"], rtcfg, ckpt_dir=None, lr_schedule=cosine_schedule(),
+                    eval_fn=task_eval_fn(task_sets(prof, tok, seed)), stop_at=max(steps), progress=progress)
+        config = {"model": gcfg.to_dict(), "train": tcfg.to_dict(), "replayed_to": max(steps)}
+        for s in steps:
+            artifacts.save_tensors(
+                artifacts.artifact_path(names[s], prof), half({k: v.cpu() for k, v in out["kept"][s].items()}),
+                {"name": names[s], "profile": prof.name, "config": config, "step": s,
+                 "parents": artifacts.parent_digests(parents(prof, "tokenizer"))})
+    models = {}
+    for s in steps:
+        tensors, _ = artifacts.load_tensors(artifacts.artifact_path(names[s], prof))
+        models[s] = to_device(gpt_from_state(tensors, gcfg).eval())
+    return models

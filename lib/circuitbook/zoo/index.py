@@ -24,7 +24,7 @@ from circuitbook.zoo.circuits import (
 )
 from circuitbook.zoo.core import WILD, freeze_wild_prompts, model_eval, split_margins, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
-from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs
+from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs, dense_replayed, replay_name
 from circuitbook.zoo.diffing import diffing_artifacts
 from circuitbook.zoo.sparse import (
     FAMILY_R2,
@@ -49,11 +49,19 @@ class Entry:
 
 def _model(prof: Profile, name: str):
     """A chapter-2 or chapter-1 model by artifact name (for the circuits built on it)."""
+    if name.startswith("dense_baseline_replay_step"):
+        return dense_replayed(prof, (int(name.rsplit("step", 1)[1]),))[int(name.rsplit("step", 1)[1])].float()
     if name.startswith("dense_baseline_step"):
         return dense_checkpoints(prof)[int(name.rsplit("step", 1)[1])].float()
     if name.startswith("dense_baseline"):
         return dense_baseline(prof)[0].float()
     return _sparse_builds(prof)[name](prof, False)[0].float()
+
+
+def _replayed_steps(prof: Profile) -> list[int]:
+    """The replayed dense checkpoints present (chapter 3's matched-loss comparison makes them when needed)."""
+    return sorted(int(p.name.split("step")[1].split(".")[0])
+                  for p in prof.artifact_dir.glob("dense_baseline_replay_step*.json"))
 
 
 def _sparse_builds(prof: Profile) -> dict[str, Build]:
@@ -115,6 +123,10 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     # the matched-loss comparison: every kept dense checkpoint's validation loss; the second method at its base
     # settings on the sparse model and on each checkpoint (only the one nearest the sparse model's loss is built)
     ckpts = [f"dense_baseline_step{s}" for s in tcfg.keep_steps if s != tcfg.steps]
+    replays = [replay_name(s) for s in _replayed_steps(prof)]
+    for m in replays:  # built by dense_matched (the replay is checked against a kept checkpoint there)
+        add(3, m, lambda p, r, m=m: _model(p, m))
+    ckpts += replays
     add(3, "eval_dense_baseline", lambda p, r: model_eval(p, "dense_baseline", _model(p, "dense_baseline"), retrain=r))
     for m in ckpts:
         add(3, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
