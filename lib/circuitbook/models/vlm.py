@@ -21,11 +21,15 @@ its own (a HookPoint has one name); `lm.hooks(...)` still takes its own names (`
 Language-model positions: the image prefix takes positions 0 .. n_img-1 and the text starts at n_img;
 a text-only batch (`images=None`) starts at 0, exactly as the plain GPT. Attribution graphs and
 feature interventions index the language model's positions (prefix included).
+
+Late fusion (`late_fusion_layer = k > 0`): in the GPT's first k blocks a text position cannot attend to the
+image tokens (`late_fusion_mask`), so the text reads the picture from layer k on; 0 is early fusion.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -334,6 +338,17 @@ class ImageTextPairs:
         """The same pairs on `device`."""
         return ImageTextPairs(self.images.to(device), self.tokens.to(device), self.loss_mask.to(device),
                               self.answer_pos.to(device), self.answer_ids.to(device))
+
+
+def pairs_sha256(*sets: ImageTextPairs) -> str:
+    """sha256 of image-text pair sets, in order: images as 8-bit pixels, then token ids (int64), then answer
+    positions and ids: the prompt set a protocol names."""
+    h = hashlib.sha256()
+    for p in sets:
+        h.update(np.ascontiguousarray((p.images.cpu() * 255).round().to(torch.uint8).numpy()).tobytes())
+        for t in (p.tokens, p.answer_pos, p.answer_ids):
+            h.update(np.ascontiguousarray(t.cpu().numpy().astype(np.int64)).tobytes())
+    return h.hexdigest()
 
 
 def encode_pairs(

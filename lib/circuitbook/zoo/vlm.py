@@ -20,8 +20,8 @@ VLM_N_TEXT = 24  # caption tokens: the longest question, the answer and EOT fit
 # skill to learn, so dots get the largest share; hands always have five fingers (the prior).
 VLM_KIND_WEIGHTS = (2.0, 0.5, 1.0, 3.0, 1.0)
 VLM_DOT_COUNTS = (1, 2, 3, 4, 5, 6)
-# The late-fusion variant: text positions read the image tokens only from this LM layer on.
-VLM_LATE_FUSION_LAYER = 2
+# The late-fusion variant: text positions read the image tokens only from this LM layer on (ci's GPT has 2 layers).
+VLM_LATE_FUSION_LAYER = {"ci": 1, "full": 2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,12 +90,12 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
 
 def vlm_late(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
     """The late-fusion VLM: as `vlm` (same data, steps and seed), but text positions cannot attend to the image
-    tokens before LM layer VLM_LATE_FUSION_LAYER (artifact `vlm_late`). Returns (model, meta)."""
+    tokens before LM layer VLM_LATE_FUSION_LAYER[profile] (artifact `vlm_late`). Returns (model, meta)."""
     return _vlm(get_profile(profile), seed, retrain, progress, late=True)
 
 
 def _vlm(prof: Profile, seed: int, retrain: bool, progress: bool, late: bool):
-    vcfg, tcfg, data = vlm_configs(prof, seed, VLM_LATE_FUSION_LAYER if late else 0)
+    vcfg, tcfg, data = vlm_configs(prof, seed, VLM_LATE_FUSION_LAYER[prof.name] if late else 0)
     name = f"vlm{'_late' if late else ''}{suffix(seed)}"
     config = {"model": vcfg.to_dict(), "train": tcfg.to_dict(), "data": data.to_dict()}
 
