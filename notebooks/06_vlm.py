@@ -601,7 +601,35 @@ plot_graph(merge_supernodes(gj_late, supernode_groups(gj_late)),
            title="late fusion: This is the planet -> ' M' (Mars image), features grouped").show()
 
 # %% [markdown]
-# The late model's result, read against the prediction, is in the claims table and in "What we found" below.
+# After the fact (not part of the protocol, no claims): where does the late model's text read the planet from?
+# The late graph's image-position contribution comes largely from the image *tokens*, the projector's output,
+# which the text's layer-2 attention reads directly and which no MLP edit touches. Three edits, on the same 200
+# held-out Mars scenes: the swap at every position (image and text, every layer); the image tokens replaced by
+# their mean over the Earth selection half (no feature edit); and both, the image tokens replaced and the
+# image-position swap.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    _, c_e = vlm_late.run_with_cache(late_earth_p.images[:half_late], late_earth_p.tokens[:half_late, :1],
+                                     names_filter=lambda n: n == "projector.hook_image_tokens")
+    earth_tokens = c_e["projector.hook_image_tokens"].mean(0)  # [n_img, d]
+earth_input = [("projector.hook_image_tokens", lambda act, hook: earth_tokens.expand_as(act))]
+ivs_late_all = swap_interventions(zm_late, ze_late, range(L), range(S_mars), n_swap)
+posthoc = {"swap at every position": intervention_hooks(tcs_late, ivs_late_all, prefix="lm."),
+           "image tokens := Earth mean": earth_input,
+           "image tokens := Earth mean + image-position swap":
+               earth_input + intervention_hooks(tcs_late, ivs_late, prefix="lm.")}
+for name, hooks in posthoc.items():
+    print(f"late fusion, {name}: Mars -> Earth {held_flip_rate(vlm_late, hooks)[0]:.3f}")
+
+# %% [markdown]
+# Read against the prediction: the goal fails, as predicted, but more plainly than predicted. Cutting the text off
+# from the image for two layers did not move the planet's identity into the image-position MLPs' features: the
+# text's layer-2 and layer-3 attention reads it from the image tokens themselves, so a swap of MLP features at the
+# image positions still leaves the answer where it was, while the same swap at every position, or a replaced image
+# input, moves it (the numbers above). In both architectures the claim tests where the model keeps the planet, and
+# in neither is it in the image-position MLP features alone. The claims table and "What we found" give the numbers.
 
 # %% [markdown]
 # ## Step 7: the six-fingered hand
