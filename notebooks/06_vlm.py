@@ -60,10 +60,11 @@ import torch
 from circuitbook import get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.config import pick
 from circuitbook.data.scenes import preview
-from circuitbook.dictionaries import Intervention, attribute_vlm, evaluate, intervention_hooks
+from circuitbook.dictionaries import attribute_vlm, evaluate, intervention_hooks
 from circuitbook.dictionaries.graph_json import merge_supernodes, plot_graph, validate_graph_json
 from circuitbook.dictionaries.rollout import attention_rollout, iou, pool_maps, token_maps, upsample
-from circuitbook.models.vlm import answer_accuracy, encode_scenes, mlp_io, vit_patterns
+from circuitbook.dictionaries.swap import random_control_features, random_control_hooks, swap_interventions
+from circuitbook.models.vlm import answer_accuracy, encode_scenes, mlp_io, pairs_sha256, vit_patterns
 from circuitbook.results import Claim, claims_table, write_results
 
 prof = get_profile(profile)
@@ -411,18 +412,6 @@ with torch.no_grad():
     ze = {la: tcs["multimodal"][la].encode(xE[la][:half, :S_mars]) for la in range(L)}
 
 
-def swap_interventions(layers, positions) -> list[Intervention]:
-    """Per (layer, position): the top Mars features set to 0, the top Earth features to their Earth mean."""
-    ivs = []
-    for la in layers:
-        for p in positions:
-            diff = zm[la][:, p].mean(0) - ze[la][:, p].mean(0)
-            ivs += [Intervention(la, p, f, 0.0) for f in diff.topk(n_swap).indices.tolist()]
-            earth_f = (-diff).topk(n_swap).indices.tolist()
-            ivs += [Intervention(la, p, f, float(ze[la][:, p, f].mean())) for f in earth_f]
-    return ivs
-
-
 held = mars_p.batch(range(half, len(mars_p)))
 b = torch.arange(len(held))
 with torch.no_grad():
@@ -430,7 +419,9 @@ with torch.no_grad():
 
 
 def flip_rate(layers, positions) -> float:
-    hooks = intervention_hooks(tcs["multimodal"], swap_interventions(layers, positions), prefix="lm.")
+    # the rule (dictionaries.swap): per (layer, position) the top Mars features set to 0, the top Earth ones to
+    # their Earth mean
+    hooks = intervention_hooks(tcs["multimodal"], swap_interventions(zm, ze, layers, positions, n_swap), prefix="lm.")
     with torch.no_grad():
         after = vlm.run_with_hooks(held.images, held.tokens, fwd_hooks=hooks)[b, held.answer_pos].argmax(-1)
     return float(((before == M_ID) & (after == E_ID)).sum() / (before == M_ID).sum().clamp_min(1))
@@ -462,6 +453,183 @@ for w, fl in flips.items():
 # position has run. An MLP edit at the image positions cannot reach that route; the planet's identity
 # is already on the text positions after layer 0's attention. Where the edit lands on those
 # positions, at the layer where they pick the planet up, the answer follows it.
+# That is a statement about this architecture (early fusion), not about the method; Step 6b tests it by
+# training a model in which the text cannot read the image before layer 2.
+
+# %% [markdown]
+# ## Step 6b: a late-fusion variant (a registered protocol)
+#
+# The failed image-position swap tests our architecture more than the method: layer 0's attention copies the
+# planet onto the text positions before any image-position MLP acts. So we train a second VLM in which it
+# cannot. **`vlm_late`**: the same ViT, projector, GPT, data, steps and seed as `vlm`, with one change, an
+# attention mask in the GPT's first two blocks: a text position may not attend to an image token before layer
+# 2 (`VLMConfig.late_fusion_layer = 2`; image tokens still attend causally among themselves, text among
+# text). Its multimodal transcoders are trained with the same settings (`vlm_late_transcoders_multimodal`).
+#
+# The protocol, fixed before the measurement:
+#
+# - **Prompts.** New planet scenes, "`<image>` This is the planet", 400 Mars (split `mars_late`) and 400 Earth
+#   (split `earth_late`), seed 0, no shuttle. The first 200 of each choose the features; the swap is measured on
+#   the last 200 Mars scenes. The set's sha256 (8-bit pixels, token ids, answer positions and ids; all 800
+#   scenes) is `LATE_SWAP_PROMPTS_SHA256` below, printed and asserted at `full`.
+# - **Rule.** Exactly the early-fusion swap (`dictionaries.swap.swap_interventions`), on the late model's
+#   multimodal transcoders: at every layer and every image position, the 8 features with the largest mean
+#   activation on Mars minus Earth (selection half) set to 0, the 8 with the smallest set to their Earth mean,
+#   $h \leftarrow h + (v - z)\,d$ with z live.
+# - **Control.** Per (layer, image position), 16 features drawn at random (seeded, `random_control_features`)
+#   from those the swap does not touch there; the MLP output moves along (sum of 8 of them) minus (sum of the
+#   other 8), scaled so that, prompt by prompt, the edit has exactly the norm of the real swap's edit there
+#   (`random_control_hooks`).
+# - **Claims.** `mars_to_earth_flip_rate_late_fusion`: among the 200 held-out Mars scenes the late model
+#   answers " M", the share answered " E" after the swap; target >= 0.8.
+#   `mars_to_earth_flip_rate_late_fusion_random_control`: the same share under the control; target <= 0.1.
+#   `mars_to_earth_flip_rate_early_fusion_n200`: the early model's swap on the same prompts (report).
+#   `late_fusion_answer_acc`: the late model's held-out answer accuracy (Step 2's test scenes; report).
+#   `mars_logit_direct_text_positions_{early,late}_fusion` and `..._image_positions_...`: in the attribution graphs
+#   of the first 10 held-out Mars scenes (target " M"), the mean direct contribution to the " M" logit from the text
+#   positions (features and tokens) and from the image positions (features and tokens); report.
+# - **Prediction.** The flip rate rises from the early model's 0, because the text can now read the planet only
+#   after the image-position MLPs of layers 0 and 1 have acted; but we predict it stays below 0.8, since the
+#   text's layer-2 attention also reads the image tokens' input (the projector's output), which no MLP edit
+#   removes. The control should flip (almost) nothing.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+LATE_SWAP_PROMPTS_SHA256 = "1d2ef41e1c0d8cdabfa9410b5bba9a420ee2e68ca732ed766eea5c26a44d281e"
+vlm_late, vlm_late_meta = zoo.vlm_late(prof, seed=seed, retrain=retrain)
+tcs_late, _ = zoo.vlm_late_transcoders(prof, "multimodal", seed=seed, retrain=retrain)
+print(f"late fusion from layer {vlm_late.cfg.late_fusion_layer}; trained {tcfg.steps} steps in "
+      f"{vlm_late_meta['metrics']['seconds'] / 60:.1f} min")
+late_acc = answer_accuracy(vlm_late, test_pairs)
+late_acc_shuf = answer_accuracy(vlm_late, test_pairs, images=test_pairs.images[perm])
+print(f"held-out answer accuracy: late fusion {late_acc:.3f} (images shuffled {late_acc_shuf:.3f}); "
+      f"early fusion {acc_true:.3f}")
+n_late = pick(prof, ci=32, full=400)
+late_sets = {
+    name: zoo.vlm_scenes(prof, f"{name}_late", n_late, seed, kinds=("planet",), planets=(name,), p_shuttle=0,
+                         templates={"planet": [(f"This is the planet|{name.capitalize()}", 1.0)]})
+    for name in ("mars", "earth")}
+late_mars_p, late_earth_p = (encode_scenes(s_, tok, N_TEXT) for s_ in late_sets.values())
+late_sha = pairs_sha256(late_mars_p, late_earth_p)
+print(f"late-fusion swap prompts: {n_late} Mars + {n_late} Earth scenes, sha256 {late_sha}")
+if not prof.is_ci:
+    assert late_sha == LATE_SWAP_PROMPTS_SHA256, "the prompt set differs from the registered one"
+
+# %%
+# NBVAL_CHECK_OUTPUT
+half_late = n_late // 2
+late_held = late_mars_p.batch(range(half_late, n_late))
+b_late = torch.arange(len(late_held))
+
+
+def swap_codes(model, ts, n: int) -> tuple[dict, dict]:
+    """Feature activations {layer: [n, S, F]} on the first n Mars and Earth scenes (the selection half)."""
+    with torch.no_grad():
+        xm_, _, _ = mlp_io(model, late_mars_p.images[:n], late_mars_p.tokens[:n], range(L))
+        xe_, _, _ = mlp_io(model, late_earth_p.images[:n], late_earth_p.tokens[:n], range(L))
+        return ({la: ts[la].encode(xm_[la][:, :S_mars]) for la in range(L)},
+                {la: ts[la].encode(xe_[la][:, :S_mars]) for la in range(L)})
+
+
+def held_flip_rate(model, hooks) -> tuple[float, int]:
+    """Share of the held-out Mars scenes answered ' M' that the hooks turn into ' E'; and how many were ' M'."""
+    with torch.no_grad():
+        before_ = model(late_held.images, late_held.tokens)[b_late, late_held.answer_pos].argmax(-1)
+        after_ = model.run_with_hooks(late_held.images, late_held.tokens,
+                                      fwd_hooks=hooks)[b_late, late_held.answer_pos].argmax(-1)
+    n_m = int((before_ == M_ID).sum())
+    return float(((before_ == M_ID) & (after_ == E_ID)).sum() / max(n_m, 1)), n_m
+
+
+img_positions = range(n_img)
+zm_late, ze_late = swap_codes(vlm_late, tcs_late, half_late)
+ivs_late = swap_interventions(zm_late, ze_late, range(L), img_positions, n_swap)
+ctrl_late = random_control_features(ivs_late, tcs_late[0].W_dec.shape[1], n_swap, seed)
+flip_late, n_mars_late = held_flip_rate(vlm_late, intervention_hooks(tcs_late, ivs_late, prefix="lm."))
+flip_late_ctrl, _ = held_flip_rate(vlm_late, random_control_hooks(tcs_late, ivs_late, ctrl_late, prefix="lm."))
+zm_e, ze_e = swap_codes(vlm, tcs["multimodal"], half_late)
+ivs_early = swap_interventions(zm_e, ze_e, range(L), img_positions, n_swap)
+flip_early_n200, n_mars_early = held_flip_rate(vlm, intervention_hooks(tcs["multimodal"], ivs_early, prefix="lm."))
+print(f"held-out Mars scenes answered ' M': late {n_mars_late}/{len(late_held)}, early {n_mars_early}/{len(late_held)}")
+print(f"swap at the image positions (every layer): late fusion {flip_late:.3f}, random control {flip_late_ctrl:.3f}; "
+      f"early fusion {flip_early_n200:.3f}")
+late_by_layer = {la: held_flip_rate(vlm_late, intervention_hooks(
+    tcs_late, [iv for iv in ivs_late if iv.layer == la], prefix="lm."))[0] for la in range(L)}
+print("late fusion, image positions, one layer at a time: "
+      + ", ".join(f"layer {la} {v:.2f}" for la, v in late_by_layer.items()))
+
+# %% [markdown]
+# Why the two models differ, in their attribution graphs: the direct contributions to the " M" logit from the
+# text positions (their features and tokens) and from the image positions (their features and tokens), in the
+# graphs of the first held-out Mars scenes, for each model.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+n_graphs = pick(prof, ci=2, full=10)
+
+
+def direct_by_side(model, ts, image: torch.Tensor) -> tuple[float, float]:
+    """(text positions, image positions): direct edges into the ' M' logit, features and input tokens."""
+    g_ = attribute_vlm(model, image, prompt, ts, logit_tokens=targets)
+    row = g_.slices()["logits"].start
+    direct = g_.adjacency[row, : g_.n_features]
+    img_feat = g_.features[:, 1] < n_img
+    inputs = g_.adjacency[row, g_.slices()["inputs"]]
+    return (float(direct[~img_feat].sum() + inputs[n_img:].sum()), float(direct[img_feat].sum() + inputs[:n_img].sum()))
+
+
+sides = {name: np.array([direct_by_side(m_, ts, late_held.images[i]) for i in range(n_graphs)])
+         for name, m_, ts in (("early fusion", vlm, tcs["multimodal"]), ("late fusion", vlm_late, tcs_late))}
+for name, v in sides.items():
+    print(f"{name}: direct to ' M' from text positions {v[:, 0].mean():+.2f} (sd {v[:, 0].std():.2f}), "
+          f"from image positions {v[:, 1].mean():+.2f} (sd {v[:, 1].std():.2f}), {n_graphs} Mars scenes")
+fig, ax = plt.subplots(figsize=(5, 2.6))
+for j, (name, v) in enumerate(sides.items()):
+    ax.bar(np.arange(2) + (j - 0.5) * 0.4, v.mean(0), 0.4, yerr=v.std(0), label=name)
+ax.set(xticks=range(2), xticklabels=["text positions", "image positions"], ylabel="direct to ' M' logit")
+ax.axhline(0, color="k", lw=0.5)
+ax.legend(fontsize=8)
+plt.show()
+graph_late = attribute_vlm(vlm_late, late_held.images[0], prompt, tcs_late, logit_tokens=targets,
+                           token_strings=lambda t: tok.decode([t]))
+gj_late = graph_late.to_json("mars-late-fusion", "<image> This is the planet (late fusion)")
+validate_graph_json(gj_late)
+late_sums = top_direct(graph_late, M_ID, prompt)
+
+# %%
+plot_graph(merge_supernodes(gj_late, supernode_groups(gj_late)),
+           title="late fusion: This is the planet -> ' M' (Mars image), features grouped").show()
+
+# %% [markdown]
+# After the fact (not part of the protocol, no claims): where does the late model's text read the planet from?
+# The late graph's image-position contribution comes largely from the image *tokens*, the projector's output,
+# which the text's layer-2 attention reads directly and which no MLP edit touches. Three edits, on the same 200
+# held-out Mars scenes: the swap at every position (image and text, every layer); the image tokens replaced by
+# their mean over the Earth selection half (no feature edit); and both, the image tokens replaced and the
+# image-position swap.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    _, c_e = vlm_late.run_with_cache(late_earth_p.images[:half_late], late_earth_p.tokens[:half_late, :1],
+                                     names_filter=lambda n: n == "projector.hook_image_tokens")
+    earth_tokens = c_e["projector.hook_image_tokens"].mean(0)  # [n_img, d]
+earth_input = [("projector.hook_image_tokens", lambda act, hook: earth_tokens.expand_as(act))]
+ivs_late_all = swap_interventions(zm_late, ze_late, range(L), range(S_mars), n_swap)
+posthoc = {"swap at every position": intervention_hooks(tcs_late, ivs_late_all, prefix="lm."),
+           "image tokens := Earth mean": earth_input,
+           "image tokens := Earth mean + image-position swap":
+               earth_input + intervention_hooks(tcs_late, ivs_late, prefix="lm.")}
+for name, hooks in posthoc.items():
+    print(f"late fusion, {name}: Mars -> Earth {held_flip_rate(vlm_late, hooks)[0]:.3f}")
+
+# %% [markdown]
+# Read against the prediction: the goal fails, as predicted, but more plainly than predicted. Cutting the text off
+# from the image for two layers did not move the planet's identity into the image-position MLPs' features: the
+# text's layer-2 and layer-3 attention reads it from the image tokens themselves, so a swap of MLP features at the
+# image positions still leaves the answer where it was, while the same swap at every position, or a replaced image
+# input, moves it (the numbers above). In both architectures the claim tests where the model keeps the planet, and
+# in neither is it in the image-position MLP features alone. The claims table and "What we found" give the numbers.
 
 # %% [markdown]
 # ## Step 7: the six-fingered hand
@@ -585,6 +753,8 @@ widgets.interact(show_scene, i=widgets.IntSlider(value=0, min=0, max=len(test_sc
 # share of six-fingered hands answered 5 (digit logits only). Dots: held-out accuracy of the first
 # answer token. Graph time: one attribution graph (all active features and two logits), after a
 # warm-up call, one thread.
+# The late-fusion claims (`*_late_fusion*`, `*_early_fusion*`, `late_fusion_answer_acc`) are the protocol of
+# Step 6b, committed before their measurement; the early-fusion ids above keep their definitions and targets.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -618,6 +788,28 @@ claims = [
           context=f"shuffled {acc_shuffled:.3f}"),
     Claim("shuttle_feature_assoc_ratio", "shuttle features at the text positions: Mars images / other scenes",
           round(assoc_ratio, 3), paper="planet -> shuttle", target="report"),
+    Claim("mars_to_earth_flip_rate_late_fusion", "late-fusion VLM (text reads the image from layer 2): Mars answers "
+          "turned into Earth by the image-position swap (every layer), held-out registered Mars scenes",
+          round(flip_late, 4), paper="flips", target=">= 0.8", holds=flip_late >= 0.8,
+          context=f"{n_mars_late} of {len(late_held)} answered ' M'; sha256 {late_sha[:12]}"),
+    Claim("mars_to_earth_flip_rate_late_fusion_random_control", "late-fusion VLM: the same scenes under the "
+          "same-norm random-feature control of that swap", round(flip_late_ctrl, 4), target="<= 0.1",
+          holds=flip_late_ctrl <= 0.1),
+    Claim("mars_to_earth_flip_rate_early_fusion_n200", "early-fusion VLM: the image-position swap (every layer) on "
+          "the registered late-fusion Mars scenes", round(flip_early_n200, 4), target="report",
+          context=f"{n_mars_early} of {len(late_held)} answered ' M'"),
+    Claim("late_fusion_answer_acc", "late-fusion VLM: held-out answer accuracy with the true images",
+          round(late_acc, 4), target="report", context=f"shuffled {late_acc_shuf:.3f}; early fusion {acc_true:.3f}"),
+    Claim("mars_logit_direct_text_positions_early_fusion", "early-fusion VLM: mean direct contribution of the text "
+          "positions (features and tokens) to the ' M' logit, graphs of the first 10 held-out registered Mars scenes",
+          round(float(sides["early fusion"][:, 0].mean()), 3), target="report"),
+    Claim("mars_logit_direct_image_positions_early_fusion", "early-fusion VLM: the same from the image positions "
+          "(features and tokens)", round(float(sides["early fusion"][:, 1].mean()), 3), target="report"),
+    Claim("mars_logit_direct_text_positions_late_fusion", "late-fusion VLM: mean direct contribution of the text "
+          "positions (features and tokens) to the ' M' logit, graphs of the first 10 held-out registered Mars scenes",
+          round(float(sides["late fusion"][:, 0].mean()), 3), target="report"),
+    Claim("mars_logit_direct_image_positions_late_fusion", "late-fusion VLM: the same from the image positions "
+          "(features and tokens)", round(float(sides["late fusion"][:, 1].mean()), 3), target="report"),
 ]
 results = write_results("06_vlm", prof, claims)
 claims_table(results)
@@ -636,6 +828,13 @@ print(f"- Rollout localises the planet better than last-layer attention: IoU {ro
       f"({yes(rollout_iou > baseline_iou)}).")
 print(f"- Mars -> Earth: editing the image positions flips {mars_to_earth:.0%} of the answers, editing every "
       f"position {mars_to_earth_all:.0%}.")
+print(f"- Late fusion (text reads the image from layer {vlm_late.cfg.late_fusion_layer}): the same image-position "
+      f"swap flips {flip_late:.0%} of "
+      f"{n_mars_late} held-out Mars answers (goal >= 80%: {yes(flip_late >= 0.8)}; the early model "
+      f"{flip_early_n200:.0%} on the same scenes), the same-norm random control {flip_late_ctrl:.0%} (goal <= 10%: "
+      f"{yes(flip_late_ctrl <= 0.1)}). Direct to ' M' from text / image positions: early "
+      f"{sides['early fusion'][:, 0].mean():+.1f} / {sides['early fusion'][:, 1].mean():+.1f}, late "
+      f"{sides['late fusion'][:, 0].mean():+.1f} / {sides['late fusion'][:, 1].mean():+.1f}.")
 print(f"- Six fingers: {six_says_five:.0%} of six-fingered hands are answered 5, while dots are counted right "
       f"{dot_count_acc:.0%} of the time; the image features' direct push on ' 5' is about the same for 4, 5 and 6 "
       f"fingers ({', '.join(f'{v[0]:+.2f}' for v in hand_direct.values())}).")

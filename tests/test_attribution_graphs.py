@@ -15,6 +15,7 @@ from circuitbook.dictionaries.attribution import (
 )
 from circuitbook.dictionaries.graph_json import validate_graph_json
 from circuitbook.dictionaries.sae import Transcoder
+from circuitbook.dictionaries.swap import random_control_features, random_control_hooks, swap_interventions
 from circuitbook.models.gpt import GPT, GPTConfig
 from circuitbook.models.vlm import VLM, VLMConfig
 
@@ -374,3 +375,64 @@ def test_transcoder_equal_to_a_linear_mlp_has_zero_fvu_and_zero_error_nodes():
     assert float(G.completeness_error().max()) < 1e-10
     with_off = attribute_gpt(g, tokens, [off, *tcs[1:]], logit_tokens=[1, 2])
     assert float(with_off.activation[with_off.slices()["errors"]].max()) > 1e-4
+
+
+# ---- late fusion and the feature swap's random control -----------------------------------------------
+
+
+def test_late_fusion_graph_has_no_image_edges_into_early_text_features():
+    torch.manual_seed(0)
+    lm = GPTConfig(vocab_size=V, n_ctx=32, d_model=D, n_layers=L, n_heads=2, d_head=8, d_mlp=32, init_std=0.3)
+    cfg = VLMConfig(image_size=16, patch_size=4, vit_d_model=16, vit_layers=1, vit_heads=2, vit_d_head=8,
+                    vit_d_mlp=32, pool=2, lm=lm, late_fusion_layer=2)
+    vlm = VLM(cfg).eval()
+    tcs = random_transcoders(D, L)
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, V, (6,), generator=torch.Generator().manual_seed(1))
+    G = attribute_vlm(vlm, image, tokens, tcs, dtype=torch.float64)
+    assert float(G.completeness_error().max()) < 1e-10
+    n_img, sl = cfg.n_img, G.slices()
+    text_feat = G.features[:, 1] >= n_img
+    from_img = torch.cat([G.adjacency[:, : G.n_features][:, ~text_feat],  # image-position features
+                          G.adjacency[:, sl["inputs"]][:, :n_img]], 1).abs().sum(1)  # image tokens
+    early_text = text_feat & (G.features[:, 0] < 2)
+    assert early_text.any() and (text_feat & (G.features[:, 0] == 2)).any()
+    assert float(from_img[: G.n_features][early_text].max()) == 0.0  # layers 0-1 at the text: no image edge
+    assert float(from_img[: G.n_features][text_feat & (G.features[:, 0] == 2)].max()) > 0  # layer 2 reads it
+
+
+def test_swap_rule_and_its_same_norm_random_control():
+    g = random_gpt("rms", torch.float64, seed=3)
+    tcs = random_transcoders(D, L, torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    z_a = {la: torch.rand(5, 4, 64, generator=gen, dtype=torch.float64) for la in range(L)}
+    z_b = {la: torch.rand(5, 4, 64, generator=gen, dtype=torch.float64) for la in range(L)}
+    z_a[1][:, 2, 9] += 5.0  # the most A-specific feature at (1, 2)
+    z_b[1][:, 2, 30] += 3.0  # the most B-specific one
+    ivs = swap_interventions(z_a, z_b, [0, 1], [2, 3], n=4)
+    assert len(ivs) == 2 * 2 * 8
+    at = [iv for iv in ivs if (iv.layer, iv.pos) == (1, 2)]
+    assert Intervention(1, 2, 9, 0.0) in at[:4]
+    assert at[4].feature == 30 and abs(at[4].value - float(z_b[1][:, 2, 30].mean())) < 1e-12
+    ctrl = random_control_features(ivs, 64, n=4, seed=0)
+    assert ctrl == random_control_features(ivs, 64, n=4, seed=0) != random_control_features(ivs, 64, n=4, seed=1)
+    for (la, p), (down, up) in ctrl.items():
+        chosen = {iv.feature for iv in ivs if (iv.layer, iv.pos) == (la, p)}
+        assert len(down) == len(up) == 4 and len(set(down + up)) == 8 and not chosen & set(down + up)
+    tokens = torch.randint(0, V, (3, 6), generator=torch.Generator().manual_seed(5))
+    clean, _ = mlp_sites(g, (tokens,), [])
+    swap, _ = mlp_sites(g, (tokens,), intervention_hooks(tcs, ivs))
+    rand, _ = mlp_sites(g, (tokens,), random_control_hooks(tcs, ivs, ctrl))
+    # layer 0 sees the same inputs in all three runs: the control moves it exactly as far, along its own features
+    x0, out_swap, true0 = swap[0]
+    _, out_rand, _ = rand[0]
+    assert torch.equal(rand[0][0], clean[0][0])
+    d_swap, d_rand = out_swap - true0, out_rand - true0  # [B, S, d]
+    assert torch.allclose(d_rand.norm(dim=-1), d_swap.norm(dim=-1), atol=1e-10)
+    assert float(d_swap[:, 2:4].norm(dim=-1).min()) > 0 and float(d_rand[:, [0, 1, 4, 5]].abs().max()) == 0
+    for p in (2, 3):
+        down, up = ctrl[(0, p)]
+        _, outside = effective_feature_values(tcs[0], x0[:, p], true0[:, p], out_rand[:, p], down + up)
+        assert outside.abs().max() < 1e-9  # made of the random features' decoder columns only
+        cos = torch.nn.functional.cosine_similarity(d_rand[:, p], d_swap[:, p], dim=-1)
+        assert float(cos.abs().max()) < 0.99  # a different direction

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,62 @@ def test_rollout_of_identity_attention_is_identity_and_maps_each_image_token_to_
     # ... and with no mixing between patches, a token depends on its own square only
     assert torch.allclose(tokens_a[:, :2], tokens_b[:, :2], atol=1e-6)
     assert not torch.allclose(tokens_a[:, 2:], tokens_b[:, 2:], atol=1e-3)
+
+
+def late_pair(layers: int = 3, fusion: int = 2) -> tuple[VLM, VLM]:
+    """An early- and a late-fusion VLM with the same weights."""
+    torch.manual_seed(0)
+    early = VLM(tiny_cfg(n_layers=layers)).eval()
+    late = vlm_from_state(early.state_dict(), replace(tiny_cfg(n_layers=layers), late_fusion_layer=fusion)).eval()
+    return early, late
+
+
+def resid_posts(model: VLM, images: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
+    n = model.cfg.lm.n_layers
+    names = [f"lm.blocks.{la}.hook_resid_post" for la in range(n)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images, tokens, names_filter=lambda x: x in names)
+    return [cache[x] for x in names]
+
+
+def test_late_fusion_blocks_text_to_image_attention_before_its_layer():
+    early, late = late_pair()
+    n_img = late.n_img
+    tokens = torch.randint(1, 40, (2, 6), generator=torch.Generator().manual_seed(1))
+    a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    ra, rb = resid_posts(late, a, tokens), resid_posts(late, b, tokens)
+    # another image changes the image positions everywhere, but the text positions only from layer 2 on
+    for la in (0, 1):
+        assert not torch.allclose(ra[la][:, :n_img], rb[la][:, :n_img])
+        assert torch.equal(ra[la][:, n_img:], rb[la][:, n_img:]), la
+    assert (ra[2][:, n_img:] - rb[2][:, n_img:]).abs().max() > 1e-4
+    # the same weights fused early: the text sees the image at layer 0 already
+    ea, eb = resid_posts(early, a, tokens), resid_posts(early, b, tokens)
+    assert (ea[0][:, n_img:] - eb[0][:, n_img:]).abs().max() > 1e-4
+    # the patterns: no text query puts weight on an image key before layer 2; image tokens are unchanged
+    with torch.no_grad():
+        _, cache = late.run_with_cache(a, tokens)
+        _, ecache = early.run_with_cache(a, tokens)
+    for la in range(3):
+        pat = cache[f"lm.blocks.{la}.attn.hook_pattern"]  # [B, H, S, S]
+        assert (pat[:, :, n_img:, :n_img].sum() == 0) == (la < 2), la
+    assert torch.allclose(ra[0][:, :n_img], resid_posts(early, a, tokens)[0][:, :n_img])
+    assert not torch.allclose(ecache["lm.blocks.0.attn.hook_pattern"], cache["lm.blocks.0.attn.hook_pattern"])
+
+
+def test_late_fusion_text_only_is_the_plain_gpt_and_configs_round_trip():
+    early, late = late_pair()
+    text = torch.randint(1, 40, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(late(None, text), early(None, text))  # text alone: plain causal masks
+    # ... and the late-fusion masks are back afterwards
+    assert not late.lm.blocks[0].attn.mask[late.n_img:, : late.n_img].any()
+    assert late.lm.blocks[2].attn.mask[late.n_img:, : late.n_img].all()
+    assert "late_fusion_layer" not in early.cfg.to_dict()  # early-fusion artifacts keep their stored config
+    assert VLMConfig(**late.cfg.to_dict()) == late.cfg
+    with pytest.raises(ValueError):
+        replace(tiny_cfg(n_layers=2), late_fusion_layer=3)
+    # a GPT handed to a late-fusion VLM keeps its own causal masks
+    gpt = early.lm
+    VLM(replace(tiny_cfg(n_layers=3), late_fusion_layer=2), lm=gpt)
+    assert gpt.blocks[0].attn.mask[early.n_img:, : early.n_img].all()

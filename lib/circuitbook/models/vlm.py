@@ -21,14 +21,20 @@ its own (a HookPoint has one name); `lm.hooks(...)` still takes its own names (`
 Language-model positions: the image prefix takes positions 0 .. n_img-1 and the text starts at n_img;
 a text-only batch (`images=None`) starts at 0, exactly as the plain GPT. Attribution graphs and
 feature interventions index the language model's positions (prefix included).
+
+Late fusion (`late_fusion_layer = k > 0`): in the GPT's first k blocks a text position cannot attend to the
+image tokens (`late_fusion_mask`), so the text reads the picture from layer k on; 0 is early fusion.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +66,7 @@ class VLMConfig:
     vit_norm: str = "layer"  # ViT norm: "layer" or "rms"
     pool: int = 2  # pool x pool patches -> one image token: 8x8 patches -> 4x4 = 16 image tokens
     lm: GPTConfig = field(default_factory=GPTConfig)  # the language model (a dict from JSON is converted)
+    late_fusion_layer: int = 0  # text attends to image tokens from this LM layer on (0: every layer, early fusion)
 
     def __post_init__(self) -> None:
         if isinstance(self.lm, dict):
@@ -70,6 +77,8 @@ class VLMConfig:
             raise ValueError(f"patch grid {self.grid} is not a multiple of pool {self.pool}")
         if self.lm.bigram:
             raise ValueError("the VLM's language model cannot have a bigram table (image tokens have no id)")
+        if not 0 <= self.late_fusion_layer <= self.lm.n_layers:
+            raise ValueError(f"late_fusion_layer {self.late_fusion_layer} is outside 0..{self.lm.n_layers}")
 
     @property
     def grid(self) -> int:
@@ -92,7 +101,19 @@ class VLMConfig:
                          positions="none", init_std=self.lm.init_std)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        """asdict, JSON-safe; `late_fusion_layer` only when set, so early-fusion artifacts keep their stored config."""
+        d = json.loads(json.dumps(asdict(self)))
+        if not self.late_fusion_layer:
+            del d["late_fusion_layer"]
+        return d
+
+
+def late_fusion_mask(n_ctx: int, n_img: int) -> Tensor:
+    """The causal mask [n_ctx, n_ctx] (True: may attend) with text queries (positions >= n_img) cut off from
+    the image keys (positions < n_img); image tokens still attend causally among themselves."""
+    mask = torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool))
+    mask[n_img:, :n_img] = False
+    return mask
 
 
 class ViT(nn.Module):
@@ -171,7 +192,14 @@ class VLM(HookedRootModule):
         self.projector = Projector(cfg)
         if lm is not None and lm.cfg.to_dict() != cfg.lm.to_dict():
             raise ValueError("the given GPT's config differs from cfg.lm")
+        if lm is not None and cfg.late_fusion_layer:
+            lm = copy.deepcopy(lm)  # its masks change below; the caller's GPT stays as it was
         self.lm = lm if lm is not None else GPT(cfg.lm)
+        # Late fusion: the first late_fusion_layer blocks carry the image-prefix mask in their (non-persistent)
+        # mask buffer, so every run of lm.blocks on an image prefix (attribution too) applies it; a text-only
+        # forward swaps the plain causal mask in for its duration (`_text_only_masks`).
+        for block in self.lm.blocks[: cfg.late_fusion_layer]:
+            block.attn.mask.copy_(late_fusion_mask(cfg.lm.n_ctx, cfg.n_img))
         self.setup()
 
     @property
@@ -198,7 +226,11 @@ class VLM(HookedRootModule):
 
         return_type="loss": the mean next-token loss over the text (image prefix excluded)."""
         tokens = tokens.to(self.lm.embed.weight.device)  # inputs may be on the CPU (the ViT moves the images)
-        resid = run_lm(self.lm, self.lm_input(images, tokens))
+        if images is None and self.cfg.late_fusion_layer:
+            with self._text_only_masks():
+                resid = run_lm(self.lm, self.lm_input(images, tokens))
+        else:
+            resid = run_lm(self.lm, self.lm_input(images, tokens))
         logits = resid[:, resid.shape[1] - tokens.shape[1]:]
         if return_type == "logits":
             return logits
@@ -208,6 +240,19 @@ class VLM(HookedRootModule):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @contextmanager
+    def _text_only_masks(self) -> Iterator[None]:
+        """Plain causal masks in the late-fusion blocks while a text-only batch (no image prefix) runs."""
+        blocks = self.lm.blocks[: self.cfg.late_fusion_layer]
+        saved = [block.attn.mask for block in blocks]
+        try:
+            for block, m in zip(blocks, saved):
+                block.attn.mask = torch.tril(torch.ones_like(m))
+            yield
+        finally:
+            for block, m in zip(blocks, saved):
+                block.attn.mask = m
 
 
 def run_lm(lm: GPT, resid: Tensor) -> Tensor:
@@ -293,6 +338,17 @@ class ImageTextPairs:
         """The same pairs on `device`."""
         return ImageTextPairs(self.images.to(device), self.tokens.to(device), self.loss_mask.to(device),
                               self.answer_pos.to(device), self.answer_ids.to(device))
+
+
+def pairs_sha256(*sets: ImageTextPairs) -> str:
+    """sha256 of image-text pair sets, in order: images as 8-bit pixels, then token ids (int64), then answer
+    positions and ids: the prompt set a protocol names."""
+    h = hashlib.sha256()
+    for p in sets:
+        h.update(np.ascontiguousarray((p.images.cpu() * 255).round().to(torch.uint8).numpy()).tobytes())
+        for t in (p.tokens, p.answer_pos, p.answer_ids):
+            h.update(np.ascontiguousarray(t.cpu().numpy().astype(np.int64)).tobytes())
+    return h.hexdigest()
 
 
 def encode_pairs(

