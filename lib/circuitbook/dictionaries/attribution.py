@@ -435,24 +435,34 @@ def intervention_hooks(
     hooks: list[tuple[str, Callable]] = []
     for layer, ivs in sorted(by_layer.items()):
         tc = transcoders[layer]
-        seen: dict[str, Tensor] = {}
 
-        def grab(act: Tensor, hook, seen: dict = seen) -> Tensor:
-            seen["x"] = act
-            return act
-
-        def edit(out: Tensor, hook, seen: dict = seen, tc: Transcoder = tc, ivs: list = ivs) -> Tensor:
-            z = tc.encode(seen["x"])  # [B, S, F], live
+        def delta_of(z: Tensor, out: Tensor, tc: Transcoder = tc, ivs: list = ivs) -> Tensor:
             delta = torch.zeros_like(out)
             for iv in ivs:
                 pos = slice(None) if iv.pos is None else iv.pos
                 coef = iv.value - z[:, pos, iv.feature]  # [B] or [B, S]
                 delta[:, pos] += coef[..., None] * tc.W_dec[:, iv.feature].detach()
-            return out + delta
+            return delta
 
-        hooks.append((f"{prefix}blocks.{layer}.ln2.hook_normalized", grab))
-        hooks.append((f"{prefix}blocks.{layer}.hook_mlp_out", edit))
+        hooks += live_mlp_edit_hooks(tc, layer, delta_of, prefix)
     return hooks
+
+
+def live_mlp_edit_hooks(tc: Transcoder, layer: int, delta_of: Callable[[Tensor, Tensor], Tensor],
+                        prefix: str = "") -> list[tuple[str, Callable]]:
+    """The two forward hooks of an edit at one layer's MLP: the first keeps the MLP's input, the second adds
+    `delta_of(z, out)` to the MLP's output `out` [B, S, d], z = the transcoder's live codes of that input
+    [B, S, F] in the same run. prefix: "" for a GPT, "lm." for a VLM's language model."""
+    seen: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook) -> Tensor:
+        seen["x"] = act
+        return act
+
+    def edit(out: Tensor, hook) -> Tensor:
+        return out + delta_of(tc.encode(seen["x"]), out)
+
+    return [(f"{prefix}blocks.{layer}.ln2.hook_normalized", grab), (f"{prefix}blocks.{layer}.hook_mlp_out", edit)]
 
 
 def effective_feature_values(

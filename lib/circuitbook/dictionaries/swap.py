@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from circuitbook.dictionaries.attribution import Intervention
+from circuitbook.dictionaries.attribution import Intervention, live_mlp_edit_hooks
 from circuitbook.dictionaries.sae import Transcoder
 
 
@@ -71,15 +71,8 @@ def random_control_hooks(
     hooks: list[tuple[str, Callable]] = []
     for layer, sites in sorted(by_site.items()):
         tc = transcoders[layer]
-        seen: dict[str, Tensor] = {}
 
-        def grab(act: Tensor, hook, seen: dict = seen) -> Tensor:
-            seen["x"] = act
-            return act
-
-        def edit(out: Tensor, hook, seen: dict = seen, tc: Transcoder = tc, sites: dict = sites,
-                 layer: int = layer) -> Tensor:
-            z = tc.encode(seen["x"])  # [B, S, F], live
+        def delta_of(z: Tensor, out: Tensor, tc: Transcoder = tc, sites: dict = sites, layer: int = layer) -> Tensor:
             W = tc.W_dec.detach()  # [d, F]
             delta = torch.zeros_like(out)  # [B, S, d]
             for pos, ivs in sites.items():
@@ -89,8 +82,7 @@ def random_control_hooks(
                 down, up = control[(layer, pos)]
                 u = W[:, up].sum(1) - W[:, down].sum(1)  # [d]
                 delta[:, pos] += norm * (u / u.norm())
-            return out + delta
+            return delta
 
-        hooks.append((f"{prefix}blocks.{layer}.ln2.hook_normalized", grab))
-        hooks.append((f"{prefix}blocks.{layer}.hook_mlp_out", edit))
+        hooks += live_mlp_edit_hooks(tc, layer, delta_of, prefix)
     return hooks
