@@ -11,10 +11,12 @@ from test_circuits import constructed_task, tiny_gpt
 
 from circuitbook.circuits import (
     SPACE_V2,
+    SPACE_V2_K,
     NodeSet,
     PruneConfig,
     circuit_alone,
     mean_activations,
+    search,
     top_k_kept,
     train_mask,
 )
@@ -218,6 +220,20 @@ def test_the_v2_search_is_cached_and_searches_the_dual_step_not_k_coef(task, tmp
     assert "k_coef" not in a.trials[0] and a.trials[0]["dual_lr"] == base.dual_lr  # the first trial is the base
     reached = [r["n_nodes"] for r in a.trials if r["sufficiency_loss"] <= 0.6]
     assert not reached or a.circuit.n_nodes == min(reached)
+
+
+def test_the_matched_loss_space_adds_the_starting_k_coef_and_the_search_moves_it(task):
+    """The searched matched-loss comparison: SPACE_V2_K is SPACE_V2 plus k_coef, the first trial is the base's
+    k_coef, later trials sample others inside the range (a search that kept k_coef fixed would fail this)."""
+    assert {k: v for k, v in SPACE_V2_K.items() if k != "k_coef"} == SPACE_V2
+    lo, hi = SPACE_V2_K["k_coef"]
+    assert lo <= 1e-5 and hi >= 5e-3  # spans the base start and four decades below it
+    model, nodes, batch, means, _ = task
+    base = PruneConfig(steps=5, batch_size=16, target_loss=0.6, lbfgs_steps=2, order="ablation", dual_lr=0.05,
+                       calibrated=True, calibration_lr=0.02, k_coef=5e-3)
+    r = search(model, batch, means, base, n_trials=3, nodes=nodes, space=SPACE_V2_K, progress=False)
+    ks = [row["k_coef"] for row in r.trials]
+    assert ks[0] == base.k_coef and len(set(ks)) == 3 and all(lo <= k <= hi for k in ks)
 
 
 def test_the_zoo_v2_settings():

@@ -56,6 +56,7 @@ from circuitbook.circuits.prune import (
 from circuitbook.circuits.search import (
     SPACE,
     SPACE_V2,
+    SPACE_V2_K,
     SearchResult,
     choose_pruning_prompts,
     matched_checkpoint,
@@ -65,7 +66,8 @@ from circuitbook.circuits.search import (
 
 __all__ = [
     "Circuit", "CircuitLoss", "Edge", "FINAL_SITE", "HeavisideSigmoid", "KINDS", "NodeMask", "NodeSet",
-    "PruneConfig", "SPACE", "SPACE_V2", "SearchResult", "ablate", "ablation_hooks", "all_kept", "attribution_prune",
+    "PruneConfig", "SPACE", "SPACE_V2", "SPACE_V2_K", "SearchResult", "ablate", "ablation_hooks", "all_kept",
+    "attribution_prune",
     "attribution_scores", "bisect_smallest", "choose_pruning_prompts", "circuit_alone", "circuit_edges",
     "circuit_from_scores", "circuit_removed", "circuit_size", "draw_circuit", "dual_step", "evaluate_masked",
     "examples_html", "examples_text", "fast_masked_logit_diff", "fit_logit_calibration", "heaviside",

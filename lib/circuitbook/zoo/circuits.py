@@ -23,6 +23,7 @@ from circuitbook import artifacts
 from circuitbook.circuits import (
     SPACE,
     SPACE_V2,
+    SPACE_V2_K,
     Circuit,
     CircuitLoss,
     NodeSet,
@@ -347,6 +348,21 @@ def pruned_circuit_v2(profile: str | Profile, model: GPT, name: str, task: str, 
     return cached_prune(f"circuit_v2_{task}_{name}", prof, model, sets.train[task], means,
                         prune_config_v2(prof, seed=seed), NodeSet.from_model(model), retrain, progress,
                         parents=parents(prof, name, f"means_{name}"))
+
+
+def matched_search_v2(profile: str | Profile, model: GPT, name: str, task: str, seed: int = 0, retrain: bool = False,
+                      progress: bool = True) -> SearchResult:
+    """`model`'s circuit for `task` by the second method, searched: `n_trials_v2` Optuna trials over `SPACE_V2_K`
+    (the v2 space plus the starting k_coef) from `prune_config_v2`, on the generated train prompts (artifact
+    `circuit_search_v2k_<task>_<name>`). Chapter 3's searched matched-loss comparison runs it on the dense
+    checkpoint at matched loss; the sparse side is `circuit_search_v2` (the same prompts for quote, a smaller
+    space, so the dense side is, if anything, favoured)."""
+    prof = get_profile(profile)
+    sets = task_sets(prof, tokenizer(prof), seed)
+    means = circuit_means(prof, model, name, seed)
+    return cached_search(f"circuit_search_v2k_{task}_{name}", prof, model, sets.train[task], means,
+                         prune_config_v2(prof, seed=seed), n_trials_v2(prof), NodeSet.from_model(model), seed,
+                         retrain, progress, parents=parents(prof, name, f"means_{name}"), space=SPACE_V2_K)
 
 
 def dense_checkpoint_losses(profile: str | Profile, seed: int = 0) -> dict[int, float]:

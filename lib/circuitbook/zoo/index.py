@@ -17,6 +17,7 @@ from circuitbook.zoo.circuits import (
     circuit_means,
     circuit_search,
     circuit_search_v2,
+    matched_search_v2,
     prune_config,
     pruned_circuit,
     pruned_circuit_v2,
@@ -134,6 +135,9 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for m in [models[0], sparse_name(THE_SPARSE_MODEL["kept"], d), *ckpts]:
         add(3, f"circuit_v2_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: pruned_circuit_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
+    for m in ckpts:  # the searched comparison (only the checkpoint at matched loss is built)
+        add(3, f"circuit_search_v2k_{CIRCUIT_TASKS[0]}_{m}",
+            lambda p, r, m=m: matched_search_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
     for t in BRIDGE_TASKS:
         add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
