@@ -101,3 +101,24 @@ def csr_linear_speedup(linear: torch.nn.Linear, kept: float, n_tokens: int = 102
     d = best_time(lambda: lin(x), repeats)
     s = best_time(lambda: csr(x), repeats)
     return {"dense_s": d, "csr_s": s, "speedup": d / s}
+
+
+@torch.no_grad()
+def csr_linears_speedup(model: torch.nn.Module, n_tokens: int = 128, repeats: int = 5) -> dict:
+    """Every nn.Linear of `model` with its own (already sparse) weights, dense over CSR: each layer runs on a random
+    [n_tokens, in] input, the two storages alternating layer by layer; the ratio is of the summed best times.
+    `csr_linear_speedup_d256` runs it on the d256 model of the target L0 point, one 128-token sequence."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no nn.Linear layers")
+    d = s = 0.0
+    nnz = total = 0
+    for lin in linears:
+        csr = CSRLinear(lin)
+        x = torch.randn(n_tokens, lin.in_features)
+        assert torch.allclose(lin(x), csr(x), atol=1e-4), "CSR must compute the same outputs"
+        d += best_time(lambda lin=lin, x=x: lin(x), repeats)
+        s += best_time(lambda csr=csr, x=x: csr(x), repeats)
+        nnz, total = nnz + int((lin.weight != 0).sum()), total + lin.weight.numel()
+    return {"dense_s": d, "csr_s": s, "speedup": d / s, "n_linears": len(linears), "kept": nnz / total}
+

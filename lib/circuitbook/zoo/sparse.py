@@ -29,6 +29,58 @@ FAMILY_R2 = {
 }
 R2_ANNEAL_SHAPE = "linear"  # the paper's: pilots with a geometric anneal or a capped LR factor did worse (chapter 2)
 
+# Issue 17's rules, fixed (protocol commit) before the family is evaluated or pruned.
+TARGET_POINT = "49k"  # the chosen model's non-embedding L0 point: today's chosen model (d128, 1/16) sits on it
+CHOICE_MIN_ACC = 0.9  # held-out-forms accuracy a candidate must reach on every task the dense baseline reaches
+
+
+def choose_the_model(candidates: dict[str, dict], dense_heldout: dict[str, float],
+                     min_acc: float = CHOICE_MIN_ACC) -> tuple[str, list[str]]:
+    """The model chapters 3 and 4 explain, by issue 17's rule: among `candidates` ({name: {"val_loss": float,
+    "heldout": {task: accuracy on the held-out forms}}}, the models at `TARGET_POINT`), those that reach `min_acc`
+    on every task the dense baseline itself reaches `min_acc` on (`dense_heldout`; a task no model of ours can do
+    off-template would otherwise exclude all of them); the lowest validation loss among them. If none qualifies,
+    the highest mean held-out accuracy over those tasks (ties: the lower validation loss).
+    -> (name, the tasks the rule counted)."""
+    if not candidates:
+        raise ValueError("no candidate models")
+    tasks = sorted(t for t, a in dense_heldout.items() if a >= min_acc)
+    ok = [n for n, c in candidates.items() if all(c["heldout"][t] >= min_acc for t in tasks)]
+    if ok:
+        return min(ok, key=lambda n: candidates[n]["val_loss"]), tasks
+    mean = {n: sum(c["heldout"][t] for t in tasks) / max(len(tasks), 1) for n, c in candidates.items()}
+    return min(candidates, key=lambda n: (-mean[n], candidates[n]["val_loss"])), tasks
+
+
+def wider_is_better_at_points(rows: list[dict]) -> tuple[bool, list[dict]]:
+    """`wider_is_better_at_fixed_l0_v2`: `rows` are models ({"point", "d_model", "val_loss"}); at every
+    non-embedding L0 point held by two or more widths, every wider model must have a lower validation loss than
+    every narrower one. It can only hold with at least three such points, width 256 among them.
+    -> (holds, one row per (point, narrow, wide) pair)."""
+    by_point: dict[str, list[dict]] = {}
+    for r in rows:
+        by_point.setdefault(r["point"], []).append(r)
+    pairs = []
+    for point, rs in by_point.items():
+        rs = sorted(rs, key=lambda r: r["d_model"])
+        for i, a in enumerate(rs):
+            for b in rs[i + 1:]:
+                if a["d_model"] == b["d_model"]:
+                    raise ValueError(f"two models of width {a['d_model']} at point {point}")
+                pairs.append({"point": point, "narrow": a["d_model"], "wide": b["d_model"],
+                              "narrow_loss": a["val_loss"], "wide_loss": b["val_loss"],
+                              "wide_better": b["val_loss"] < a["val_loss"]})
+    shared = {p["point"] for p in pairs}
+    widest = {p["wide"] for p in pairs}
+    holds = len(shared) >= 3 and 256 in widest and all(p["wide_better"] for p in pairs)
+    return holds, pairs
+
+
+def loss_gain_2x(val_1x: float, val_2x: float) -> float:
+    """`sparse_loss_gain_2x`: the relative validation-loss drop from recipe 2's tokens to twice them."""
+    return (val_1x - val_2x) / val_1x
+
+
 
 def sparse_widths(profile: str | Profile) -> tuple[int, ...]:
     return pick(profile, ci=(16, 32), full=(64, 128))
