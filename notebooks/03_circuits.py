@@ -895,7 +895,9 @@ dense_trials = pd.DataFrame(dense_search.trials).set_index("trial")
 dense_reached = float((dense_trials["sufficiency_loss"] <= ds_c.target_loss).mean())
 searched_ratio = ds_size["edges"] / max(ss_size["edges"], 1)
 searched_ratio_nodes = ds_size["nodes"] / max(ss_size["nodes"], 1)
-display(dense_trials[["k_coef", "dual_lr", "lr", "n_nodes", "sufficiency_loss"]].round(5))
+shown = dense_trials[["k_coef", "dual_lr", "lr", "n_nodes", "sufficiency_loss"]].round(4)
+shown["k_coef"] = dense_trials["k_coef"].map("{:.1e}".format)  # the starting value; it spans four decades
+display(shown)
 display(pd.DataFrame({
     f"dense ({matched_name}), searched": {"nodes": ds_size["nodes"], "edges": ds_size["edges"],
                                           "calibrated train loss": ds_c.sufficiency_loss, "reached": ds_c.reached},
@@ -916,6 +918,19 @@ ax.set(xscale="log", yscale="log", xlabel="starting k_coef", ylabel="circuit nod
        title=f"the dense checkpoint's search ({matched_name})")
 ax.legend(fontsize=8)
 plt.show()
+
+# %% [markdown]
+# **Searched, the ratio is large and the circuit is no longer the method's failure.** The dense checkpoint's
+# best circuit (table above) is a little over a hundred nodes, every one of them connected to the rest by dense
+# weights, against the sparse model's sixteen-odd nodes and about as many edges; the printed ratios are the
+# claims. The starting k_coef decides almost everything: the starts near the base 5e-3 (trial 0 and the two like
+# it) collapse and leave the bisection to walk thousands of nodes, the starts between about 1e-5 and 1e-3 land
+# in a narrow band of node counts, and the smallest starts keep too much. Three caveats go with the number. It
+# is one task and one seed. The sparse side was searched in the smaller space (`SPACE_V2`): a search that also
+# moved its starting k_coef might find a smaller sparse circuit, not a larger one. And an edge ratio grows
+# roughly with the square of the node
+# ratio when one side is dense, so the node ratio beside it is the more conservative reading; both exceed the
+# registered goal of 4, and the edge ratio exceeds the paper's ~16x.
 
 # %% [markdown]
 # ### The quote-type node, chosen by the rule, measured on wild strings
