@@ -69,12 +69,13 @@ from circuitbook.bridges import (
 )
 from circuitbook.bridges_tasks import (
     choose_site,
+    directed_change,
     steering_curve,
     task_channels,
     task_class_means,
     task_move,
 )
-from circuitbook.data.tasks import TaskBatch, evaluate_task
+from circuitbook.data.tasks import TaskBatch, evaluate_task, logit_margins
 from circuitbook.results import Claim, claims_table, write_results
 from circuitbook.separation import midpoint_separation
 from circuitbook.train import val_batches
@@ -239,9 +240,10 @@ for t, rows in scans.items():
 
 # %%
 strengths = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0])  # 1 = the whole class difference; 2, 4 overshoot
-curves, found = {}, {}
+curves, found, moves = {}, {}, {}
 for t in (QUOTE, WHILE):
     tm = task_move(sparse, bridge, sets.train[t], choose_site(scans[t]), seed=seed)  # the sparse model's best site
+    moves[t] = tm
     curves[t] = pd.DataFrame(steering_curve(dense, sparse, bridge, sets.test[t], tm, strengths)).set_index("strength")
     found[t] = {"site": tm.site, "channels": tm.channels, "separations": [round(x, 3) for x in tm.separations],
                 "control channels": torch.nonzero(tm.control).flatten().tolist(), "move": tm.move,
@@ -364,6 +366,119 @@ for t in (QUOTE, WHILE):
           f"{r['dense own difference: change']:+.3f}).")
 
 # %% [markdown]
+# ## Both directions, read in logits (a registered protocol)
+#
+# The `while` claim above reads a probability on prompts where the dense model is sure of its answer: a
+# change of several nats in the logits can leave $P(:) - P(\text{newline})$ where it was. And it runs one
+# direction only, `while` → `return`, where the paper edits `return` → `while`. The protocol below, written
+# and committed before it was measured, runs both directions and reads the logit difference beside the
+# probabilities.
+#
+# - **The edit.** The `while_return_true` move chosen above, unchanged: the same site, channels, class move
+#   (the sparse model's class means on the train prompts) and strength 1, decoded through the trained
+#   bridge, added at the last token. **return → while** (the paper's direction): on `return True` prompts,
+#   add $W_{dec}(-\text{move})$, the channels from their `return` to their `while` means. **while → return**:
+#   on `while True` prompts, add $W_{dec}\,\text{move}$. (`bridges_tasks.directed_change`.)
+# - **The readout.** Per prompt, the logit of the prompt's own answer minus the other class's answer at the
+#   last token (`:` vs newline, in the order the prompt's class gives); the claim is its mean decrease, the
+#   nats the edit moves the answer towards the other class. The same difference in probabilities is printed
+#   beside it.
+# - **The control.** The chapter's control for this move (`control_move`, seed 0: the same per-channel values
+#   on as many other live channels, rescaled to the same dense-space norm), with the same sign as the edit in
+#   each direction.
+# - **The prompts** (`zoo.margin_matched_prompts`, rule `bridges_tasks.select_by_margin`). A pool of 4000
+#   train-split `while_return_true` prompts (ci: 256) drawn with seed 1, minus any of the 400 train prompts
+#   the move is computed from. The band: the 10th to 90th percentile of the dense model's margin (correct
+#   minus wrong logit) on the quote task's 400 train prompts (`margin_band`). Per class, among the prompts the
+#   dense model answers correctly, the 200 (ci: 16) whose margin lies nearest the band (inside it counts as
+#   0), ties in pool order. Only the dense model's unedited margins enter the rule: no edit is looked at, and
+#   nothing depends on today's models beyond what the rule computes from them.
+# - **What was known when this was written.** The margins, not the edits: no pool prompt's margin lies in
+#   the band (the cell below prints the count). The dense model is saturated on every template `while` /
+#   `return` prompt, so the rule's fallback decides: the least saturated prompts, whose margins the cell
+#   prints beside the band. "Margins like quote's" cannot be had from this data; the logit readout is what
+#   is not saturated. (Off-template forms, chapter 3's pruning forms, reach somewhat lower margins but come
+#   from another distribution than the move; they are not used.)
+# - **The prompt sets' sha256** (`data.forms.examples_sha256`) are fixed below: the pool's, which no model
+#   changes, is checked at `full`; the chosen set's is a function of the dense model and is checked when the
+#   dense model is the one this protocol was written with (its sha256 too is fixed below). A retrained pair
+#   with the same dense model gets the same prompts; a new dense model gets the prompts the rule picks for
+#   it, and the cell says so.
+# - **Claims.** `while_intervention_delta_logit_return_to_while` and `..._while_to_return`: nats moved towards
+#   the other class at strength 1, goal $\ge 1.0$ each. `while_control_delta_logit_return_to_while` and
+#   `..._while_to_return`: the same for the control, goal $|x| \le 0.2$. Every earlier claim is measured again
+#   as before.
+# - **Prediction.** Both directions move at least 1 nat towards the other class: at 4x strength the one-way
+#   edit above flips the answer (the curve's last point), so the direction is right and only the length falls
+#   short, and a logit responds to a short move where a saturated probability does not. The controls move
+#   less than 0.2 nats. The probabilities on these prompts barely move (they are saturated).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+MARGIN_PROTOCOL = {  # full profile, seed 0: fixed with the protocol
+    "pool_sha256": "3d2725cd300337338b22fb1072ca1052e1454c26d2c22389651f24405ac99c6c",
+    "dense_sha256": "3d17d990b8a26ef9f8649f56f720d908b0bf775ead37a9a9caf747cda965277b",
+    "prompts_sha256": "1b3f7c84158363ee8d688f75adc06160c3f76ce0d1076514bb0d3a8ab9ad2d57",
+}
+mp = zoo.margin_matched_prompts(prof, WHILE, seed)
+quote_margins = logit_margins(dense, sets.train[QUOTE])
+print(f"band (quote train prompts, dense margin, 10th-90th percentile): {mp.band[0]:.2f} .. {mp.band[1]:.2f} nats "
+      f"(median {float(quote_margins.median()):.2f})")
+print(f"pool: {mp.pool_size} train-split prompts; inside the band: {mp.in_band[0]} while, {mp.in_band[1]} return")
+for c, name in ((0, "while"), (1, "return")):
+    m = mp.margins[mp.batch.labels == c]
+    print(f"chosen {name:6s}: {len(m)} prompts" + (f", dense margin {float(m.min()):.2f} .. {float(m.max()):.2f} "
+          f"(median {float(m.median()):.2f})" if len(m) else " (the dense model answers none of the pool right)"))
+print(f"sha256: pool {mp.pool_sha256}\n        chosen {mp.sha256}\n        dense model {mp.dense_sha256}")
+if prof.name == "full" and seed == 0:
+    assert mp.pool_sha256 == MARGIN_PROTOCOL["pool_sha256"], "the pool differs from the one fixed with the protocol"
+    if mp.dense_sha256 == MARGIN_PROTOCOL["dense_sha256"]:
+        assert mp.sha256 == MARGIN_PROTOCOL["prompts_sha256"], "the chosen prompts differ from the protocol's"
+        print("the pool and the chosen prompts are the ones fixed with the protocol")
+    else:
+        print("the pool is the protocol's; the dense model is not, so the rule chose these prompts for it")
+
+# %% [markdown]
+# The measurement: each direction on its prompts, the edit and its control, in logits and in probabilities.
+# For scale, the same readout of the quote move on its held-out prompts (no claim).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+DIRECTIONS = {"return_to_while": 1, "while_to_return": 0}  # name: the class whose prompts are moved
+directed = {name: directed_change(dense, bridge, mp.batch, moves[WHILE], c) for name, c in DIRECTIONS.items()
+            if (mp.batch.labels == c).any()}  # a class the dense model never answers right has no prompts
+quote_directed = {c: directed_change(dense, bridge, sets.test[QUOTE], moves[QUOTE], c) for c in (0, 1)}
+table = {}
+for name, d in [*directed.items(), *((f"quote, class {c} -> {1 - c} (held-out)", d)
+                                     for c, d in quote_directed.items())]:
+    table[name] = {"prompts": len(d.logit_before), "margin before": round(float(d.logit_before.mean()), 2),
+                   "edit: nats": round(d.delta_logit, 3), "control: nats": round(d.control_delta_logit, 3),
+                   "edit: p": round(d.delta_p, 4), "control: p": round(d.control_delta_p, 4),
+                   "flipped": round(float((d.logit_after < 0).float().mean()), 3)}
+display(pd.DataFrame(table).T)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True, sharey=True)
+for ax, name in zip(axes, DIRECTIONS):
+    if name not in directed:
+        ax.set_title(f"{name}: no prompts")
+        continue
+    d = directed[name]
+    ax.scatter(d.logit_before, d.logit_control, s=8, color="grey", alpha=0.6, label="control (same norm)")
+    ax.scatter(d.logit_before, d.logit_after, s=8, color="C3", alpha=0.7, label="the task channels")
+    lim = [float(min(d.logit_before.min(), d.logit_after.min(), 0)) - 0.5, float(d.logit_before.max()) + 0.5]
+    ax.plot(lim, lim, color="k", lw=0.5, label="no change")
+    ax.axhline(0, color="k", lw=0.5, ls=":")
+    src, dst = name.split("_to_")
+    ax.set(title=f"{src} -> {dst} ({len(d.logit_before)} prompts)", xlabel="logit difference before (nats)",
+           ylabel="after the edit (nats)")
+    ax.legend(fontsize=8)
+axes[0].text(0.02, 0.02, "own answer minus the other class's; below 0: flipped", transform=axes[0].transAxes,
+             fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## Limits
 #
 # - **Not the paper's training.** The sparse side is chapter 2's model fine-tuned for 600 steps beside the
@@ -428,5 +543,20 @@ claims = [
     Claim("while_control_delta_p", "the same change for the control (other channels, same dense-space norm)",
           round(-control[WHILE], 4), target="|x| <= 0.05", holds=abs(control[WHILE]) <= 0.05),
 ]
+ctx = f"{{n}} margin-matched train prompts (sha256 {mp.sha256[:12]}; band {mp.band[0]:.2f}..{mp.band[1]:.2f})"
+for name, c in DIRECTIONS.items():
+    d = directed.get(name)
+    src, dst = ("`return True`", "`while True`") if c == 1 else ("`while True`", "`return True`")
+    n_d = 0 if d is None else len(d.logit_before)
+    dl, cl = (float("nan"), float("nan")) if d is None else (d.delta_logit, d.control_delta_logit)
+    claims += [
+        Claim(f"while_intervention_delta_logit_{name}", f"nats the dense answer moves towards the other class (mean "
+              f"decrease of the own-minus-other logit difference, `:` vs newline) on {src} prompts when the sparse "
+              f"while/return channels are moved to their {dst} values (strength 1, through the decoder); prompts "
+              "by select_by_margin", round(dl, 4), paper="interventions transfer", target=">= 1.0",
+              holds=dl >= 1.0, context=ctx.format(n=n_d)),
+        Claim(f"while_control_delta_logit_{name}", "the same for the control (other channels, same dense-space "
+              "norm)", round(cl, 4), target="|x| <= 0.2", holds=abs(cl) <= 0.2, context=ctx.format(n=n_d)),
+    ]
 results = write_results("04_bridges", prof, claims)
 claims_table(results)
