@@ -30,6 +30,7 @@ from circuitbook.bridges_tasks import (
     band_distance,
     channels_at_least,
     choose_site,
+    control_logit_changes,
     directed_change,
     margin_band,
     scan_sites,
@@ -383,6 +384,9 @@ def test_directed_change_runs_each_class_towards_the_other_with_its_signed_contr
         assert torch.allclose(d.logit_control, ctl.logit_diffs, atol=1e-6)
         assert d.delta_logit == pytest.approx(float((d.logit_before - d.logit_after).mean()), abs=1e-6)
         assert d.control_delta_p == pytest.approx(float((d.p_before - d.p_control).mean()), abs=1e-6)
+        null = control_logit_changes(dense, bridge, batch, move, c, 3)  # seed 0 is the control above
+        assert null.shape == (3,) and null[0] == pytest.approx(d.control_delta_logit, abs=1e-6)
+        assert len(set(null.round(6).tolist())) > 1  # other seeds, other channels
         still = directed_change(dense, bridge, batch, move, c, strength=0.0)  # strength 0 moves nothing
         assert still.delta_logit == still.control_delta_logit == still.delta_p == 0.0
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ steers the dense model (chapter 4's recipe; the mechanics are in `bridges`).
     select_by_margin(margins, labels, band, n)   per class, the n correctly answered prompts nearest the band
     directed_change(dense, bridge, batch, move, from_class)   one direction of the move, per prompt, in
                                              logit differences and probabilities, with its control
+    control_logit_changes(dense, bridge, batch, move, from_class, n)   that direction's null in nats
 
 Every choice uses the sparse model and the training prompts only; the dense model is measured, never
 consulted (except by `select_by_margin`, which picks prompts by the dense model's unedited margin, never
@@ -253,3 +254,20 @@ def directed_change(
     pd = lambda s: (s.probs[:, 0] - s.probs[:, 1]).cpu()
     return DirectedChange(from_class, before.logit_diffs.cpu(), after.logit_diffs.cpu(), ctl.logit_diffs.cpu(),
                           pd(before), pd(after), pd(ctl))
+
+
+def control_logit_changes(
+    dense: GPT, bridge: Bridge, batch: TaskBatch, move: TaskMove, from_class: int, n_controls: int
+) -> np.ndarray:
+    """The null of `directed_change` in nats: for `control_move` with seeds 0 .. n_controls - 1 (seed 0 is
+    `move.control`), signed as the edit is in that direction, the mean nats the control moves batch's
+    `from_class` prompts towards the other class at strength 1. -> [n_controls]."""
+    if from_class not in (0, 1):
+        raise ValueError(f"from_class must be 0 or 1, got {from_class}")
+    sub = batch[batch.labels == from_class]
+    targets = [int(sub.correct[0]), int(sub.wrong[0])]
+    sign = 1.0 if from_class == 0 else -1.0
+    run = lambda m, st: steer(dense, bridge, sub.tokens, move.site, sign * m, st, targets, at=sub.last).logit_diffs
+    before = run(move.move, 0.0)
+    return np.array([float((before - run(control_move(bridge, move.site, move.move, seed=i), 1.0)).mean())
+                     for i in range(n_controls)])

@@ -15,6 +15,7 @@ from circuitbook.bridges_tasks import (
     TaskMove,
     choose_site,
     control_changes,
+    control_logit_changes,
     margin_band,
     scan_sites,
     select_by_margin,
@@ -213,3 +214,26 @@ def margin_matched_prompts(profile: str | Profile, task: str, seed: int = 0) -> 
     return MarginPrompts(batch[idx], chosen, margins[idx], band, len(pool),
                          tuple(int((inside & (batch.labels == c)).sum()) for c in (0, 1)),
                          examples_sha256(pool), examples_sha256(chosen), next(iter(dense_sha.values())))
+
+
+def control_null_logit(
+    profile: str | Profile, task: str, seed: int = 0, retrain: bool = False
+) -> dict[int, np.ndarray]:
+    """`bridges_tasks.control_logit_changes` of `chosen_move` on `margin_matched_prompts`, for each source class:
+    the nats that `n_controls_for(profile)` random controls move the answer towards the other class (artifact
+    `control_null_logit_<task>`). -> {from_class: [n_controls]}."""
+    prof = get_profile(profile)
+    dense, _, bridge, _ = bridged_pair(prof, seed)
+    mp = margin_matched_prompts(prof, task, seed)
+    move, n = chosen_move(prof, task, seed), n_controls_for(prof)
+    present = [c for c in (0, 1) if bool((mp.batch.labels == c).any())]
+    config = {"task": task, "site": move.site, "move": tensor_fingerprint(move.move), "n_controls": n,
+              "prompts": mp.sha256, "classes": present}
+
+    def fit():
+        return {f"from_class_{c}": torch.from_numpy(control_logit_changes(dense, bridge, mp.batch, move, c, n))
+                for c in present}, {}
+
+    tensors, _ = artifacts.load_or_train(f"control_null_logit_{task}{suffix(seed)}", prof, fit, config, retrain,
+                                         parents=parents(prof, f"bridged_sparse{suffix(seed)}"))
+    return {c: tensors[f"from_class_{c}"].numpy() for c in present}
