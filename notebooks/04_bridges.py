@@ -69,12 +69,13 @@ from circuitbook.bridges import (
 )
 from circuitbook.bridges_tasks import (
     choose_site,
+    directed_change,
     steering_curve,
     task_channels,
     task_class_means,
     task_move,
 )
-from circuitbook.data.tasks import TaskBatch, evaluate_task
+from circuitbook.data.tasks import TaskBatch, evaluate_task, logit_margins
 from circuitbook.results import Claim, claims_table, write_results
 from circuitbook.separation import midpoint_separation
 from circuitbook.train import val_batches
@@ -239,9 +240,10 @@ for t, rows in scans.items():
 
 # %%
 strengths = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0])  # 1 = the whole class difference; 2, 4 overshoot
-curves, found = {}, {}
+curves, found, moves = {}, {}, {}
 for t in (QUOTE, WHILE):
     tm = task_move(sparse, bridge, sets.train[t], choose_site(scans[t]), seed=seed)  # the sparse model's best site
+    moves[t] = tm
     curves[t] = pd.DataFrame(steering_curve(dense, sparse, bridge, sets.test[t], tm, strengths)).set_index("strength")
     found[t] = {"site": tm.site, "channels": tm.channels, "separations": [round(x, 3) for x in tm.separations],
                 "control channels": torch.nonzero(tm.control).flatten().tolist(), "move": tm.move,
@@ -364,6 +366,173 @@ for t in (QUOTE, WHILE):
           f"{r['dense own difference: change']:+.3f}).")
 
 # %% [markdown]
+# ## Both directions, read in logits (a registered protocol)
+#
+# The `while` claim above reads a probability on prompts where the dense model is sure of its answer: a
+# change of several nats in the logits can leave $P(:) - P(\text{newline})$ where it was. And it runs one
+# direction only, `while` → `return`, where the paper edits `return` → `while`. The protocol below, written
+# and committed before it was measured, runs both directions and reads the logit difference beside the
+# probabilities.
+#
+# - **The edit.** The `while_return_true` move chosen above, unchanged: the same site, channels, class move
+#   (the sparse model's class means on the train prompts) and strength 1, decoded through the trained
+#   bridge, added at the last token. **return → while** (the paper's direction): on `return True` prompts,
+#   add $W_{dec}(-\text{move})$, the channels from their `return` to their `while` means. **while → return**:
+#   on `while True` prompts, add $W_{dec}\,\text{move}$. (`bridges_tasks.directed_change`.)
+# - **The readout.** Per prompt, the logit of the prompt's own answer minus the other class's answer at the
+#   last token (`:` vs newline, in the order the prompt's class gives); the claim is its mean decrease, the
+#   nats the edit moves the answer towards the other class. The same difference in probabilities is printed
+#   beside it.
+# - **The control.** The chapter's control for this move (`control_move`, seed 0: the same per-channel values
+#   on as many other live channels, rescaled to the same dense-space norm), with the same sign as the edit in
+#   each direction.
+# - **The prompts** (`zoo.margin_matched_prompts`, rule `bridges_tasks.select_by_margin`). A pool of 4000
+#   train-split `while_return_true` prompts (ci: 256) drawn with seed 1, minus any of the 400 train prompts
+#   the move is computed from. The band: the 10th to 90th percentile of the dense model's margin (correct
+#   minus wrong logit) on the quote task's 400 train prompts (`margin_band`). Per class, among the prompts the
+#   dense model answers correctly, the 200 (ci: 16) whose margin lies nearest the band (inside it counts as
+#   0), ties in pool order. Only the dense model's unedited margins enter the rule: no edit is looked at, and
+#   nothing depends on today's models beyond what the rule computes from them.
+# - **What was known when this was written.** The margins, not the edits: no pool prompt's margin lies in
+#   the band (the cell below prints the count). The dense model is saturated on every template `while` /
+#   `return` prompt, so the rule's fallback decides: the least saturated prompts, whose margins the cell
+#   prints beside the band. "Margins like quote's" cannot be had from this data; the logit readout is what
+#   is not saturated. (Off-template forms, chapter 3's pruning forms, reach somewhat lower margins but come
+#   from another distribution than the move; they are not used.)
+# - **The prompt sets' sha256** (`data.forms.examples_sha256`) are fixed below: the pool's, which no model
+#   changes, is checked at `full`; the chosen set's is a function of the dense model and is checked when the
+#   dense model is the one this protocol was written with (its sha256 too is fixed below). A retrained pair
+#   with the same dense model gets the same prompts; a new dense model gets the prompts the rule picks for
+#   it, and the cell says so.
+# - **Claims.** `while_intervention_delta_logit_return_to_while` and `..._while_to_return`: nats moved towards
+#   the other class at strength 1, goal $\ge 1.0$ each. `while_control_delta_logit_return_to_while` and
+#   `..._while_to_return`: the same for the control, goal $|x| \le 0.2$. Every earlier claim is measured again
+#   as before.
+# - **Prediction.** Both directions move at least 1 nat towards the other class: at 4x strength the one-way
+#   edit above flips the answer (the curve's last point), so the direction is right and only the length falls
+#   short, and a logit responds to a short move where a saturated probability does not. The controls move
+#   less than 0.2 nats. The probabilities on these prompts barely move (they are saturated).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+MARGIN_PROTOCOL = {  # full profile, seed 0: fixed with the protocol
+    "pool_sha256": "3d2725cd300337338b22fb1072ca1052e1454c26d2c22389651f24405ac99c6c",
+    "dense_sha256": "3d17d990b8a26ef9f8649f56f720d908b0bf775ead37a9a9caf747cda965277b",
+    "prompts_sha256": "1b3f7c84158363ee8d688f75adc06160c3f76ce0d1076514bb0d3a8ab9ad2d57",
+}
+mp = zoo.margin_matched_prompts(prof, WHILE, seed)
+quote_margins = logit_margins(dense, sets.train[QUOTE])
+print(f"band (quote train prompts, dense margin, 10th-90th percentile): {mp.band[0]:.2f} .. {mp.band[1]:.2f} nats "
+      f"(median {float(quote_margins.median()):.2f})")
+print(f"pool: {mp.pool_size} train-split prompts; inside the band: {mp.in_band[0]} while, {mp.in_band[1]} return")
+for c, name in ((0, "while"), (1, "return")):
+    m = mp.margins[mp.batch.labels == c]
+    print(f"chosen {name:6s}: {len(m)} prompts" + (f", dense margin {float(m.min()):.2f} .. {float(m.max()):.2f} "
+          f"(median {float(m.median()):.2f})" if len(m) else " (the dense model answers none of the pool right)"))
+print(f"sha256: pool {mp.pool_sha256}\n        chosen {mp.sha256}\n        dense model {mp.dense_sha256}")
+if prof.name == "full" and seed == 0:
+    assert mp.pool_sha256 == MARGIN_PROTOCOL["pool_sha256"], "the pool differs from the one fixed with the protocol"
+    if mp.dense_sha256 == MARGIN_PROTOCOL["dense_sha256"]:
+        assert mp.sha256 == MARGIN_PROTOCOL["prompts_sha256"], "the chosen prompts differ from the protocol's"
+        print("the pool and the chosen prompts are the ones fixed with the protocol")
+    else:
+        print("the pool is the protocol's; the dense model is not, so the rule chose these prompts for it")
+
+# %% [markdown]
+# The measurement: each direction on its prompts, the edit and its control, in logits and in probabilities.
+# For scale, the same readout of the quote move on its held-out prompts (no claim).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+DIRECTIONS = {"return_to_while": 1, "while_to_return": 0}  # name: the class whose prompts are moved
+directed = {name: directed_change(dense, bridge, mp.batch, moves[WHILE], c) for name, c in DIRECTIONS.items()
+            if (mp.batch.labels == c).any()}  # a class the dense model never answers right has no prompts
+quote_directed = {c: directed_change(dense, bridge, sets.test[QUOTE], moves[QUOTE], c) for c in (0, 1)}
+table = {}
+for name, d in [*directed.items(), *((f"quote, class {c} -> {1 - c} (held-out)", d)
+                                     for c, d in quote_directed.items())]:
+    table[name] = {"prompts": len(d.logit_before), "margin before": round(float(d.logit_before.mean()), 2),
+                   "edit: nats": round(d.delta_logit, 3), "control: nats": round(d.control_delta_logit, 3),
+                   "edit: p": round(d.delta_p, 4), "control: p": round(d.control_delta_p, 4),
+                   "flipped": round(float((d.logit_after < 0).float().mean()), 3)}
+display(pd.DataFrame(table).T)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True, sharey=True)
+for ax, name in zip(axes, DIRECTIONS):
+    if name not in directed:
+        ax.set_title(f"{name}: no prompts")
+        continue
+    d = directed[name]
+    ax.scatter(d.logit_before, d.logit_control, s=8, color="grey", alpha=0.6, label="control (same norm)")
+    ax.scatter(d.logit_before, d.logit_after, s=8, color="C3", alpha=0.7, label="the task channels")
+    lim = [float(min(d.logit_before.min(), d.logit_after.min(), 0)) - 0.5, float(d.logit_before.max()) + 0.5]
+    ax.plot(lim, lim, color="k", lw=0.5, label="no change")
+    ax.axhline(0, color="k", lw=0.5, ls=":")
+    src, dst = name.split("_to_")
+    ax.set(title=f"{src} -> {dst} ({len(d.logit_before)} prompts)", xlabel="logit difference before (nats)",
+           ylabel="after the edit (nats)")
+    ax.legend(fontsize=8)
+axes[0].text(0.02, 0.02, "own answer minus the other class's; below 0: flipped", transform=axes[0].transAxes,
+             fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **After the fact (not part of the protocol, no claims): how far do random controls move a logit?** The
+# protocol's control is one random draw. Below, `n_controls` of them per direction (the same rule, seeds
+# 0, 1, ...; seed 0 is the control above), each signed as the edit is and read the same way on the same
+# prompts: the null distribution of the nats a same-norm push in another direction moves the answer.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# control_logit_changes(dense, bridge, mp.batch, moves[WHILE], c, n_controls) per source class c, cached as an
+# artifact (`control_null_logit_<task>`: minutes at full)
+null_logit = zoo.control_null_logit(prof, WHILE, seed, retrain=retrain)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+for ax, (name, c) in zip(axes, DIRECTIONS.items()):
+    if name not in directed:
+        continue
+    v, d = null_logit[c], directed[name]
+    assert abs(v[0] - d.control_delta_logit) < 1e-5  # seed 0 is the protocol's control
+    ax.hist(v, bins=30, color="grey", label=f"{len(v)} controls")
+    ax.axvspan(-0.2, 0.2, color="C2", alpha=0.15, label="the control's goal, |x| <= 0.2")
+    ax.axvline(d.delta_logit, color="C3", lw=2, label="the task channels")
+    ax.set(xlabel="nats towards the other class, strength 1", ylabel="controls", title=name.replace("_", " "))
+    ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+for name, c in DIRECTIONS.items():
+    if name not in directed:
+        continue
+    v, d = null_logit[c], directed[name]
+    print(f"{name}: {len(v)} controls: mean {v.mean():+.3f}, median |x| {np.median(np.abs(v)):.3f}, "
+          f"{(np.abs(v) <= 0.2).mean():.0%} within 0.2 nats, {(v > 0).mean():.0%} lower the margin; "
+          f"{int((np.abs(v) >= abs(d.delta_logit)).sum())} move it as far as the task channels ({d.delta_logit:+.3f})")
+
+# %% [markdown]
+# What the protocol found, in words computed from the numbers above:
+
+# %%
+for name, c in DIRECTIONS.items():
+    d = directed.get(name)
+    if d is None:
+        print(f"- {name}: no prompts (the dense model answers none of its class right)")
+        continue
+    v = null_logit[c]
+    print(f"- {name.replace('_', ' ')} ({len(d.logit_before)} prompts, dense margin {float(d.logit_before.mean()):.1f} "
+          f"nats): the task channels move the answer {d.delta_logit:.2f} nats towards the other class (goal >= 1: "
+          f"{'holds' if d.delta_logit >= 1 else 'fails'}) and flip {float((d.logit_after < 0).float().mean()):.0%} "
+          f"of the answers; P(own) - P(other) falls by {d.delta_p:.3f}. The control moves it "
+          f"{d.control_delta_logit:+.2f} (goal |x| <= 0.2: {'holds' if abs(d.control_delta_logit) <= 0.2 else 'fails'}"
+          f"); of {len(v)} controls "
+          f"{(np.abs(v) <= 0.2).mean():.0%} stay within 0.2 nats (median |x| {np.median(np.abs(v)):.2f}), and "
+          f"{int((np.abs(v) >= abs(d.delta_logit)).sum())} move it as far as the task channels.")
+q = [f"{quote_directed[c].control_delta_logit:+.2f}" for c in (0, 1)]
+print(f"- For scale, the quote move's control in the same readout on its held-out prompts: {q[0]} and {q[1]} nats "
+      f"(the edit {quote_directed[0].delta_logit:.2f} and {quote_directed[1].delta_logit:.2f}).")
+
+# %% [markdown]
 # ## Limits
 #
 # - **Not the paper's training.** The sparse side is chapter 2's model fine-tuned for 600 steps beside the
@@ -375,7 +544,13 @@ for t in (QUOTE, WHILE):
 #   whole class difference in the sparse model is a shorter move in the dense one.
 # - **Saturated answers need long moves.** Where the dense model's logit margin is large (the first column
 #   of the diagnosis), a probability readout barely moves until the decoded change is nearly as long as the
-#   dense model's own class difference; the `while` task is the case in point.
+#   dense model's own class difference; the `while` task is the case in point. No template `while` /
+#   `return` prompt has a margin like the quote task's (the margin-matched rule finds none in the band), so
+#   the section on both directions reads the logit difference, which a saturated answer does not flatten.
+# - **A random control is not silent in logits.** A push as long as the edit's, in another direction, also
+#   moves a logit difference (the null of the controls in nats above says how far, and how often towards
+#   the other class). The probability controls stay near 0 on such prompts because the probabilities are
+#   saturated, not because the control does nothing.
 # - **One site, one position.** Every intervention here edits one site at the last token. The dense model
 #   may also read the class from earlier positions in later layers; editing there is not tried.
 # - **Claims at strength 1 only.** The curves show the overshoot points (2x, 4x) for the shape of the
@@ -428,5 +603,20 @@ claims = [
     Claim("while_control_delta_p", "the same change for the control (other channels, same dense-space norm)",
           round(-control[WHILE], 4), target="|x| <= 0.05", holds=abs(control[WHILE]) <= 0.05),
 ]
+ctx = f"{{n}} margin-matched train prompts (sha256 {mp.sha256[:12]}; band {mp.band[0]:.2f}..{mp.band[1]:.2f})"
+for name, c in DIRECTIONS.items():
+    d = directed.get(name)
+    src, dst = ("`return True`", "`while True`") if c == 1 else ("`while True`", "`return True`")
+    n_d = 0 if d is None else len(d.logit_before)
+    dl, cl = (float("nan"), float("nan")) if d is None else (d.delta_logit, d.control_delta_logit)
+    claims += [
+        Claim(f"while_intervention_delta_logit_{name}", f"nats the dense answer moves towards the other class (mean "
+              f"decrease of the own-minus-other logit difference, `:` vs newline) on {src} prompts when the sparse "
+              f"while/return channels are moved to their {dst} values (strength 1, through the decoder); prompts "
+              "by select_by_margin", round(dl, 4), paper="interventions transfer", target=">= 1.0",
+              holds=dl >= 1.0, context=ctx.format(n=n_d)),
+        Claim(f"while_control_delta_logit_{name}", "the same for the control (other channels, same dense-space "
+              "norm)", round(cl, 4), target="|x| <= 0.2", holds=abs(cl) <= 0.2, context=ctx.format(n=n_d)),
+    ]
 results = write_results("04_bridges", prof, claims)
 claims_table(results)

@@ -24,11 +24,17 @@ from circuitbook.bridges import (
     train_bridged,
 )
 from circuitbook.bridges_tasks import (
+    MARGIN_QUANTILES,
     SEPARATES,
     SiteRow,
+    band_distance,
     channels_at_least,
     choose_site,
+    control_logit_changes,
+    directed_change,
+    margin_band,
     scan_sites,
+    select_by_margin,
     steering_curve,
     task_channels,
     task_class_means,
@@ -318,3 +324,70 @@ def test_scan_and_steering_curve_through_an_identity_bridge_match_the_sparse_mod
     assert zero["dense"] == zero["control"] == zero["dense_best_channel"]  # strength 0 moves nothing
     for r in curve:
         assert r["dense"] == pytest.approx(r["sparse"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- prompts by margin, both directions
+
+
+def test_margin_band_is_the_reference_quantiles():
+    ref = torch.arange(101, dtype=torch.float32)  # 0 .. 100: the q-quantile is 100 q
+    assert MARGIN_QUANTILES == (0.1, 0.9)
+    assert margin_band(ref) == pytest.approx((10.0, 90.0))
+    assert margin_band(ref[torch.randperm(101)], (0.25, 0.5)) == pytest.approx((25.0, 50.0))  # order is irrelevant
+    with pytest.raises(ValueError):
+        margin_band(torch.zeros(0))
+
+
+def test_band_distance_is_zero_inside_and_the_gap_outside():
+    d = band_distance(torch.tensor([-1.0, 2.0, 4.0, 6.0, 9.0]), (2.0, 6.0))
+    assert torch.allclose(d, torch.tensor([3.0, 0.0, 0.0, 0.0, 3.0]))
+
+
+def test_select_by_margin_takes_the_band_first_then_the_nearest_and_never_a_wrong_answer():
+    band = (4.0, 6.0)
+    #                      0     1    2    3    4     5    6    7    8     9
+    margins = torch.tensor([12.0, 5.0, 9.0, -5.0, 4.0, 7.0, 5.5, 0.5, 30.0, 6.0])
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    # class 0: inside 1, 4 (pool order); then 2 (3 away), 0 (6 away); 3 answers wrong and is never chosen
+    assert select_by_margin(margins, labels, band, 2).tolist() == [1, 4, 6, 9]
+    assert select_by_margin(margins, labels, band, 3).tolist() == [1, 2, 4, 5, 6, 9]  # each class in pool order
+    # class 1: inside 6, 9; then 5 (1 away), 7 (3.5 away), 8 (24 away)
+    assert select_by_margin(margins, labels, band, 4).tolist() == [0, 1, 2, 4, 5, 6, 7, 9]
+    # fewer than asked when a class runs out; the wrong answer stays out
+    assert select_by_margin(margins, labels, band, 10).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    # a band nobody reaches: the least saturated (nearest) prompts, ties in pool order
+    far = select_by_margin(torch.tensor([8.0, 7.0, 7.0, 9.0]), torch.tensor([0, 0, 0, 0]), (1.0, 2.0), 2)
+    assert far.tolist() == [1, 2]
+    # the rule reads the margins only: relabelling the prompts moves the choice with them
+    perm = torch.randperm(len(margins), generator=torch.Generator().manual_seed(0))
+    got = select_by_margin(margins[perm], labels[perm], band, 2)
+    assert sorted(perm[got].tolist()) == [1, 4, 6, 9]
+
+
+def test_directed_change_runs_each_class_towards_the_other_with_its_signed_control():
+    sparse, batch = _class_channel_model(), _task_batch()
+    dense = copy.deepcopy(sparse)
+    bridge = Bridge.identity(bridge_sites(sparse), sparse.cfg.d_model)
+    site = "blocks.0.hook_resid_pre"
+    move = task_move(sparse, bridge, batch, site, seed=0)
+    for c, sign in ((0, 1.0), (1, -1.0)):
+        sub = batch[batch.labels == c]
+        targets = [int(sub.correct[0]), int(sub.wrong[0])]  # the source class's answer first
+        d = directed_change(dense, bridge, batch, move, c)
+        assert d.from_class == c and d.logit_before.shape == (int((batch.labels == c).sum()),)
+        base = dense(sub.tokens)[torch.arange(len(sub.tokens)), sub.last][:, targets]
+        assert torch.allclose(d.logit_before, base[:, 0] - base[:, 1], atol=1e-5)
+        moved = steer(dense, bridge, sub.tokens, site, sign * move.move, 1.0, targets, at=sub.last)
+        assert torch.allclose(d.logit_after, moved.logit_diffs, atol=1e-6)
+        assert torch.allclose(d.p_after, moved.probs[:, 0] - moved.probs[:, 1], atol=1e-6)
+        ctl = steer(dense, bridge, sub.tokens, site, sign * move.control, 1.0, targets, at=sub.last)
+        assert torch.allclose(d.logit_control, ctl.logit_diffs, atol=1e-6)
+        assert d.delta_logit == pytest.approx(float((d.logit_before - d.logit_after).mean()), abs=1e-6)
+        assert d.control_delta_p == pytest.approx(float((d.p_before - d.p_control).mean()), abs=1e-6)
+        null = control_logit_changes(dense, bridge, batch, move, c, 3)  # seed 0 is the control above
+        assert null.shape == (3,) and null[0] == pytest.approx(d.control_delta_logit, abs=1e-6)
+        assert len(set(null.round(6).tolist())) > 1  # other seeds, other channels
+        still = directed_change(dense, bridge, batch, move, c, strength=0.0)  # strength 0 moves nothing
+        assert still.delta_logit == still.control_delta_logit == still.delta_p == 0.0
+    with pytest.raises(ValueError):
+        directed_change(dense, bridge, batch, move, 2)

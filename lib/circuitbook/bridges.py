@@ -609,23 +609,35 @@ def run_with_delta(
 
 @dataclass
 class Steering:
-    """The result of one intervention. probs [batch, n_targets] at the readout position."""
+    """The result of one intervention. probs and logits [batch, n_targets] at the readout position."""
 
     probs: torch.Tensor
     channels: list[int]  # the sparse channels moved
     move: torch.Tensor  # the sparse-space change at this strength [d_sparse]
     delta_norm: float  # ||the dense-space change||
+    logits: torch.Tensor  # the targets' logits [batch, n_targets]
 
     @property
     def p_diff(self) -> float:
         """Mean over prompts of P(first target) - P(second target)."""
         return float((self.probs[:, 0] - self.probs[:, 1]).mean())
 
+    @property
+    def logit_diffs(self) -> torch.Tensor:
+        """Per prompt, the first target's logit minus the second's (nats) [batch]."""
+        return self.logits[:, 0] - self.logits[:, 1]
 
-def _readout(model: GPT, tokens, site, vec, at, readout, targets) -> torch.Tensor:
-    logits = run_with_delta(model, tokens, site, vec, at)
-    probs = logits[torch.arange(tokens.shape[0]), _last(tokens, readout)].softmax(-1)  # [batch, vocab]
-    return probs[:, torch.as_tensor(targets)]
+    @property
+    def logit_diff(self) -> float:
+        """Mean over prompts of the first target's logit minus the second's (nats)."""
+        return float(self.logit_diffs.mean())
+
+
+def _readout(model: GPT, tokens, site, vec, at, readout, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs, logits) of `targets` [batch, n_targets] at `readout` after adding vec at `at`."""
+    logits = run_with_delta(model, tokens, site, vec, at)[torch.arange(tokens.shape[0]), _last(tokens, readout)]
+    idx = torch.as_tensor(targets, device=logits.device)
+    return logits.softmax(-1)[:, idx], logits[:, idx]  # softmax over the whole vocabulary
 
 
 def _support(move: torch.Tensor) -> list[int]:
@@ -649,13 +661,14 @@ def steer(
     *dense* model respond: the change is decoded as W_dec (strength * move) (equal to decoder(h + change) -
     decoder(h) for every h, since the decoder is affine), added to the dense residual at `site` at positions
     `at` ([batch]; default the last position; pass `at=...` explicitly for padded prompts), then the dense
-    suffix runs. Returns the dense probabilities of `targets` (token ids) at `readout` (default: `at`)."""
+    suffix runs. Returns the dense probabilities and logits of `targets` (token ids) at `readout` (default:
+    `at`)."""
     W = bridge.decoder_matrix(site).detach()  # [d_dense, d_sparse]
     m = float(strength) * move.to(W.device)
     vec = W @ m  # [d_dense]
     at = _last(tokens, at)
-    probs = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
-    return Steering(probs, _support(move), m, float(vec.norm()))
+    probs, logits = _readout(dense, tokens, site, vec, at, at if readout is None else readout, targets)
+    return Steering(probs, _support(move), m, float(vec.norm()), logits)
 
 
 @torch.no_grad()
@@ -673,8 +686,8 @@ def steer_sparse(
     dense model should do. delta_norm is the sparse-space norm."""
     m = float(strength) * move
     at = _last(tokens, at)
-    probs = _readout(sparse, tokens, site, m, at, at if readout is None else readout, targets)
-    return Steering(probs, _support(move), m, float(m.norm()))
+    probs, logits = _readout(sparse, tokens, site, m, at, at if readout is None else readout, targets)
+    return Steering(probs, _support(move), m, float(m.norm()), logits)
 
 
 def control_move(bridge: Bridge, site: str, move: torch.Tensor, seed: int = 0) -> torch.Tensor:

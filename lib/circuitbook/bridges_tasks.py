@@ -9,10 +9,17 @@ steers the dense model (chapter 4's recipe; the mechanics are in `bridges`).
                                              and its control
     steering_curve(dense, sparse, bridge, batch, move, strengths)   p_diff at each steering strength
     control_changes(dense, bridge, batch, move, n)   the null: the same change for n random controls
+    margin_band(reference)                   the band of a reference task's margins (its central 80%)
+    select_by_margin(margins, labels, band, n)   per class, the n correctly answered prompts nearest the band
+    directed_change(dense, bridge, batch, move, from_class)   one direction of the move, per prompt, in
+                                             logit differences and probabilities, with its control
+    control_logit_changes(dense, bridge, batch, move, from_class, n)   that direction's null in nats
 
 Every choice uses the sparse model and the training prompts only; the dense model is measured, never
-consulted. Prompts are `TaskBatch`es with labels 0/1; moves go from class 0 towards class 1, and are read
-on the class-0 prompts as P(class 0's answer) - P(class 1's answer).
+consulted (except by `select_by_margin`, which picks prompts by the dense model's unedited margin, never
+by an edit's effect). Prompts are `TaskBatch`es with labels 0/1; moves go from class 0 towards class 1, and
+are read on the class-0 prompts as P(class 0's answer) - P(class 1's answer); `directed_change` also runs the
+reverse move, -move, on the class-1 prompts.
 """
 
 from __future__ import annotations
@@ -157,3 +164,110 @@ def control_changes(dense: GPT, bridge: Bridge, held: TaskBatch, move: TaskMove,
     return np.array([steer(dense, bridge, tokens, move.site, control_move(bridge, move.site, move.move, seed=i), 1.0,
                            targets, at=last).p_diff - base for i in range(n_controls)])
 
+
+
+# ---------------------------------------------------------------- prompts by margin, and both directions
+
+MARGIN_QUANTILES = (0.1, 0.9)  # the band: a reference task's margins between these quantiles
+
+
+def margin_band(reference: torch.Tensor, quantiles: tuple[float, float] = MARGIN_QUANTILES) -> tuple[float, float]:
+    """(lo, hi): the `quantiles` of a reference task's margins [n] (the model's correct minus wrong logit,
+    nats): the margins a prompt should have to be "like" the reference task's."""
+    if reference.numel() == 0:
+        raise ValueError("no reference margins")
+    q = torch.quantile(reference.double().flatten(), torch.tensor(quantiles, dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
+def band_distance(margins: torch.Tensor, band: tuple[float, float]) -> torch.Tensor:
+    """How far each margin [n] lies outside [lo, hi] (0 inside), [n]."""
+    lo, hi = band
+    return (lo - margins).clamp(min=0) + (margins - hi).clamp(min=0)
+
+
+def select_by_margin(
+    margins: torch.Tensor, labels: torch.Tensor, band: tuple[float, float], n_per_class: int
+) -> torch.Tensor:
+    """The prompt-selection rule, fixed before any edit is measured. Per class (labels 0 and 1), among the
+    prompts the model answers correctly (margin > 0), the `n_per_class` whose margin [n] lies nearest the band
+    (inside it: distance 0; equals in pool order); fewer if the class has fewer. The rule reads only the
+    unedited margins. -> indices into the pool, class 0's then class 1's, each in pool order."""
+    dist = band_distance(margins, band)
+    out = []
+    for c in (0, 1):
+        idx = torch.nonzero((labels == c) & (margins > 0)).flatten()  # pool order
+        order = torch.argsort(dist[idx], stable=True)  # nearest the band first; equals keep pool order
+        out.append(idx[order[:n_per_class]].sort().values)
+    return torch.cat(out)
+
+
+@dataclass
+class DirectedChange:
+    """One direction of a task move on its source class's prompts, per prompt [n]: the logit difference
+    (the source class's answer minus the other class's, nats) and the same difference in probabilities,
+    unedited ("before"), after the move ("after") and after its control ("control")."""
+
+    from_class: int
+    logit_before: torch.Tensor
+    logit_after: torch.Tensor
+    logit_control: torch.Tensor
+    p_before: torch.Tensor
+    p_after: torch.Tensor
+    p_control: torch.Tensor
+
+    @property
+    def delta_logit(self) -> float:
+        """Mean nats the move shifts the answer towards the other class (positive: towards it)."""
+        return float((self.logit_before - self.logit_after).mean())
+
+    @property
+    def control_delta_logit(self) -> float:
+        return float((self.logit_before - self.logit_control).mean())
+
+    @property
+    def delta_p(self) -> float:
+        """Mean decrease of P(source answer) - P(other answer) (positive: towards the other class)."""
+        return float((self.p_before - self.p_after).mean())
+
+    @property
+    def control_delta_p(self) -> float:
+        return float((self.p_before - self.p_control).mean())
+
+
+def directed_change(
+    dense: GPT, bridge: Bridge, batch: TaskBatch, move: TaskMove, from_class: int, strength: float = 1.0
+) -> DirectedChange:
+    """The move from class `from_class` towards the other one, through the decoder, on batch's prompts of that
+    class: class 0's get `move.move` (class 0 -> 1 means), class 1's get -move.move (class 1 -> 0); the control
+    is `move.control` with the same sign (as many other channels, the same dense-space norm). Read at each
+    prompt's last token as the source class's answer minus the other class's."""
+    if from_class not in (0, 1):
+        raise ValueError(f"from_class must be 0 or 1, got {from_class}")
+    sub = batch[batch.labels == from_class]
+    if len(sub.labels) == 0:
+        raise ValueError(f"no prompts of class {from_class}")
+    targets = [int(sub.correct[0]), int(sub.wrong[0])]  # a task's answers are the same throughout
+    sign = 1.0 if from_class == 0 else -1.0
+    run = lambda m, st: steer(dense, bridge, sub.tokens, move.site, sign * m, st, targets, at=sub.last)
+    before, after, ctl = run(move.move, 0.0), run(move.move, strength), run(move.control, strength)
+    pd = lambda s: (s.probs[:, 0] - s.probs[:, 1]).cpu()
+    return DirectedChange(from_class, before.logit_diffs.cpu(), after.logit_diffs.cpu(), ctl.logit_diffs.cpu(),
+                          pd(before), pd(after), pd(ctl))
+
+
+def control_logit_changes(
+    dense: GPT, bridge: Bridge, batch: TaskBatch, move: TaskMove, from_class: int, n_controls: int
+) -> np.ndarray:
+    """The null of `directed_change` in nats: for `control_move` with seeds 0 .. n_controls - 1 (seed 0 is
+    `move.control`), signed as the edit is in that direction, the mean nats the control moves batch's
+    `from_class` prompts towards the other class at strength 1. -> [n_controls]."""
+    if from_class not in (0, 1):
+        raise ValueError(f"from_class must be 0 or 1, got {from_class}")
+    sub = batch[batch.labels == from_class]
+    targets = [int(sub.correct[0]), int(sub.wrong[0])]
+    sign = 1.0 if from_class == 0 else -1.0
+    run = lambda m, st: steer(dense, bridge, sub.tokens, move.site, sign * m, st, targets, at=sub.last).logit_diffs
+    before = run(move.move, 0.0)
+    return np.array([float((before - run(control_move(bridge, move.site, move.move, seed=i), 1.0)).mean())
+                     for i in range(n_controls)])

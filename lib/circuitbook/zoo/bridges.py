@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from circuitbook import artifacts
 from circuitbook.bridges import Bridge, BridgeTrainConfig, train_bridged
-from circuitbook.bridges_tasks import SEPARATES, SiteRow, TaskMove, choose_site, control_changes, scan_sites, task_move
+from circuitbook.bridges_tasks import (
+    SEPARATES,
+    SiteRow,
+    TaskMove,
+    choose_site,
+    control_changes,
+    control_logit_changes,
+    margin_band,
+    scan_sites,
+    select_by_margin,
+    task_move,
+)
 from circuitbook.config import Profile, get_profile, pick, seed_everything
+from circuitbook.data.forms import examples_sha256
+from circuitbook.data.tasks import Example, TaskBatch, encode_examples, logit_margins, sample_examples
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.sparsity import WeightSparsifier, total_l0
 from circuitbook.train import get_batch
@@ -151,3 +164,76 @@ def control_null(profile: str | Profile, task: str, seed: int = 0, retrain: bool
     tensors, _ = artifacts.load_or_train(f"control_null_{task}{suffix(seed)}", prof, fit, config, retrain,
                                          parents=parents(prof, f"bridged_sparse{suffix(seed)}"))
     return tensors["changes"].numpy()
+
+
+MARGIN_REFERENCE = "single_double_quote"  # the task whose dense margins set the band for margin-matched prompts
+
+
+@dataclass
+class MarginPrompts:
+    """A task's margin-matched prompts (`margin_matched_prompts`): drawn from a pool of train-split prompts by
+    `select_by_margin`, with what the rule saw."""
+
+    batch: TaskBatch  # the chosen prompts, class 0's then class 1's
+    examples: list[Example]  # the same, as examples
+    margins: torch.Tensor  # the dense model's unedited margins of the chosen prompts [n] (nats)
+    band: tuple[float, float]  # the reference task's band of dense margins
+    pool_size: int  # prompts in the pool (after removing the prompts that define the move)
+    in_band: tuple[int, int]  # pool prompts per class (0, 1) answered correctly with a margin inside the band
+    pool_sha256: str  # examples_sha256 of the pool (independent of every model)
+    sha256: str  # examples_sha256 of the chosen prompts (depends on the dense model)
+    dense_sha256: str  # the dense model's artifact sha256: the chosen set is a function of it
+
+
+def margin_pool_sizes(profile: str | Profile) -> tuple[int, int]:
+    """(prompts drawn into the pool, prompts chosen per class)."""
+    return pick(profile, ci=256, full=4000), pick(profile, ci=16, full=200)
+
+
+def margin_matched_prompts(profile: str | Profile, task: str, seed: int = 0) -> MarginPrompts:
+    """Prompts of `task` on which the dense model's margin is like the `MARGIN_REFERENCE` task's: a pool of
+    `margin_pool_sizes` train-split prompts (drawn with seed + 1, minus any prompt of the train set that the
+    task move is computed from, minus those longer than the context), the band of the reference task's dense
+    margins on its train prompts (`margin_band`), and per class the prompts nearest it (`select_by_margin`).
+    Nothing here sees an edit; the dense model's unedited answers alone decide."""
+    prof = get_profile(profile)
+    dense = dense_baseline(prof, seed)[0].float().eval()
+    tok = tokenizer(prof)
+    sets = task_sets(prof, tok, seed)
+    n_pool, n_per_class = margin_pool_sizes(prof)
+    taken = {e.prompt for e in sets.train_examples[task]}
+    pool = [e for e in sample_examples(task, "train", n_pool, seed + 1)
+            if e.prompt not in taken and len(tok.encode(e.prompt)) <= dense.cfg.n_ctx]
+    batch = encode_examples(pool, tok)
+    margins = logit_margins(dense, batch)  # [n_pool] on the CPU
+    band = margin_band(logit_margins(dense, sets.train[MARGIN_REFERENCE]))
+    idx = select_by_margin(margins, batch.labels, band, n_per_class)
+    inside = (margins >= band[0]) & (margins <= band[1])
+    chosen = [pool[i] for i in idx.tolist()]
+    dense_sha = artifacts.parent_digests(parents(prof, f"dense_baseline{suffix(seed)}"))
+    return MarginPrompts(batch[idx], chosen, margins[idx], band, len(pool),
+                         tuple(int((inside & (batch.labels == c)).sum()) for c in (0, 1)),
+                         examples_sha256(pool), examples_sha256(chosen), next(iter(dense_sha.values())))
+
+
+def control_null_logit(
+    profile: str | Profile, task: str, seed: int = 0, retrain: bool = False
+) -> dict[int, np.ndarray]:
+    """`bridges_tasks.control_logit_changes` of `chosen_move` on `margin_matched_prompts`, for each source class:
+    the nats that `n_controls_for(profile)` random controls move the answer towards the other class (artifact
+    `control_null_logit_<task>`). -> {from_class: [n_controls]}."""
+    prof = get_profile(profile)
+    dense, _, bridge, _ = bridged_pair(prof, seed)
+    mp = margin_matched_prompts(prof, task, seed)
+    move, n = chosen_move(prof, task, seed), n_controls_for(prof)
+    present = [c for c in (0, 1) if bool((mp.batch.labels == c).any())]
+    config = {"task": task, "site": move.site, "move": tensor_fingerprint(move.move), "n_controls": n,
+              "prompts": mp.sha256, "classes": present}
+
+    def fit():
+        return {f"from_class_{c}": torch.from_numpy(control_logit_changes(dense, bridge, mp.batch, move, c, n))
+                for c in present}, {}
+
+    tensors, _ = artifacts.load_or_train(f"control_null_logit_{task}{suffix(seed)}", prof, fit, config, retrain,
+                                         parents=parents(prof, f"bridged_sparse{suffix(seed)}"))
+    return {c: tensors[f"from_class_{c}"].numpy() for c in present}

@@ -65,7 +65,8 @@ class TaskSets:
 
     train: dict
     test: dict
-    examples: dict
+    examples: dict  # {task: [Example]} of the test sets
+    train_examples: dict  # {task: [Example]} of the train sets
 
 
 def task_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> TaskSets:
@@ -75,12 +76,13 @@ def task_sets(profile: str | Profile, tok: CodeTokenizer, seed: int = 0) -> Task
     n_train = pick(profile, ci=64, full=400)
     n_ctx = pick(profile, ci=64, full=128)
     fits = lambda exs: [e for e in exs if len(tok.encode(e.prompt)) <= n_ctx]
-    tr, te, ex = {}, {}, {}
+    tr, te, ex, ex_tr = {}, {}, {}, {}
     for t in TASKS:
         ex[t] = fits(sample_examples(t, "test", n_test, seed))
         te[t] = encode_examples(ex[t], tok)
-        tr[t] = encode_examples(fits(sample_examples(t, "train", n_train, seed)), tok)
-    return TaskSets(tr, te, ex)
+        ex_tr[t] = fits(sample_examples(t, "train", n_train, seed))
+        tr[t] = encode_examples(ex_tr[t], tok)
+    return TaskSets(tr, te, ex, ex_tr)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from circuitbook.config import Profile, get_profile
 from circuitbook.data.corpus import STDLIB, freeze_stdlib
-from circuitbook.zoo.bridges import BRIDGE_TASKS, bridged_pair, control_null, site_scan
+from circuitbook.zoo.bridges import BRIDGE_TASKS, bridged_pair, control_null, control_null_logit, site_scan
 from circuitbook.zoo.circuits import (
     CIRCUIT_TASKS,
     attribution_circuit,
@@ -142,6 +142,7 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for t in BRIDGE_TASKS:
         add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
         add(4, f"control_null_{t}", lambda p, r, t=t: control_null(p, t, retrain=r))
+    add(4, f"control_null_logit_{BRIDGE_TASKS[1]}", lambda p, r: control_null_logit(p, BRIDGE_TASKS[1], retrain=r))
     for toy in TOY_TARGETS:
         add(5, toy, lambda p, r, toy=toy: toy_target(toy, p, retrain=r))
         add(5, f"spd_{toy}", lambda p, r, toy=toy: toy_decomposition(toy, toy_target(toy, p)[0], p, "spd", retrain=r))
