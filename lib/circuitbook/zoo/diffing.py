@@ -432,7 +432,8 @@ def spacing_pilot(profile: str | Profile, windows: Tensor, site: str, seed: int 
     _, meta = artifacts.load_or_train(f"track_close_pilot{suffix(seed)}", prof, fit, config, retrain,
                                       parents=parents(prof, f"{base}_step{cfg.start}"))
     m = meta["metrics"]
-    return {"final_fvu": m["final_fvu"], "start_fvu": {int(d): v for d, v in m["start_fvu"].items()},
+    start_fvu = {int(d): m["start_fvu"][d] for d in sorted(m["start_fvu"], key=int)}
+    return {"final_fvu": m["final_fvu"], "start_fvu": start_fvu,
             "choice": m["choice"]}
 
 
