@@ -495,8 +495,8 @@ def track_close(profile: str | Profile, windows: Tensor, site: str, seed: int = 
     _, meta = artifacts.load_or_train(f"track_close{suffix(seed)}", prof, fit, config, retrain,
                                       parents=parents(prof, f"{base}_step{cfg.start}",
                                                       *(continued_name(cfg.start, t, seed) for t in later)))
-    res = {int(t): {**r, "fvu_recursive": {int(n): v for n, v in r["fvu_recursive"].items()},
-                    "fvu_scratch": {int(n): v for n, v in r["fvu_scratch"].items()}}
+    by_steps = lambda d: {int(n): d[n] for n in sorted(d, key=int)}  # JSON keys are strings, sorted as such
+    res = {int(t): {**r, "fvu_recursive": by_steps(r["fvu_recursive"]), "fvu_scratch": by_steps(r["fvu_scratch"])}
            for t, r in meta["metrics"].items()}
     hist = artifacts.load_tensors(artifacts.artifact_path(continued_name(cfg.start, later[-1], seed), prof))[1]
     return {"spacing": spacing, "steps": steps, "results": dict(sorted(res.items())),
