@@ -653,6 +653,105 @@ plt.show()
 # scale a 1/20 fine-tune gives a usable, aligned dictionary but not one as good as a full training.
 
 # %% [markdown]
+# ### Close checkpoints in the middle of training (registered)
+#
+# The comparison above is not the paper's setting: our kept checkpoints are 2-3x apart and the later ones
+# sit in the dense run's cosine decay, while Pythia's are about 1k of 143k steps apart in the middle of
+# training. So we make close checkpoints in the middle third of the dense run: the run is continued from
+# its kept step-2000 weights with its own recipe (the same learning-rate schedule at the same global steps,
+# the same batches; the optimizer state was not kept, so AdamW's moments are first rebuilt from the 50
+# batches before step 2000 at learning rate 0, which moves no weight). The spacing is chosen by a rule
+# (`diffing.closest_spacing`) on a pilot, and the rule and its choice were registered before the
+# measurement: the previous checkpoint's SAE must start on the next checkpoint at an FVU of at least 2x
+# its own final FVU (close, but not the same model); the smallest candidate spacing that does is used.
+# The pilot: the from-scratch SAE at step 2000 (3,000 steps), its FVU there and on the continued run's
+# checkpoints 25, 50, 100 and 200 steps later.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pilot = zoo.spacing_pilot(prof, w_track, site, seed)
+ccfg = zoo.close_configs(prof)
+print(f"pilot: the step-{ccfg.start} SAE's own FVU {pilot['final_fvu']:.4f}")
+print(pd.DataFrame([{"spacing": d, "FVU on the later checkpoint": round(v, 4),
+                     "x own FVU": round(v / pilot["final_fvu"], 2)} for d, v in pilot["start_fvu"].items()])
+      .to_string(index=False))
+print(f"the rule's choice: {pilot['choice']} (None: no candidate passes); registered spacing: {ccfg.spacing} "
+      f"(None: the rule's choice is used, as at ci)")
+print(f"the spacing used is the registered fallback (the largest candidate when none passes): "
+      f"{ccfg.spacing == (pilot['choice'] or max(ccfg.candidates))}")
+
+# %% [markdown]
+# The rule's condition cannot be met in the middle third of our run. After 25 steps the step-2000 SAE's
+# FVU is already about 1.4x its own (the model does move), but from there it grows slowly, to about 1.5x
+# after 200 steps; at that rate 2x would need thousands of steps, more than the middle third holds. The
+# registered fallback, written with the rule before the pilot's result, takes the largest candidate, 200
+# steps, so the three comparisons run at steps 2200, 2400 and 2600, inside the middle third (1333-2667).
+# The comparison is therefore easier than the issue asked for (start at about 1.5x, not 2x); relative to
+# the run's length, 200 of 4,000 steps is still 7 times the paper's spacing (1k of 143k).
+
+# %% [markdown]
+# The measurement: checkpoints start + i x spacing, i = 1..3. At each, the previous checkpoint's
+# from-scratch SAE starts a run on the new checkpoint's activations, each run with its own schedule
+# (constant learning rate, then a linear decay over its last 20%), at budgets of 75, 150, 300, 750 and 1,500
+# steps (stopping at the first that gets there); SAEs from scratch are trained at the same budgets. The
+# target is the FVU (on the checkpoint's activations) of the SAE trained there from scratch for 3,000 steps;
+# the step ratio is the smallest recursive budget that reaches it over 3,000.
+
+# %%
+close = zoo.track_close(prof, w_track, site, seed, retrain=retrain)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+base_hist = {r["step"]: r["val_loss"] for r in zoo.dense_baseline(prof, seed)[1]["metrics"]["history"]
+             if "val_loss" in r}
+print("validation loss, continued run vs the baseline's own run:",
+      {s: (round(v, 4), round(base_hist[s], 4) if s in base_hist else None) for s, v in close["val_loss"].items()})
+rows = []
+for t, r in close["results"].items():
+    n = r["steps_recursive"]
+    rows.append({"checkpoint": t, "init from": t - close["spacing"], "target FVU": round(r["target"], 4),
+                 "start FVU": round(r["start_fvu"], 4), "start / target": round(r["start_fvu"] / r["target"], 2),
+                 "recursive steps to target": n, "ratio": None if n is None else round(r["ratio"], 4),
+                 **{f"rec / scratch FVU at {b}": round(r["fvu_recursive"][b] / r["fvu_scratch"][b], 3)
+                    for b in list(r["fvu_recursive"])[:2]}})
+print(pd.DataFrame(rows).to_string(index=False))
+never_close = [t for t, r in close["results"].items() if r["ratio"] is None]
+close_ratio = (float(np.mean([r["ratio"] for r in close["results"].values()])) if not never_close
+               else float("nan"))
+b0 = min(ccfg.budgets)
+equal_steps = float(np.mean([r["fvu_recursive"][b0] / r["fvu_scratch"][b0] for r in close["results"].values()]))
+print(f"spacing {close['spacing']}: recursive / from-scratch steps to the from-scratch FVU, mean over "
+      f"{len(close['results'])} checkpoints: {close_ratio:.4f}" + (f" (never reached at {never_close})"
+                                                                  if never_close else ""))
+print(f"at {b0} steps each, recursive over from-scratch FVU (mean): {equal_steps:.3f}")
+
+# %%
+fig, axes = plt.subplots(1, len(close["results"]), figsize=(4 * len(close["results"]), 3.3), squeeze=False)
+for ax, (t, r) in zip(axes[0], close["results"].items()):
+    ax.plot(list(r["fvu_scratch"]), list(r["fvu_scratch"].values()), "o-", label="from scratch")
+    ax.plot(list(r["fvu_recursive"]), list(r["fvu_recursive"].values()), "o-",
+            label=f"from step {t - close['spacing']}'s SAE")
+    ax.axhline(r["target"], c="k", lw=0.6, ls="--", label=f"from scratch, {tcfg.steps_scratch} steps")
+    ax.axhline(r["start_fvu"], c="C1", lw=0.6, ls=":", label="recursive, before training")
+    ax.set(xscale="log", yscale="log", xlabel="SAE training steps (each run its own schedule)",
+           title=f"checkpoint {t}")
+    ax.legend(fontsize=7)
+axes[0, 0].set_ylabel("FVU on the checkpoint's activations")
+plt.show()
+
+# %% [markdown]
+# How to read it: each point is a separate run with its own schedule; the dashed line is the target, the
+# dotted one where the previous checkpoint's SAE starts. The continued run is the baseline's run: its
+# validation loss at steps 2250 and 2500 is within 0.001 of the baseline's own (first line above). At every
+# checkpoint the recursive runs start at 1.4-1.5x the target and get most of the way in 75 steps (the
+# from-scratch run at 75 steps is at about 3.5x), but the last few percent take long: at 300 steps they are
+# still 3-5% above the target, at 750 they are under it, by less than 1%. So the registered ratio, 750 /
+# 3,000 = 0.25, meets the goal (<= 0.25) exactly, at a grid point: the true ratio lies between 300 / 3,000 =
+# 0.1 and 0.25, and it is far from the paper's 1/20. The 1/20 of the paper would be 150 steps here; at 150
+# steps the recursive runs are 6-9% above the target. At equal steps the saving is large (about a third of
+# the from-scratch FVU at 75 steps); to match a long from-scratch training it is 4x, not 20x.
+
+# %% [markdown]
 # ### The progress measure
 #
 # For feature i, take its 20 top-activating tokens at the final checkpoint; at every checkpoint,
@@ -813,6 +912,22 @@ claims = [
     Claim("recursive_init_step_ratio", "steps to the from-scratch SAE's final FVU, recursive init over from "
           f"scratch (mean over checkpoints {list(rr)})", round(recursive_ratio, 4) if not never else
           f"never reached at {never}", paper=0.05, target="<= 0.25", holds=bool(not never and recursive_ratio <= 0.25)),
+    Claim("recursive_init_step_ratio_close", "steps to the from-scratch SAE's FVU (3,000 steps), recursive init "
+          "over from scratch, on close checkpoints of the dense run's middle third (continued from step 2000, "
+          "spacing by diffing.closest_spacing on the registered pilot: the previous SAE starts at >= 2x the "
+          "final FVU), each recursive run its own short schedule (budgets 75, 150, 300, 750, 1500; the smallest "
+          "that reaches the target), mean over the 3 checkpoints", round(close_ratio, 4) if not never_close else
+          f"never reached at {never_close}", paper=0.05, target="<= 0.25",
+          holds=bool(not never_close and close_ratio <= 0.25),
+          context=f"spacing {close['spacing']}, checkpoints {list(close['results'])}"),
+    Claim("recursive_init_close_spacing", "the spacing (dense training steps) used: the rule's choice on the "
+          "pilot, or the largest candidate when no candidate passes (start FVU >= 2x own FVU)",
+          close["spacing"], target="report",
+          context=f"rule's choice {pilot['choice']}; pilot, x own FVU: "
+          + ", ".join(f"{d}: {v / pilot['final_fvu']:.2f}" for d, v in pilot["start_fvu"].items())),
+    Claim("recursive_init_close_equal_steps_fvu_ratio", "on the same close checkpoints, at the smallest budget "
+          "(75 steps each, own schedules): recursive over from-scratch FVU, mean over the checkpoints",
+          round(equal_steps, 4), target="report"),
     Claim("progress_measure_rises", "mean progress measure of the final checkpoint's features, end of training "
           "> step 0 (random init)", progress_rises, paper="holds", target="holds", holds=progress_rises),
     Claim("progress_measure_step0_to_end", "that mean at step 0 -> the end",
@@ -861,9 +976,14 @@ claims_table(results)
 #   decided at the newline; the rest needs the trigger's effect at every later position, which none of the
 #   single directions tried supplies.
 #   Clamping reproduced the paper's contrast: one feature does nothing, 200 do.
-# - SAE-Track's saving did not reproduce as a step ratio: initialised from the previous checkpoint, a
-#   dictionary reaches the from-scratch FVU sooner, but not 20 times sooner, with checkpoints this far
-#   apart. The progress measure rises from the random init to the end of training, though at this scale
+# - SAE-Track's saving did not reproduce as a step ratio on the kept checkpoints: initialised from the
+#   previous checkpoint, a dictionary reaches the from-scratch FVU sooner, but not 20 times sooner, with
+#   checkpoints this far apart (0.64). On close checkpoints in the middle of training (the registered
+#   protocol: 200 steps apart, each recursive run its own short schedule) it takes 750 steps against the
+#   from-scratch 3,000: the ratio 0.25 meets the goal of 0.25 exactly, at a point of the budget grid (300
+#   steps do not reach the target), still 5 times the paper's 1/20. The spacing rule's 2x start FVU could
+#   not be met within the middle third (1.5x at 200 steps), so the comparison is easier than the issue
+#   asked for. The progress measure rises from the random init to the end of training, though at this scale
 #   almost all of the rise is over by step 50, and from the first kept checkpoint to the end it falls
 #   (-0.015): over the training we kept, the paper's rise does not hold. Directions
 #   keep drifting long after the features have formed, as in the paper.

@@ -396,6 +396,35 @@ def test_running_mean_and_recursive_init_reaches_scratch_fvu_sooner():
     assert len(r["curve_scratch"]) == len(r["curve_recursive"]) == 30
 
 
+def test_closest_spacing_is_the_smallest_candidate_far_enough():
+    # the previous SAE's FVU on later checkpoints rises with the spacing; its own final FVU is 0.1
+    start = {200: 0.41, 25: 0.12, 100: 0.21, 50: 0.19}
+    assert df.closest_spacing(start, 0.1) == 100  # 0.19 < 2 x 0.1 <= 0.21, whatever the dict's order
+    assert df.closest_spacing(start, 0.1, factor=4.0) == 200
+    assert df.closest_spacing(start, 0.1, factor=5.0) is None  # no candidate is far enough
+    assert df.closest_spacing({25: 0.2, 50: 0.1}, 0.1) == 25  # exactly 2x counts; a later dip does not matter
+
+
+def test_recursive_budgets_on_a_slightly_moved_dictionary():
+    # a planted dictionary; the "next checkpoint" rotates it a little, the previous SAE learnt the unrotated one
+    g = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=1)
+    z = torch.zeros(4000, 32)
+    idx = torch.rand(4000, 32, generator=g).argsort(1)[:, :3]
+    z.scatter_(1, idx, torch.rand(4000, 3, generator=g) + 0.5)
+    D2 = torch.nn.functional.normalize(D + 0.15 * torch.randn(32, 16, generator=g), dim=1)
+    prev, _ = train_sae(z @ D, 32, 3, steps=600, batch_size=128, lr=3e-3, progress=False)
+    r = df.recursive_budgets(z @ D2, prev, (20, 50, 100, 300), steps_scratch=600, batch_size=128, lr=3e-3,
+                             progress=False)
+    assert r["start_fvu"] > r["target"]  # the previous SAE is not already the answer
+    assert r["steps_recursive"] is not None and r["steps_recursive"] <= 300  # half the from-scratch budget
+    assert r["ratio"] == r["steps_recursive"] / 600
+    assert sorted(r["fvu_scratch"]) == sorted(r["fvu_recursive"])  # from scratch at the same budgets
+    assert max(r["fvu_recursive"]) == r["steps_recursive"]  # the runs stop once a recursive one reaches the target
+    assert all(r["fvu_recursive"][n] > r["target"] for n in r["fvu_recursive"] if n < r["steps_recursive"])
+    assert all(v < r["fvu_scratch"][n] for n, v in r["fvu_recursive"].items())  # ahead at equal steps
+
+
 # ---- the registered steering protocol: candidates where the trigger acts -----------------------------------
 
 

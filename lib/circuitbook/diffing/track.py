@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitbook.dictionaries.sae import SAE, decoder_cosine, steps_to_fvu, train_sae
+from circuitbook.dictionaries.sae import SAE, decoder_cosine, evaluate, steps_to_fvu, train_sae
 from circuitbook.diffing.features import top_token
 
 
@@ -112,6 +112,46 @@ def recursive_vs_scratch(acts: Tensor, prev: SAE, steps: int, seed: int = 0, win
             "ratio": None if n_r is None else n_r / n_s, "recursive_final_fvu": float(cr[-1]),
             "first_step_fvu": {"scratch": float(hs["fvu"][0]), "recursive": float(hr["fvu"][0])},
             "curve_scratch": cs[9::10].round(5).tolist(), "curve_recursive": cr[9::10].round(5).tolist()}
+
+
+def closest_spacing(start_fvu: dict[int, float], final_fvu: float, factor: float = 2.0) -> int | None:
+    """The checkpoint spacing for a recursive-init comparison: the smallest candidate spacing at which the
+    previous checkpoint's SAE starts on the next checkpoint's activations at an FVU of at least `factor` times
+    its own final FVU (close checkpoints, but not the same model). start_fvu: {spacing in training steps: FVU of
+    the step-s SAE on the step s + spacing activations}; final_fvu: that SAE's FVU on its own activations.
+    None when no candidate is far enough."""
+    far = [d for d in sorted(start_fvu) if start_fvu[d] >= factor * final_fvu]
+    return far[0] if far else None
+
+
+def recursive_budgets(acts: Tensor, prev: SAE, budgets: Sequence[int], steps_scratch: int, seed: int = 0,
+                      scratch: SAE | None = None, progress: bool = True, **kw) -> dict:
+    """Recursive init against from scratch, each run with its own schedule (`train_sae`'s constant LR, then
+    decay over its last 20%), compared at equal steps.
+
+    acts [N, d]: the next checkpoint's activations; prev: the previous checkpoint's SAE. The target is the FVU
+    (`evaluate` on `acts`) of an SAE trained from scratch for `steps_scratch` steps (`scratch`, when given, is
+    that SAE already trained). For each budget n in ascending order, one run of n steps from `prev` and one
+    from scratch; both stop at the first budget whose recursive run reaches the target.
+      steps_recursive  the smallest budget whose recursive run reaches the target (None: none does)
+      ratio            steps_recursive / steps_scratch (None when none does)
+    Also start_fvu (prev on acts), fvu_recursive and fvu_scratch {n: FVU} and the from-scratch SAE ("sae").
+    """
+    if scratch is None:
+        scratch, _ = train_sae(acts, prev.n_features, prev.k, steps=steps_scratch, seed=seed, progress=progress, **kw)
+    target = float(evaluate(scratch, acts)["fvu"])
+    rec, scr, n_r = {}, {}, None
+    for n in sorted(budgets):
+        r, _ = train_sae(acts, init=prev, steps=n, seed=seed, progress=progress, **kw)
+        rec[n] = float(evaluate(r, acts)["fvu"])
+        s, _ = train_sae(acts, prev.n_features, prev.k, steps=n, seed=seed, progress=progress, **kw)
+        scr[n] = float(evaluate(s, acts)["fvu"])
+        if rec[n] <= target:
+            n_r = n
+            break
+    return {"target": target, "steps_scratch": steps_scratch, "steps_recursive": n_r,
+            "ratio": None if n_r is None else n_r / steps_scratch, "start_fvu": float(evaluate(prev, acts)["fvu"]),
+            "fvu_recursive": rec, "fvu_scratch": scr, "sae": scratch}
 
 
 def mean_pairwise_cos(x: Tensor) -> Tensor:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+
+import torch
 
 from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
-from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state
-from circuitbook.train import TrainConfig, cosine_schedule, train
+from circuitbook.models.gpt import GPT, GPTConfig, gpt_from_state, lm_loss
+from circuitbook.train import Checkpoint, TrainConfig, clip_gradients, cosine_schedule, get_batch, train
 from circuitbook.zoo.core import (
     VOCAB_SIZE,
     fit_gpt,
     half,
     parents,
+    scratch_dir,
     suffix,
     task_eval_fn,
     task_sets,
@@ -107,7 +111,12 @@ def dense_replayed(profile: str | Profile, steps: tuple[int, ...], seed: int = 0
     prof = get_profile(profile)
     gcfg, tcfg = dense_configs(prof, seed)
     names = {s: replay_name(s, seed) for s in steps}
-    if any(not artifacts.exists(n, prof) for n in names.values()):
+    current = lambda n: (artifacts.exists(n, prof) and artifacts.load_tensors(artifacts.artifact_path(n, prof))[1]
+                         ["config"] == json.loads(json.dumps(config)))
+    if any(not current(n) for n in names.values()):
+        if prof.shipped and any(artifacts.exists(n, prof) for n in names.values()):
+            raise artifacts.ArtifactError(f"shipped {sorted(names.values())} were made with another config; "
+                                          "delete them to continue the run again")
         rtcfg = replace(tcfg, keep_steps=tuple(sorted(steps)))
         seed_everything(seed)
         model = to_device(GPT(gcfg))
@@ -126,3 +135,86 @@ def dense_replayed(profile: str | Profile, steps: tuple[int, ...], seed: int = 0
         tensors, _ = artifacts.load_tensors(artifacts.artifact_path(names[s], prof))
         models[s] = to_device(gpt_from_state(tensors, gcfg).eval())
     return models
+
+
+def continued_name(start: int, step: int, seed: int = 0) -> str:
+    return f"dense_baseline{suffix(seed)}_from{start}_step{step}"
+
+
+def _continue_run(prof: Profile, start: int, keep: tuple[int, ...], stop: int, seed: int, warm: int,
+                  progress: bool) -> dict[int, dict]:
+    """Continue the dense baseline's own run from its kept checkpoint `start` with its recipe (the same LR
+    schedule at the same global steps, the same batches) up to `stop`, keeping `keep`. Only the weights were
+    kept at `start`, not the optimizer: AdamW's moments are first rebuilt from the gradients of the `warm`
+    batches before `start` at learning rate 0 (no weight moves), so the run does not start with the large
+    sign-like steps of an empty Adam state. Resumable (data/cache/runs). Returns {step: state dict (CPU)}."""
+    gcfg, tcfg = dense_configs(prof, seed)
+    tcfg = replace(tcfg, keep_steps=tuple(sorted(keep)))
+    name = f"dense_baseline{suffix(seed)}_from{start}"
+    ckpt_dir = scratch_dir(prof, name)
+    tensors, _ = artifacts.load_tensors(artifacts.artifact_path(f"dense_baseline{suffix(seed)}_step{start}", prof))
+    model = to_device(gpt_from_state({k: v.float() for k, v in tensors.items()}, gcfg))
+    streams = token_streams(prof, tokenizer(prof))
+    latest = ckpt_dir / "latest.safetensors"
+    if not latest.exists() or artifacts.load_tensors(latest)[1].get("config") != tcfg.to_dict():
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": tcfg.weight_decay},
+                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                lr=0.0, betas=tcfg.betas, eps=tcfg.eps)
+        dev = next(model.parameters()).device
+        model.train()
+        for step in range(start - warm, start):  # lr 0: the moments fill, the weights stay
+            batch = get_batch(streams["train"], step, tcfg.batch_size, tcfg.n_ctx, tcfg.seed).to(dev)
+            opt.zero_grad(set_to_none=True)
+            lm_loss(model(batch), batch).backward()
+            clip_gradients(params, tcfg.clip, tcfg.clip_value)
+            opt.step()
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        Checkpoint(ckpt_dir, {"model": model}, opt, tcfg.to_dict()).save(start, [], kept=[])
+    out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=ckpt_dir, lr_schedule=cosine_schedule(),
+                stop_at=stop, progress=progress)
+    return {**out["kept"], "history": out["history"]}
+
+
+def dense_continued(profile: str | Profile, steps: tuple[int, ...], start: int, keep: tuple[int, ...] = (),
+                    warm: int = 50, seed: int = 0, progress: bool = True) -> dict[int, GPT]:
+    """The dense baseline's run continued from its kept checkpoint `start` (`_continue_run`), keeping `steps`
+    as artifacts `dense_baseline_from<start>_step<s>` (fp16, children of the kept checkpoint). `keep`: every
+    step the continuation keeps in its run directory (a pilot reads them there), a superset of `steps`;
+    it is part of the stored config. Returns {step: model}."""
+    prof = get_profile(profile)
+    gcfg, tcfg = dense_configs(prof, seed)
+    keep = tuple(sorted(set(keep) | set(steps)))
+    names = {s: continued_name(start, s, seed) for s in steps}
+    config = {"model": gcfg.to_dict(), "train": replace(tcfg, keep_steps=keep).to_dict(), "continued_from": start,
+              "warm": warm}
+    current = lambda n: (artifacts.exists(n, prof) and artifacts.load_tensors(artifacts.artifact_path(n, prof))[1]
+                         ["config"] == json.loads(json.dumps(config)))
+    if any(not current(n) for n in names.values()):
+        if prof.shipped and any(artifacts.exists(n, prof) for n in names.values()):
+            raise artifacts.ArtifactError(f"shipped {sorted(names.values())} were made with another config; "
+                                          "delete them to continue the run again")
+        run = _continue_run(prof, start, keep, max(steps), seed, warm, progress)
+        hist = [r for r in run["history"] if "val_loss" in r]
+        for s in steps:
+            artifacts.save_tensors(
+                artifacts.artifact_path(names[s], prof), half(run[s]),
+                {"name": names[s], "profile": prof.name, "config": config, "step": s, "history": hist,
+                 "parents": artifacts.parent_digests(parents(prof, f"dense_baseline{suffix(seed)}_step{start}"))})
+        if prof.shipped:
+            artifacts.update_manifest()
+    models = {}
+    for s in steps:
+        tensors, _ = artifacts.load_tensors(artifacts.artifact_path(names[s], prof))
+        models[s] = to_device(gpt_from_state(tensors, gcfg).eval())
+    return models
+
+
+def continued_states(profile: str | Profile, steps: tuple[int, ...], start: int, keep: tuple[int, ...],
+                     warm: int = 50, seed: int = 0, progress: bool = True) -> dict[int, GPT]:
+    """Models of the continuation at `steps` (all in `keep`) read from its run directory, trained there when
+    missing; nothing is shipped (a pilot's candidates)."""
+    prof = get_profile(profile)
+    gcfg, _ = dense_configs(prof, seed)
+    run = _continue_run(prof, start, tuple(sorted(keep)), max(steps), seed, warm, progress)
+    return {s: to_device(gpt_from_state({k: v.float() for k, v in run[s].items()}, gcfg).eval()) for s in steps}

