@@ -138,6 +138,7 @@ def tiny_zoo(tmp_path_factory):
         shrink(diffing, "chapter_tokens", value={"diff": 512, "track": 256})
         shrink(diffing, "diff_configs", steps_S=3, steps_ft=2, batch_size=64)
         shrink(diffing, "track_configs", steps_first=3, steps_next=2, steps_scratch=3, batch_size=64)
+        shrink(diffing, "close_configs", start=1, candidates=(1,), n_compare=1, warm=1, budgets=(2,))  # from step 1
         yield
 
 
