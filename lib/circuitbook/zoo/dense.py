@@ -111,6 +111,7 @@ def dense_replayed(profile: str | Profile, steps: tuple[int, ...], seed: int = 0
     prof = get_profile(profile)
     gcfg, tcfg = dense_configs(prof, seed)
     names = {s: replay_name(s, seed) for s in steps}
+    config = {"model": gcfg.to_dict(), "train": tcfg.to_dict(), "replayed_to": max(steps)}
     current = lambda n: (artifacts.exists(n, prof) and artifacts.load_tensors(artifacts.artifact_path(n, prof))[1]
                          ["config"] == json.loads(json.dumps(config)))
     if any(not current(n) for n in names.values()):
@@ -124,7 +125,6 @@ def dense_replayed(profile: str | Profile, steps: tuple[int, ...], seed: int = 0
         streams = token_streams(prof, tok)
         out = train(model, streams["train"], streams["val"], rtcfg, ckpt_dir=None, lr_schedule=cosine_schedule(),
                     eval_fn=task_eval_fn(task_sets(prof, tok, seed)), stop_at=max(steps), progress=progress)
-        config = {"model": gcfg.to_dict(), "train": tcfg.to_dict(), "replayed_to": max(steps)}
         for s in steps:
             artifacts.save_tensors(
                 artifacts.artifact_path(names[s], prof), half({k: v.cpu() for k, v in out["kept"][s].items()}),
