@@ -97,6 +97,19 @@ def between_steps(losses: dict[int, float], target: float, n: int = 10) -> tuple
     return ()
 
 
+def _must_build(prof: Profile, names: list[str], config: dict) -> bool:
+    """Whether the checkpoint artifacts `names` of one run must be (re)built: one is missing or was stored with
+    another config. A shipped one made with another config is an error, not something to overwrite."""
+    fresh = [artifacts.exists(n, prof) and artifacts.load_tensors(artifacts.artifact_path(n, prof))[1]["config"]
+             == json.loads(json.dumps(config)) for n in names]
+    if all(fresh):
+        return False
+    if prof.shipped and any(artifacts.exists(n, prof) for n in names):
+        raise artifacts.ArtifactError(f"shipped {sorted(names)} were made with another config; "
+                                      "delete them to continue the run again")
+    return True
+
+
 def replay_name(step: int, seed: int = 0) -> str:
     return f"dense_baseline{suffix(seed)}_replay_step{step}"
 
@@ -112,12 +125,7 @@ def dense_replayed(profile: str | Profile, steps: tuple[int, ...], seed: int = 0
     gcfg, tcfg = dense_configs(prof, seed)
     names = {s: replay_name(s, seed) for s in steps}
     config = {"model": gcfg.to_dict(), "train": tcfg.to_dict(), "replayed_to": max(steps)}
-    current = lambda n: (artifacts.exists(n, prof) and artifacts.load_tensors(artifacts.artifact_path(n, prof))[1]
-                         ["config"] == json.loads(json.dumps(config)))
-    if any(not current(n) for n in names.values()):
-        if prof.shipped and any(artifacts.exists(n, prof) for n in names.values()):
-            raise artifacts.ArtifactError(f"shipped {sorted(names.values())} were made with another config; "
-                                          "delete them to continue the run again")
+    if _must_build(prof, list(names.values()), config):
         rtcfg = replace(tcfg, keep_steps=tuple(sorted(steps)))
         seed_everything(seed)
         model = to_device(GPT(gcfg))
@@ -188,12 +196,7 @@ def dense_continued(profile: str | Profile, steps: tuple[int, ...], start: int, 
     names = {s: continued_name(start, s, seed) for s in steps}
     config = {"model": gcfg.to_dict(), "train": replace(tcfg, keep_steps=keep).to_dict(), "continued_from": start,
               "warm": warm}
-    current = lambda n: (artifacts.exists(n, prof) and artifacts.load_tensors(artifacts.artifact_path(n, prof))[1]
-                         ["config"] == json.loads(json.dumps(config)))
-    if any(not current(n) for n in names.values()):
-        if prof.shipped and any(artifacts.exists(n, prof) for n in names.values()):
-            raise artifacts.ArtifactError(f"shipped {sorted(names.values())} were made with another config; "
-                                          "delete them to continue the run again")
+    if _must_build(prof, list(names.values()), config):
         run = _continue_run(prof, start, keep, max(steps), seed, warm, progress)
         hist = [r for r in run["history"] if "val_loss" in r]
         for s in steps:
