@@ -4,6 +4,7 @@ GPT training step that keeps checkpoints as artifacts. Every function here takes
 from __future__ import annotations
 
 import hashlib
+import platform
 import sysconfig
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -202,6 +203,9 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
     to_device(model)  # CIRCUITBOOK_DEVICE, else CUDA when present (the artifact is stored from CPU)
     out = train(model, streams["train"], streams["val"], tcfg, ckpt_dir=scratch_dir(prof, name),
                 eval_fn=task_eval_fn(sets), progress=progress, **train_kw)
+    where = next(model.parameters()).device
+    trained_on = {"device": str(where), "torch": torch.__version__,
+                  "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else platform.machine()}
     model.cpu()
     for step, sd in out["kept"].items():  # checkpoints along training (chapter 7 follows features across them)
         if step == tcfg.steps:
@@ -211,7 +215,7 @@ def fit_gpt(prof: Profile, name: str, model: GPT, tcfg: TrainConfig, config: dic
             {"name": f"{name}_step{step}", "profile": prof.name, "config": config, "step": step,
              "parents": artifacts.parent_digests(parents(prof, "tokenizer"))},
         )
-    return model, {"history": thin(out["history"]), "tokens_per_s": out["tokens_per_s"]}
+    return model, {"history": thin(out["history"]), "tokens_per_s": out["tokens_per_s"], "trained_on": trained_on}
 
 
 def scratch_dir(profile: str | Profile, name: str) -> Path:
