@@ -59,6 +59,7 @@ import torch
 from IPython.display import display
 
 from circuitbook import artifacts, bench, device, get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook.circuits import circuit_size
 from circuitbook.data.forms import FORMS, accuracy_by
 from circuitbook.data.tasks import TASKS
 from circuitbook.data.wild import WILD
@@ -446,6 +447,167 @@ for point, members in zoo.FAMILY_R2.items():
         f"{n} ({'trained' if artifacts.exists(n, prof) else 'not yet'})" for n in names))
 
 # %% [markdown]
+# ## Recipe 2: measured
+#
+# Every member of the grid with the chapter's validation loss (`zoo.model_eval`, the 640 windows used above) and
+# its accuracy on the held-out forms and the wild prompts (`zoo.split_margins`, the prompts of the section
+# "Off the template"). `trained_on` is where each artifact was trained, as it records it. The three d256 models
+# were trained on a lent GPU (`scripts/device_family.py`, same configs); the d128 models at 1/8 and 1/4 started
+# there and were resumed on the CPU from their step-1920 checkpoints (so they record the CPU); the rest were
+# trained on the CPU before artifacts recorded a device. Floating-point sums differ between the two, so two runs
+# of one config on different machines are not bit-identical, and a top-k mask turns small differences into
+# different kept weights.
+
+# %%
+family = []
+for point, members in zoo.FAMILY_R2.items():
+    for d, k in members:
+        name = zoo.sparse_name(1 / k, d, seed=seed, recipe=2)
+        m, mm = zoo.sparse_model(prof, 1 / k, d, seed=seed, retrain=retrain, recipe=2)
+        ev = zoo.model_eval(prof, name, m, seed, retrain=retrain)
+        mg = zoo.split_margins(prof, name, m, seed, retrain=retrain)
+        where = mm["metrics"].get("trained_on")
+        family.append({
+            "name": name, "point": point, "d_model": d, "kept": 1 / k, "model": m, "meta": mm,
+            "l0_non_embedding": mm["metrics"]["l0_non_embedding"], "val_loss": ev["val_loss"],
+            "heldout": {t: float((x > 0).float().mean()) for t, x in mg["heldout"].items()},
+            "wild": {t: float((x > 0).float().mean()) for t, x in mg["wild"].items()},
+            "trained_on": where["device_name"] if where else "(not recorded: CPU)"})
+table = pd.DataFrame([{
+    "point": r["point"], "d_model": r["d_model"], "kept": f"1/{round(1 / r['kept'])}",
+    "non-emb L0": r["l0_non_embedding"], "val loss": round(r["val_loss"], 4),
+    **{f"held-out {t}": round(a, 3) for t, a in r["heldout"].items()},
+    **{f"wild {t}": round(a, 3) for t, a in r["wild"].items()}, "trained on": r["trained_on"]}
+    for r in family], index=[r["name"] for r in family])
+display(table)
+
+# %% [markdown]
+# Loss against non-embedding L0, one colour per width (left), and every member's validation loss during
+# training (right; the dotted line is where the anneal reaches its target L0, half-way).
+
+# %%
+widths = sorted({r["d_model"] for r in family})
+colours = dict(zip(widths, plt.cm.viridis(np.linspace(0.1, 0.85, len(widths)))))
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+for d in widths:
+    rs = sorted((r for r in family if r["d_model"] == d), key=lambda r: r["l0_non_embedding"])
+    ax.plot([r["l0_non_embedding"] for r in rs], [r["val_loss"] for r in rs], "o-", color=colours[d],
+            label=f"d_model {d}")
+    for r in rs:
+        h = [x for x in r["meta"]["metrics"]["history"] if "val_loss" in x]
+        ax2.plot([x["step"] for x in h], [x["val_loss"] for x in h], color=colours[d], alpha=0.85,
+                 label=f"d{d} 1/{round(1 / r['kept'])}")
+ax.axhline(dense_loss, color="k", ls="--", lw=1, label="dense baseline")
+ax.set(xscale="log", xlabel="non-embedding L0 (nonzero weights outside the embedding and unembedding)",
+       ylabel="validation loss", title="recipe 2: loss against non-embedding L0")
+ax.legend()
+ax2.axvline(family[0]["meta"]["config"]["train"]["steps"] / 2, color="k", ls=":", lw=1)
+ax2.set(xlabel="step", ylabel="validation loss", title="validation loss during training")
+ax2.legend(fontsize=7, ncol=2)
+plt.tight_layout()
+plt.show()
+for r in family:  # the jump where the anneal ends: the last evaluation before it, the first at or after it
+    h = [x for x in r["meta"]["metrics"]["history"] if "val_loss" in x]
+    half = r["meta"]["config"]["train"]["steps"] / 2
+    before, after = [x for x in h if x["step"] < half], [x for x in h if x["step"] >= half]
+    if not before:
+        continue  # the ci profile evaluates too rarely to see it
+    before, after = before[-1], after[0]
+    print(f"{r['name']}: validation loss {before['val_loss']:.3f} at step {before['step']} -> "
+          f"{after['val_loss']:.3f} at {after['step']} -> {h[-1]['val_loss']:.3f} at the end")
+
+# %% [markdown]
+# ### The chosen model, by the rule
+#
+# The candidates at the target point, the tasks the rule counts (those the dense baseline gets right on 0.9 of
+# their held-out forms), and the rule's choice.
+
+# %%
+dense_heldout = {t: float((x > 0).float().mean()) for t, x in margins["dense"]["heldout"].items()}
+candidates = {r["name"]: {"val_loss": r["val_loss"], "heldout": r["heldout"]} for r in family
+              if r["point"] == zoo.TARGET_POINT}
+chosen, rule_tasks = zoo.choose_the_model(candidates, dense_heldout)
+print(f"dense baseline, held-out forms: { {t: round(a, 3) for t, a in dense_heldout.items()} }")
+print(f"tasks the rule counts (dense >= {zoo.CHOICE_MIN_ACC}): {rule_tasks}")
+for n, c in candidates.items():
+    ok = all(c["heldout"][t] >= zoo.CHOICE_MIN_ACC for t in rule_tasks)
+    print(f"  {n}: val loss {c['val_loss']:.4f}, qualifies {ok}, "
+          f"{ {t: round(c['heldout'][t], 3) for t in rule_tasks} }")
+chosen_row = next(r for r in family if r["name"] == chosen)
+print(f"chosen: {chosen}")
+
+# %% [markdown]
+# ### Convergence: the chosen model on twice the tokens
+#
+# The same config with every step count doubled (`length=2`: 24M tokens, the anneal over its first half), and
+# the relative drop of the validation loss (`zoo.loss_gain_2x`).
+
+# %%
+name_2x = zoo.sparse_name(chosen_row["kept"], chosen_row["d_model"], seed=seed, recipe=2, length=2)
+m2x, meta2x = zoo.sparse_model(prof, chosen_row["kept"], chosen_row["d_model"], seed=seed, retrain=retrain,
+                               recipe=2, length=2)
+val_2x = zoo.model_eval(prof, name_2x, m2x, seed, retrain=retrain)["val_loss"]
+gain_2x = zoo.loss_gain_2x(chosen_row["val_loss"], val_2x)
+tokens_1x, tokens_2x = chosen_row["meta"]["metrics"]["tokens_trained"], meta2x["metrics"]["tokens_trained"]
+print(f"{chosen}: validation loss {chosen_row['val_loss']:.4f} after {tokens_1x:,} tokens, {val_2x:.4f} after "
+      f"{tokens_2x:,}: relative gain {gain_2x:.4f}")
+
+# %% [markdown]
+# ### Wider is better at fixed non-embedding L0?
+#
+# Every (narrower, wider) pair at each point (`zoo.wider_is_better_at_points`).
+
+# %%
+wider_v2, pairs = zoo.wider_is_better_at_points(
+    [{"point": r["point"], "d_model": r["d_model"], "val_loss": r["val_loss"]} for r in family])
+display(pd.DataFrame(pairs).round(4))
+print(f"wider is better at every shared point: {wider_v2}")
+
+# %% [markdown]
+# ### CSR at width 256
+#
+# Every linear layer of the d256 model at the target point, with its trained sparse weights, on one 128-token
+# sequence: dense over CSR (`bench.csr_linears_speedup`), on one thread and on two.
+
+# %%
+d256 = max((r for r in family if r["point"] == zoo.TARGET_POINT), key=lambda r: r["d_model"])
+csr_d256 = {}
+for n_threads in (1, 2):
+    torch.set_num_threads(n_threads)
+    csr_d256[n_threads] = bench.csr_linears_speedup(d256["model"], n_tokens=128)
+    print(f"{d256['name']}, {n_threads} thread(s): {csr_d256[n_threads]['n_linears']} linears, kept "
+          f"{csr_d256[n_threads]['kept']:.4f}, dense {csr_d256[n_threads]['dense_s'] * 1e3:.2f} ms, CSR "
+          f"{csr_d256[n_threads]['csr_s'] * 1e3:.2f} ms: speedup {csr_d256[n_threads]['speedup']:.2f}x")
+set_threads()
+
+# %% [markdown]
+# ### The capability-interpretability frontier
+#
+# Each member's quote circuit by the second pruning method at its base settings (`zoo.pruned_circuit_v2`, the
+# settings chapter 3's matched-loss comparison uses, not searched), its edges between kept nodes against the
+# model's validation loss.
+
+# %%
+for r in family:
+    c = zoo.pruned_circuit_v2(prof, r["model"], r["name"], "single_double_quote", seed, retrain=retrain)
+    r["quote_size"] = circuit_size(r["model"], c)
+    r["quote_reached"] = c.reached
+fig, ax = plt.subplots(figsize=(6.5, 4.2))
+for r in family:
+    ax.scatter(r["val_loss"], max(r["quote_size"]["edges"], 1), color=colours[r["d_model"]], s=50,
+               marker="o" if r["quote_reached"] else "x")
+    ax.annotate(f"1/{round(1 / r['kept'])}", (r["val_loss"], max(r["quote_size"]["edges"], 1)), fontsize=8,
+                xytext=(4, 2), textcoords="offset points")
+for d in widths:
+    ax.scatter([], [], color=colours[d], label=f"d_model {d}")
+ax.set(yscale="log", xlabel="validation loss", ylabel="quote circuit edges (second method, base settings)",
+       title="circuit size against capability (x: target loss not reached)")
+ax.legend()
+plt.show()
+display(pd.DataFrame([{"val loss": round(r["val_loss"], 4), **r["quote_size"], "reached": r["quote_reached"]}
+                      for r in family], index=[r["name"] for r in family]))
+
+# %% [markdown]
 # ## Claims
 
 # %%
@@ -483,6 +645,27 @@ for name, desc in (("sparse", "the sparse model"), ("dense", "the dense baseline
             "instances from MIT-licensed packages the models never trained on)", round(a, 4), target=">= 0.9",
             holds=a >= 0.9, context=f"file sha256 {wild.file_sha256}; {len(wild.examples[t])} prompts, "
             f"sha256 {wild.sha256[t]}"))
+claims += [
+    Claim("sparse_tokens_trained", "tokens the chosen recipe-2 model (zoo.choose_the_model) was trained on",
+          int(chosen_row["meta"]["metrics"]["tokens_trained"]), target=">= 12e6",
+          holds=chosen_row["meta"]["metrics"]["tokens_trained"] >= 12e6, context=f"chosen: {chosen}"),
+    Claim("sparse_loss_gain_2x", "relative validation-loss drop of the chosen model trained again on twice the "
+          "tokens (zoo.loss_gain_2x)", round(gain_2x, 4), target="<= 0.02", holds=gain_2x <= 0.02,
+          context=f"{chosen}: {chosen_row['val_loss']:.4f} -> {name_2x}: {val_2x:.4f}"),
+    Claim("wider_is_better_at_fixed_l0_v2", "at every non-embedding L0 point held by two or more widths, every "
+          "wider model has a lower validation loss than every narrower one (>= 3 such points, width 256 among them)",
+          wider_v2, paper="holds", target="holds", holds=wider_v2,
+          context="; ".join(f"{p['point']} d{p['narrow']} {p['narrow_loss']:.4f} vs d{p['wide']} "
+                            f"{p['wide_loss']:.4f}" for p in pairs)),
+    Claim("csr_linear_speedup_d256", "every linear layer of the d256 target-point model, CSR over dense, one "
+          "128-token sequence, one thread", round(csr_d256[1]["speedup"], 3), target=">= 2",
+          holds=csr_d256[1]["speedup"] >= 2, kind="timing", context=f"{d256['name']}, kept {csr_d256[1]['kept']:.4f}"),
+    Claim("csr_linear_speedup_d256_threads2", "the same on two threads", round(csr_d256[2]["speedup"], 3),
+          target="report", kind="timing"),
+    Claim("sparse_frontier", "quote circuit edges (second method, base settings) of every recipe-2 model; "
+          "validation losses in the context", {r["name"]: int(r["quote_size"]["edges"]) for r in family},
+          target="report", context="; ".join(f"{r['name']} {r['val_loss']:.4f}" for r in family)),
+]
 results = write_results("02_weight_sparse", prof, claims)
 claims_table(results)
 

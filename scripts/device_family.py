@@ -1,9 +1,10 @@
 """Issue 17's recipe-2 family on a lent GPU, in one call of at most ten minutes.
 
-Trains, in parallel processes on one device, every family member not yet shipped and the twice-the-tokens run of
-each candidate at the target point (the chosen-model rule picks one of them afterwards; the others are reported).
+Trains, one process per model (`--jobs` at a time), every family member not yet shipped and the twice-the-tokens
+run of each candidate at the target point (the chosen-model rule picks one of them afterwards; the others are reported).
 The configs are the CPU builds' (`zoo.sparse_model`); only the device differs, and each artifact records it
-(`metrics.trained_on`). At `--deadline` seconds every run still going is stopped (its last checkpoint, written
+(`metrics.trained_on`). A run is not started when the runs so far say it cannot finish; at `--deadline` seconds
+every run still going is stopped (its last checkpoint, written
 every 64 steps, is kept), and the new artifacts, the unfinished checkpoints that fit and the logs are packed into
 `$OUT/family.tar.NN` parts of at most 15 MiB (the device tool brings back 8 files, 64 MiB in all).
 
@@ -44,7 +45,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per training process")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     ap.add_argument("--then", default="", type=lambda x: [n for n in x.split(",") if n],
-                    help="comma-separated runs to start only once a first-wave run shows there is time")
+                    help="comma-separated runs to put at the end of the queue (e.g. members already trained here)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time (on one H200, eight ran no faster in all than one alone)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,24 +58,20 @@ def main() -> None:
     env.setdefault("CIRCUITBOOK_DEVICE", "cuda")
     by_name = {sparse_name(kept, d, recipe=2, length=n): (kept, d, n) for kept, d, n in jobs()}
     shipped = [n for n in by_name if (ROOT / "data" / "artifacts" / f"{n}.safetensors").exists()]
-    first = [n for n in by_name if n not in shipped and n not in a.then]
-    then = [n for n in a.then if n in by_name and n not in shipped]
-    print(f"shipped, skipped: {shipped}\nfirst: {first}\nthen (when a first-wave run of the same length "
-          f"shows there is time): {then}", flush=True)
+    queue = [n for n in by_name if n not in shipped and n not in a.then] + [n for n in a.then if n not in shipped]
+    print(f"shipped, skipped: {shipped}\nqueue ({a.jobs} at a time): {queue}", flush=True)
     procs, started, took = {}, {}, {}
 
     def launch(name: str) -> None:
         kept, d, length = by_name[name]
         code = f"from circuitbook import zoo; zoo.sparse_model('full', {kept!r}, {d}, recipe=2, length={length})"
         log = open(out / f"{name}.log", "w")
-        procs[name] = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         started[name] = time.time()
         print(f"{time.time() - t0:5.0f} s  {name}: started", flush=True)
 
-    for name in first:
-        launch(name)
-    while any(p.poll() is None for p in procs.values()) or then:
+    while queue or any(p.poll() is None for p in procs.values()):
         left = a.deadline - (time.time() - t0)
         if left <= 0:
             break
@@ -80,15 +79,19 @@ def main() -> None:
             if p.poll() is not None and name not in took:
                 took[name] = time.time() - started[name]
                 print(f"{time.time() - t0:5.0f} s  {name}: exit {p.returncode} after {took[name]:.0f} s", flush=True)
-        ok = [took[n] for n in took if procs[n].returncode == 0 and by_name[n][2] == 1]
-        if then and ok and left > 1.3 * max(ok):
-            launch(then.pop(0))
-        elif then and not any(p.poll() is None for p in procs.values()):
-            print(f"no time for {then}", flush=True)
-            break
+        running = sum(p.poll() is None for p in procs.values())
+        if queue and running < a.jobs:
+            length = by_name[queue[0]][2]
+            seen = [took[n] / by_name[n][2] * length for n in took if procs[n].returncode == 0]
+            if seen and left < 1.2 * max(seen):
+                print(f"no time left for {queue}", flush=True)
+                queue = []
+            else:
+                launch(queue.pop(0))
         if int(time.time() - t0) // 60 != int(time.time() - t0 - 5) // 60:
-            print(f"{time.time() - t0:5.0f} s  " + ", ".join(f"{n}: {progress(out / f'{n}.log')}" for n in procs
-                                                          if procs[n].poll() is None), flush=True)
+            print(f"{time.time() - t0:5.0f} s  "
+                  + ", ".join(f"{n}: {progress(out / f'{n}.log')}" for n in procs if procs[n].poll() is None),
+                  flush=True)
         time.sleep(5)
     for p in procs.values():
         if p.poll() is None:

@@ -37,6 +37,7 @@ from circuitbook.zoo.diffing import close_configs, close_steps, diffing_artifact
 from circuitbook.zoo.sparse import (
     FAMILY_R2,
     SPARSE_FRACTIONS,
+    TARGET_POINT,
     THE_SPARSE_MODEL,
     clip_demo,
     sparse_model,
@@ -84,9 +85,9 @@ def _sparse_builds(prof: Profile) -> dict[str, Build]:
         for d, k in members:
             out[sparse_name(1 / k, d, recipe=2)] = (
                 lambda p, r, d=d, k=k: sparse_model(p, 1 / k, d, retrain=r, recipe=2))
-    d, k = FAMILY_R2["49k"][1]  # the convergence check: the target-L0 d128 model at twice the tokens
-    out[sparse_name(1 / k, d, recipe=2, length=2)] = (
-        lambda p, r: sparse_model(p, 1 / k, d, retrain=r, recipe=2, length=2))
+    for d, k in FAMILY_R2[TARGET_POINT]:  # the convergence check: whichever candidate the rule chooses, at 2x tokens
+        out[sparse_name(1 / k, d, recipe=2, length=2)] = (
+            lambda p, r, d=d, k=k: sparse_model(p, 1 / k, d, retrain=r, recipe=2, length=2))
     return out
 
 
@@ -145,6 +146,16 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for m in ckpts:  # the searched comparison (only the checkpoint at matched loss is built)
         add(3, f"circuit_search_v2k_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: matched_search_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
+    r2 = [sparse_name(1 / k, d, recipe=2) for members in FAMILY_R2.values() for d, k in members]
+    for m in r2:  # chapter 2's recipe-2 family: its table, the chosen-model rule, the frontier
+        add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
+        add(2, f"margins_{m}", lambda p, r, m=m: split_margins(p, m, _model(p, m), retrain=r))
+        add(2, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
+        add(2, f"circuit_v2_{CIRCUIT_TASKS[0]}_{m}",
+            lambda p, r, m=m: pruned_circuit_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
+    for d, k in FAMILY_R2[TARGET_POINT]:  # the convergence check of whichever candidate the rule chooses
+        m = sparse_name(1 / k, d, recipe=2, length=2)
+        add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
     for t in BRIDGE_TASKS:
         add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
