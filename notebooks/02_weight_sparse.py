@@ -419,6 +419,7 @@ print(f"the unembedding alone ({gcfg.d_model} -> {gcfg.vocab_size}) at kept 1/25
 #
 # - **The grid** (`zoo.FAMILY_R2`): three non-embedding L0 points, each held by two or three widths, width 256
 #   at every point. The chosen model's point is `zoo.TARGET_POINT` (49k), where today's chosen model sits.
+#   (`zoo.family_r2(prof)` is this grid at full, and the same fractions at a quarter of the widths at ci.)
 # - **The chosen model** (`zoo.choose_the_model`, fixed before any pruning): among the models at the target
 #   point, those reaching 0.9 on the held-out forms of every task the dense baseline itself reaches 0.9 on (a
 #   task no model of ours does off-template, today bracket counting, would otherwise exclude every model); the
@@ -441,7 +442,7 @@ print(f"the unembedding alone ({gcfg.d_model} -> {gcfg.vocab_size}) at kept 1/25
 #     family, coloured by width.
 
 # %%
-for point, members in zoo.FAMILY_R2.items():
+for point, members in zoo.family_r2(prof).items():
     names = [zoo.sparse_name(1 / k, d, seed=seed, recipe=2) for d, k in members]
     print(f"{point}: non-embedding L0 {48 * members[0][0] ** 2 // members[0][1]:,}", "  ".join(
         f"{n} ({'trained' if artifacts.exists(n, prof) else 'not yet'})" for n in names))
@@ -460,7 +461,7 @@ for point, members in zoo.FAMILY_R2.items():
 
 # %%
 family = []
-for point, members in zoo.FAMILY_R2.items():
+for point, members in zoo.family_r2(prof).items():
     for d, k in members:
         name = zoo.sparse_name(1 / k, d, seed=seed, recipe=2)
         m, mm = zoo.sparse_model(prof, 1 / k, d, seed=seed, retrain=retrain, recipe=2)

@@ -35,11 +35,11 @@ from circuitbook.zoo.dense import (
 )
 from circuitbook.zoo.diffing import close_configs, close_steps, diffing_artifacts
 from circuitbook.zoo.sparse import (
-    FAMILY_R2,
     SPARSE_FRACTIONS,
     TARGET_POINT,
     THE_SPARSE_MODEL,
     clip_demo,
+    family_r2,
     sparse_model,
     sparse_name,
     sparse_widths,
@@ -81,11 +81,11 @@ def _sparse_builds(prof: Profile) -> dict[str, Build]:
     demo = clip_demo(prof)
     out[sparse_name(demo["kept"], demo["d_model"], "none")] = (
         lambda p, r: sparse_model(p, demo["kept"], demo["d_model"], clip="none", retrain=r))
-    for members in FAMILY_R2.values():
+    for members in family_r2(prof).values():
         for d, k in members:
             out[sparse_name(1 / k, d, recipe=2)] = (
                 lambda p, r, d=d, k=k: sparse_model(p, 1 / k, d, retrain=r, recipe=2))
-    for d, k in FAMILY_R2[TARGET_POINT]:  # the convergence check: whichever candidate the rule chooses, at 2x tokens
+    for d, k in family_r2(prof)[TARGET_POINT]:  # the convergence check: each candidate the rule may choose, 2x tokens
         out[sparse_name(1 / k, d, recipe=2, length=2)] = (
             lambda p, r, d=d, k=k: sparse_model(p, 1 / k, d, retrain=r, recipe=2, length=2))
     return out
@@ -146,14 +146,14 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for m in ckpts:  # the searched comparison (only the checkpoint at matched loss is built)
         add(3, f"circuit_search_v2k_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: matched_search_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
-    r2 = [sparse_name(1 / k, d, recipe=2) for members in FAMILY_R2.values() for d, k in members]
+    r2 = [sparse_name(1 / k, d, recipe=2) for members in family_r2(prof).values() for d, k in members]
     for m in r2:  # chapter 2's recipe-2 family: its table, the chosen-model rule, the frontier
         add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
         add(2, f"margins_{m}", lambda p, r, m=m: split_margins(p, m, _model(p, m), retrain=r))
         add(2, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
         add(2, f"circuit_v2_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: pruned_circuit_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
-    for d, k in FAMILY_R2[TARGET_POINT]:  # the convergence check of whichever candidate the rule chooses
+    for d, k in family_r2(prof)[TARGET_POINT]:  # the convergence check of whichever candidate the rule chooses
         m = sparse_name(1 / k, d, recipe=2, length=2)
         add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
