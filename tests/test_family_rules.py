@@ -8,7 +8,18 @@ import torch
 
 from circuitbook.bench import csr_linears_speedup
 from circuitbook.sparsity import WeightSparsifier
-from circuitbook.zoo.sparse import FAMILY_R2, TARGET_POINT, choose_the_model, loss_gain_2x, wider_is_better_at_points
+import json
+from pathlib import Path
+
+from circuitbook.zoo.sparse import (
+    FAMILY_R2,
+    TARGET_POINT,
+    choose_the_model,
+    loss_gain_2x,
+    the_sparse_name,
+    wider_is_better_at_points,
+    wider_is_better_total_l0,
+)
 
 DENSE = {"quote": 0.98, "bracket": 0.63, "sos": 0.99, "while": 1.0}  # the dense baseline fails bracket
 
@@ -55,6 +66,25 @@ def test_wider_is_better_needs_every_pair_at_three_points_with_width_256():
     assert not wider_is_better_at_points(rows(no256))[0]
     with pytest.raises(ValueError):
         wider_is_better_at_points([{"point": "a", "d_model": 64, "val_loss": 1.0}] * 2)
+
+
+def test_wider_is_better_total_l0_interpolates_the_wider_curve_in_log_l0_for_every_pair_of_widths():
+    fam = [{"d_model": 64, "l0": 1e4, "val_loss": 3.0}, {"d_model": 64, "l0": 1e5, "val_loss": 2.9},
+           {"d_model": 128, "l0": 1e3, "val_loss": 3.2}, {"d_model": 128, "l0": 1e5, "val_loss": 2.7}]
+    holds, out = wider_is_better_total_l0(fam)
+    # at 1e4 (half-way from 1e3 to 1e5 in log L0) the d128 curve is at 3.2 - 0.5 / 2 = 2.95 < 3.0
+    assert holds and len(out) == 2 and out[0]["wide_loss"] == pytest.approx(2.95)
+    fam[0]["val_loss"] = 2.8  # the narrow model now beats the interpolated wide curve at 1e4
+    assert not wider_is_better_total_l0(fam)[0]
+    fam.append({"d_model": 256, "l0": 5e4, "val_loss": 2.0})  # one point only: no range, so no comparison
+    assert len(wider_is_better_total_l0(fam)[1]) == 2
+    assert not wider_is_better_total_l0([{"d_model": 64, "l0": 1e4, "val_loss": 3.0}])[0]  # nothing compared
+
+
+def test_the_sparse_model_is_the_one_chapter_2s_rule_chose():
+    results = json.loads((Path(__file__).parents[1] / "data" / "results" / "02_weight_sparse.json").read_text())
+    ctx = next(c for c in results["claims"] if c["id"] == "sparse_tokens_trained")["context"]
+    assert ctx == f"chosen: {the_sparse_name('full')}"
 
 
 def test_loss_gain_2x():

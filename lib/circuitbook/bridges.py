@@ -357,12 +357,17 @@ class BridgeTrainConfig:
     nmse_s2d_coef: float = 1.0  # weight of NMSE(decoded sparse, dense) at every site
     kl_d2s_coef: float = 1.0  # weight of KL(dense || sparse suffix run on the encoded dense stream)
     kl_s2d_coef: float = 1.0  # weight of KL(dense || dense suffix run on the decoded sparse stream)
+    # the sparse side's gradient: "clip" (RMS at most clip_rms) or "rms_normalize" (RMS exactly clip_rms, small
+    # gradients scaled up: chapter 2's recipe, without which Adam's eps of 0.1 swamps the sparse model's steps)
+    sparse_grad: str = "clip"
 
     def __post_init__(self) -> None:
         if self.sparse_init not in ("scratch", "the_sparse_model"):
             raise ValueError(f"sparse_init must be 'scratch' or 'the_sparse_model', got {self.sparse_init!r}")
         if self.bridge_init not in ("random", "least_squares"):
             raise ValueError(f"bridge_init must be 'random' or 'least_squares', got {self.bridge_init!r}")
+        if self.sparse_grad not in ("clip", "rms_normalize"):
+            raise ValueError(f"sparse_grad must be 'clip' or 'rms_normalize', got {self.sparse_grad!r}")
 
     def losses(self) -> list[BridgeLoss]:
         """The five loss terms with this config's coefficients."""
@@ -468,7 +473,7 @@ def train_bridged(
             total, vals = compute_losses(BridgeRun.make(dense, sparse, bridge, batch, kl_sites), losses)
             opt.zero_grad(set_to_none=True)
             total.backward()
-            g_sparse = clip_grad_rms_(sparse_params, cfg.clip_rms)
+            g_sparse = clip_grad_rms_(sparse_params, cfg.clip_rms, normalize=cfg.sparse_grad == "rms_normalize")
             g_bridge = clip_grad_rms_(bridge_params, cfg.clip_rms)
             opt.step()
             if sparsifier is not None:

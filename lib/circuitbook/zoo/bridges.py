@@ -1,8 +1,9 @@
-"""Chapter 4: the bridged pair (the dense baseline, a sparse model fine-tuned beside it, and the bridges)."""
+"""Chapter 4: the bridged pair (the dense baseline, a sparse model fine-tuned beside it, and the bridges), and the
+second attempt at the paper's own setting: a sparse model trained from scratch beside the dense one."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from circuitbook.zoo.core import (
     tokenizer,
 )
 from circuitbook.zoo.dense import dense_baseline, dense_configs
-from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_configs, sparse_name, sparse_widths, the_sparse_model
+from circuitbook.zoo.sparse import the_sparse_configs, the_sparse_model, the_sparse_name
 
 
 def bridge_configs(profile: str | Profile, seed: int = 0):
@@ -55,10 +56,9 @@ def bridge_configs(profile: str | Profile, seed: int = 0):
     validation KL of the hybrids). Full: the KL terms use 2 of the 8 sites per step (drawn from the step),
     which halves the step time."""
     prof = get_profile(profile)
-    d = THE_SPARSE_MODEL["d_model"] if prof.name == "full" else sparse_widths(prof)[-1]
-    gcfg, tcfg, scfg = sparse_configs(prof, THE_SPARSE_MODEL["kept"], d)
-    bcfg = BridgeTrainConfig(
-        steps=pick(prof, ci=30, full=600), batch_size=tcfg.batch_size, n_ctx=tcfg.n_ctx, lr=tcfg.lr / 10,
+    gcfg, tcfg, scfg = the_sparse_configs(prof)
+    bcfg = BridgeTrainConfig(  # 16 sequences per step: the bridges' recipe, not the sparse model's (32 in recipe 2)
+        steps=pick(prof, ci=30, full=600), batch_size=pick(prof, ci=8, full=16), n_ctx=tcfg.n_ctx, lr=tcfg.lr / 10,
         bridge_lr=3e-3, kl_sites_per_step=pick(prof, ci=None, full=2), eval_every=pick(prof, ci=15, full=100),
         eval_batches=pick(prof, ci=2, full=8), ckpt_every=pick(prof, ci=15, full=50),
         seed=seed, sparse_init="the_sparse_model", bridge_init="least_squares",
@@ -76,22 +76,39 @@ def bridge_fit_batches(profile: str | Profile, seed: int = 0) -> list[torch.Tens
     return [get_batch(train_tokens, i, bcfg.batch_size, bcfg.n_ctx, seed + 1) for i in range(bcfg.init_batches)]
 
 
-def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
-    """The dense baseline (frozen), a weight-sparse model trained beside it, and the bridges between them
-    (artifact `bridged_sparse`; resumable from data/scratch). Returns (dense, sparse, bridge, meta)."""
+def cotrain_configs(profile: str | Profile, seed: int = 0):
+    """The co-trained pair (issue 17's second attempt at the paper's setting): the sparse side starts from
+    scratch and trains beside the frozen dense model with the bridges, on the chosen sparse model's own recipe
+    (its steps, batch, learning rate, L0 anneal over the first half, and gradient rescaling to RMS 1); the bridges
+    start at random (there is no trained sparse stream to fit them to) and keep the fine-tuned pair's learning
+    rate, KL sites and loss weights. -> (GPTConfig, BridgeTrainConfig, SparsityConfig)."""
     prof = get_profile(profile)
+    gcfg, tcfg, scfg = the_sparse_configs(prof)
+    _, ft, _ = bridge_configs(prof, seed)
+    bcfg = replace(ft, steps=tcfg.steps, batch_size=tcfg.batch_size, lr=tcfg.lr, eval_every=tcfg.eval_every,
+                   ckpt_every=tcfg.ckpt_every, sparse_init="scratch", bridge_init="random",
+                   sparse_grad="rms_normalize")
+    return gcfg, bcfg, scfg
+
+
+def _pair(prof: Profile, name: str, seed: int, retrain: bool, progress: bool, cotrain: bool):
+    """Load or train a bridged pair (artifact `name`): the fine-tuned one, or the co-trained one."""
     dense = dense_baseline(prof, seed)[0].float()
-    gcfg, bcfg, scfg = bridge_configs(prof, seed)
-    name = f"bridged_sparse{suffix(seed)}"
+    gcfg, bcfg, scfg = (cotrain_configs if cotrain else bridge_configs)(prof, seed)
     config = {"model": gcfg.to_dict(), "train": bcfg.to_dict(), "sparsity": scfg.to_dict(),
               "dense": dense_configs(prof)[0].to_dict()}
 
     def fit():
-        sparse = the_sparse_model(prof, seed)[0].float().train()
+        if cotrain:  # from scratch, annealed to the target L0 over the first half, as in chapter 2
+            seed_everything(seed)
+            sparse = to_device(GPT(gcfg)).train()
+            kept_at = scfg.kept()
+            sparsifier = WeightSparsifier(sparse, lambda s: kept_at(s, bcfg.steps), min_per_row=scfg.min_per_row)
+        else:  # chapter 2's trained model, already at its final sparsity
+            sparse = the_sparse_model(prof, seed)[0].float().train()
+            sparsifier = WeightSparsifier(sparse, scfg.kept_fraction, min_per_row=scfg.min_per_row)
         seed_everything(seed)
         bridge = to_device(Bridge.for_models(dense, sparse))  # dense and sparse are there already
-        # already at its final sparsity
-        sparsifier = WeightSparsifier(sparse, scfg.kept_fraction, min_per_row=scfg.min_per_row)
         streams = token_streams(prof)
         if bcfg.bridge_init == "least_squares":
             bridge.fit_least_squares(dense, sparse, bridge_fit_batches(prof, seed))
@@ -100,15 +117,29 @@ def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, p
         tensors = {**{f"sparse.{k}": v for k, v in artifacts.pack_sparse(sparse.state_dict()).items()},
                    **{f"bridge.{k}": v for k, v in half(bridge.state_dict()).items()}}
         return tensors, {"history": thin(out["history"]), "tokens_per_s": out["tokens_per_s"],
-                         "l0": total_l0(sparse, sparsifier.names)}
+                         "l0": total_l0(sparse, sparsifier.names),
+                         "tokens_trained": bcfg.steps * bcfg.batch_size * bcfg.n_ctx}
 
-    family = parents(prof, f"dense_baseline{suffix(seed)}", sparse_name(scfg.kept_fraction, gcfg.d_model, seed=seed))
-    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=family)
+    family = [f"dense_baseline{suffix(seed)}"] + ([] if cotrain else [the_sparse_name(prof, seed)])
+    tensors, meta = artifacts.load_or_train(name, prof, fit, config, retrain, parents=parents(prof, *family))
     packed = {k[7:]: v for k, v in tensors.items() if k.startswith("sparse.")}
     sparse = to_device(gpt_from_state(artifacts.unpack_sparse(packed, GPT(gcfg).state_dict()), gcfg).float().eval())
     bridge = to_device(Bridge.for_models(dense, sparse))
     bridge.load_state_dict({k[7:]: v.float() for k, v in tensors.items() if k.startswith("bridge.")})
     return dense.eval(), sparse, bridge.eval(), meta
+
+
+def bridged_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
+    """The dense baseline (frozen), a weight-sparse model trained beside it, and the bridges between them
+    (artifact `bridged_sparse`; resumable from data/cache/runs). Returns (dense, sparse, bridge, meta)."""
+    return _pair(get_profile(profile), f"bridged_sparse{suffix(seed)}", seed, retrain, progress, cotrain=False)
+
+
+def cotrained_pair(profile: str | Profile, seed: int = 0, retrain: bool = False, progress: bool = True):
+    """The dense baseline (frozen), a weight-sparse model trained from scratch beside it with the bridges
+    (`cotrain_configs`), and the bridges (artifact `bridged_cotrained`; resumable from data/cache/runs).
+    Returns (dense, sparse, bridge, meta)."""
+    return _pair(get_profile(profile), f"bridged_cotrained{suffix(seed)}", seed, retrain, progress, cotrain=True)
 
 
 # ---------------------------------------------------------------- the chapter's slow, deterministic measurements

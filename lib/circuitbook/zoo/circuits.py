@@ -53,7 +53,7 @@ from circuitbook.zoo.core import (
     tokenizer,
 )
 from circuitbook.zoo.dense import between_steps, dense_checkpoints, dense_configs, dense_replayed, replay_name
-from circuitbook.zoo.sparse import THE_SPARSE_MODEL, sparse_name, the_sparse_model
+from circuitbook.zoo.sparse import the_sparse_model, the_sparse_name
 
 CIRCUIT_TASKS = ("single_double_quote", "bracket_counting", "set_or_string")
 
@@ -268,7 +268,7 @@ def curve_sizes(circuit: Circuit, n_points: int = 24) -> list[int]:
 def _search_inputs(prof: Profile, seed: int):
     """The chosen sparse model, its name, task sets and node means (what the searches were run on)."""
     model = the_sparse_model(prof, seed)[0].float()
-    name = sparse_name(THE_SPARSE_MODEL["kept"], model.cfg.d_model, seed=seed)
+    name = the_sparse_name(prof, seed)
     return model, name, task_sets(prof, tokenizer(prof), seed), circuit_means(prof, model, name, seed)
 
 

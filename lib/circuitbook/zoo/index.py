@@ -10,7 +10,14 @@ from pathlib import Path
 
 from circuitbook.config import Profile, get_profile
 from circuitbook.data.corpus import STDLIB, freeze_stdlib
-from circuitbook.zoo.bridges import BRIDGE_TASKS, bridged_pair, control_null, control_null_logit, site_scan
+from circuitbook.zoo.bridges import (
+    BRIDGE_TASKS,
+    bridged_pair,
+    control_null,
+    control_null_logit,
+    cotrained_pair,
+    site_scan,
+)
 from circuitbook.zoo.circuits import (
     CIRCUIT_TASKS,
     attribution_circuit,
@@ -35,14 +42,13 @@ from circuitbook.zoo.dense import (
 )
 from circuitbook.zoo.diffing import close_configs, close_steps, diffing_artifacts
 from circuitbook.zoo.sparse import (
-    SPARSE_FRACTIONS,
     TARGET_POINT,
-    THE_SPARSE_MODEL,
     clip_demo,
     family_r2,
     sparse_model,
     sparse_name,
-    sparse_widths,
+    the_sparse_model,
+    the_sparse_name,
 )
 from circuitbook.zoo.vlm import vlm, vlm_late, vlm_late_transcoders, vlm_transcoders
 
@@ -75,12 +81,11 @@ def _replayed_steps(prof: Profile) -> list[int]:
 
 def _sparse_builds(prof: Profile) -> dict[str, Build]:
     out: dict[str, Build] = {}
-    for d in sparse_widths(prof):
-        for kept in SPARSE_FRACTIONS:
-            out[sparse_name(kept, d)] = lambda p, r, kept=kept, d=d: sparse_model(p, kept, d, retrain=r)
-    demo = clip_demo(prof)
-    out[sparse_name(demo["kept"], demo["d_model"], "none")] = (
-        lambda p, r: sparse_model(p, demo["kept"], demo["d_model"], clip="none", retrain=r))
+    demo = clip_demo(prof)  # chapter 2's clipping demo: one recipe-1 model trained with and without rescaling
+    for clip in ("rms_normalize", "none"):
+        out[sparse_name(demo["kept"], demo["d_model"], clip)] = (
+            lambda p, r, clip=clip: sparse_model(p, demo["kept"], demo["d_model"], clip=clip, retrain=r))
+    out[the_sparse_name(prof)] = lambda p, r: the_sparse_model(p, retrain=r)  # in the family at full, not at ci
     for members in family_r2(prof).values():
         for d, k in members:
             out[sparse_name(1 / k, d, recipe=2)] = (
@@ -114,13 +119,12 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for name, build in _sparse_builds(prof).items():
         add(2, name, build)
     add(2, "wild_prompts", lambda p, r: freeze_wild_prompts() if r else WILD)  # mined once, from pinned packages
-    models = ["dense_baseline"] + [sparse_name(k, d) for d in sparse_widths(prof) for k in SPARSE_FRACTIONS]
-    for m in models[1:]:  # chapter 2's family table
-        add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
-    d = sparse_widths(prof)[-1] if prof.name != "full" else THE_SPARSE_MODEL["d_model"]
-    for m in ("dense_baseline", sparse_name(THE_SPARSE_MODEL["kept"], d)):  # the three splits' margins
+    chosen = the_sparse_name(prof)
+    models = ["dense_baseline", chosen]
+    add(2, f"eval_{chosen}", lambda p, r: model_eval(p, chosen, _model(p, chosen), retrain=r))
+    for m in models:  # the three splits' margins
         add(2, f"margins_{m}", lambda p, r, m=m: split_margins(p, m, _model(p, m), retrain=r))
-    for m in models:
+    for m in models:  # chapter 3: node means, and the first method's quote circuit at the base settings
         add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
         add(3, f"circuit_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: pruned_circuit(p, _model(p, m), m, CIRCUIT_TASKS[0], prune_config(p), retrain=r))
@@ -140,7 +144,7 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
     for m in ckpts:
         add(3, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
         add(3, f"means_{m}", lambda p, r, m=m: circuit_means(p, _model(p, m), m, retrain=r))
-    for m in [models[0], sparse_name(THE_SPARSE_MODEL["kept"], d), *ckpts]:
+    for m in [models[0], chosen, *ckpts]:
         add(3, f"circuit_v2_{CIRCUIT_TASKS[0]}_{m}",
             lambda p, r, m=m: pruned_circuit_v2(p, _model(p, m), m, CIRCUIT_TASKS[0], retrain=r))
     for m in ckpts:  # the searched comparison (only the checkpoint at matched loss is built)
@@ -157,6 +161,9 @@ def entries(profile: str | Profile) -> dict[str, Entry]:
         m = sparse_name(1 / k, d, recipe=2, length=2)
         add(2, f"eval_{m}", lambda p, r, m=m: model_eval(p, m, _model(p, m), retrain=r))
     add(4, "bridged_sparse", lambda p, r: bridged_pair(p, retrain=r))
+    add(4, "bridged_cotrained", lambda p, r: cotrained_pair(p, retrain=r))
+    for pair, build in (("bridged_sparse", bridged_pair), ("bridged_cotrained", cotrained_pair)):
+        add(4, f"eval_{pair}", lambda p, r, pair=pair, build=build: model_eval(p, pair, build(p)[1], retrain=r))
     for t in BRIDGE_TASKS:
         add(4, f"site_scan_{t}", lambda p, r, t=t: site_scan(p, t, retrain=r))
         add(4, f"control_null_{t}", lambda p, r, t=t: control_null(p, t, retrain=r))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from circuitbook import artifacts
 from circuitbook.config import Profile, get_profile, pick, seed_everything
 from circuitbook.models.gpt import ABSTOPK_PAPER_SITES, GPT, GPTConfig, gpt_from_state
@@ -15,7 +17,10 @@ from circuitbook.zoo.dense import dense_configs
 # nonzeros per row already binds at 4 / d_in (1/16 for d_model 64), so sparser targets would only sparsify
 # the embeddings further. Chapter 2 plots loss against the measured L0, not the nominal fraction.
 SPARSE_FRACTIONS = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-THE_SPARSE_MODEL = {"kept": 1 / 16, "d_model": 128}  # the one chapters 3 and 4 explain
+# The one chapters 3 and 4 explain: chosen in chapter 2 by issue 17's rule (`choose_the_model`, protocol 165a8e6)
+# among the recipe-2 models at `TARGET_POINT`; a test checks it against the choice chapter 2 records. At ci, the
+# same kept fraction and recipe at ci's widest recipe-1 width. (Until then: d128 at 1/16, recipe 1.)
+THE_SPARSE_MODEL = {"kept": 1 / 4, "d_model": 64, "recipe": 2}
 CLIP_DEMO = {"kept": 1 / 16, "d_model": 64}  # trained again without gradient normalisation, for chapter 2
 
 # Recipe 2 (issue 17): 4x the tokens (3072 steps of 32 x 128 = 12.6M), width 256, and a family laid out on
@@ -85,6 +90,27 @@ def wider_is_better_at_points(rows: list[dict]) -> tuple[bool, list[dict]]:
     return holds, pairs
 
 
+def wider_is_better_total_l0(rows: list[dict]) -> tuple[bool, list[dict]]:
+    """`wider_is_better_at_fixed_l0`, chapter 2's first definition: `rows` are models ({"d_model", "l0" (total
+    L0, embeddings included), "val_loss"}). For every pair of widths, at each L0 of a narrower model that lies
+    inside the wider models' L0 range, the wider models' loss interpolated linearly in log L0 must be lower.
+    (First measured on two widths; with more, every pair.) -> (holds: at least one comparison, all wider-better;
+    one row per comparison)."""
+    widths = sorted({r["d_model"] for r in rows})
+    out = []
+    for i, dn in enumerate(widths):
+        narrow = sorted((r for r in rows if r["d_model"] == dn), key=lambda r: r["l0"])
+        for dw in widths[i + 1:]:
+            wide = sorted((r for r in rows if r["d_model"] == dw), key=lambda r: r["l0"])
+            lw = np.log([r["l0"] for r in wide])
+            for r in narrow:
+                if wide[0]["l0"] <= r["l0"] <= wide[-1]["l0"]:
+                    w_loss = float(np.interp(np.log(r["l0"]), lw, [x["val_loss"] for x in wide]))
+                    out.append({"narrow": dn, "wide": dw, "L0": int(r["l0"]), "narrow_loss": r["val_loss"],
+                                "wide_loss": w_loss, "wide_better": w_loss < r["val_loss"]})
+    return bool(out) and all(o["wide_better"] for o in out), out
+
+
 def loss_gain_2x(val_1x: float, val_2x: float) -> float:
     """`sparse_loss_gain_2x`: the relative validation-loss drop from recipe 2's tokens to twice them."""
     return (val_1x - val_2x) / val_1x
@@ -135,10 +161,29 @@ def clip_demo(profile: str | Profile) -> dict:
     return CLIP_DEMO if get_profile(profile).name == "full" else {"kept": 1 / 16, "d_model": sparse_widths(profile)[0]}
 
 
+def the_sparse_spec(profile: str | Profile) -> dict:
+    """{"kept", "d_model", "recipe"} of the model chapters 3 and 4 explain at `profile` (`THE_SPARSE_MODEL` at
+    full; at ci its kept fraction and recipe at ci's widest recipe-1 width, a model trained in seconds)."""
+    d = THE_SPARSE_MODEL["d_model"] if get_profile(profile).name == "full" else sparse_widths(profile)[-1]
+    return {**THE_SPARSE_MODEL, "d_model": d}
+
+
+def the_sparse_name(profile: str | Profile, seed: int = 0) -> str:
+    """The artifact name of `the_sparse_model(profile, seed)`."""
+    s = the_sparse_spec(profile)
+    return sparse_name(s["kept"], s["d_model"], seed=seed, recipe=s["recipe"])
+
+
+def the_sparse_configs(profile: str | Profile, seed: int = 0):
+    """`sparse_configs` of `the_sparse_model`: (GPTConfig, TrainConfig, SparsityConfig)."""
+    s = the_sparse_spec(profile)
+    return sparse_configs(profile, s["kept"], s["d_model"], seed=seed, recipe=s["recipe"])
+
+
 def the_sparse_model(profile: str | Profile, seed: int = 0, retrain: bool = False) -> tuple[GPT, dict]:
     """The weight-sparse model whose circuits chapter 3 finds and whose bridges chapter 4 trains."""
-    d = THE_SPARSE_MODEL["d_model"] if get_profile(profile).name == "full" else sparse_widths(profile)[-1]
-    return sparse_model(profile, THE_SPARSE_MODEL["kept"], d, seed=seed, retrain=retrain)
+    s = the_sparse_spec(profile)
+    return sparse_model(profile, s["kept"], s["d_model"], seed=seed, retrain=retrain, recipe=s["recipe"])
 
 
 def sparse_name(kept: float, d_model: int, clip: str = "rms_normalize", seed: int = 0, recipe: int = 1,
