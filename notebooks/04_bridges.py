@@ -57,7 +57,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from circuitbook import device, get_profile, seed_everything, set_threads, viz, zoo
+from circuitbook import artifacts, device, get_profile, seed_everything, set_threads, viz, zoo
 from circuitbook.bridges import (
     Bridge,
     class_move,
@@ -558,34 +558,41 @@ print(f"- For scale, the quote move's control in the same readout on its held-ou
 
 # %%
 # NBVAL_CHECK_OUTPUT
-_, co_sparse, co_bridge, co_meta = zoo.cotrained_pair(prof, seed, retrain=retrain)
-co_site = pd.DataFrame(hybrid_kl_per_site(dense, co_sparse, co_bridge, batches)).set_index("site")
-co_kl_d2s, co_kl_s2d = float(co_site["kl_d2s"].mean()), float(co_site["kl_s2d"].mean())
-co_val = zoo.model_eval(prof, f"bridged_cotrained{zoo.suffix(seed)}", co_sparse, seed)["val_loss"]
-ft_val = zoo.model_eval(prof, f"bridged_sparse{zoo.suffix(seed)}", sparse, seed)["val_loss"]
-alone_val = zoo.model_eval(prof, zoo.the_sparse_name(prof, seed), zoo.the_sparse_model(prof, seed)[0], seed)["val_loss"]
-co_acc = {t: evaluate_task(co_sparse, sets.test[t])["acc"] for t in (QUOTE, WHILE)}
-co_beats = co_kl_d2s < kl_d2s_mean and co_kl_s2d < kl_s2d_mean
-display(pd.DataFrame({
-    "fine-tuned pair": {"sparse val loss": ft_val, "mean KL d->s": kl_d2s_mean, "mean KL s->d": kl_s2d_mean,
-                        **{f"sparse acc {t}": task_acc[t]["sparse"] for t in (QUOTE, WHILE)}},
-    "co-trained pair": {"sparse val loss": co_val, "mean KL d->s": co_kl_d2s, "mean KL s->d": co_kl_s2d,
-                        **{f"sparse acc {t}": a for t, a in co_acc.items()}}}).round(4))
-print(f"the chosen sparse model alone: validation loss {alone_val:.4f}; co-trained on "
-      f"{co_meta['metrics']['tokens_trained']:,} tokens; co-training beats fine-tuning on both KLs: {co_beats}")
+co_name = f"bridged_cotrained{zoo.suffix(seed)}"
+co_ready = not prof.shipped or retrain or artifacts.exists(co_name, prof)  # full: hours of CPU, measured when shipped
+if co_ready:
+    _, co_sparse, co_bridge, co_meta = zoo.cotrained_pair(prof, seed, retrain=retrain)
+    co_site = pd.DataFrame(hybrid_kl_per_site(dense, co_sparse, co_bridge, batches)).set_index("site")
+    co_kl_d2s, co_kl_s2d = float(co_site["kl_d2s"].mean()), float(co_site["kl_s2d"].mean())
+    co_val = zoo.model_eval(prof, co_name, co_sparse, seed)["val_loss"]
+    ft_val = zoo.model_eval(prof, f"bridged_sparse{zoo.suffix(seed)}", sparse, seed)["val_loss"]
+    alone_val = zoo.model_eval(prof, zoo.the_sparse_name(prof, seed), zoo.the_sparse_model(prof, seed)[0],
+                               seed)["val_loss"]
+    co_acc = {t: evaluate_task(co_sparse, sets.test[t])["acc"] for t in (QUOTE, WHILE)}
+    co_beats = co_kl_d2s < kl_d2s_mean and co_kl_s2d < kl_s2d_mean
+    display(pd.DataFrame({
+        "fine-tuned pair": {"sparse val loss": ft_val, "mean KL d->s": kl_d2s_mean, "mean KL s->d": kl_s2d_mean,
+                            **{f"sparse acc {t}": task_acc[t]["sparse"] for t in (QUOTE, WHILE)}},
+        "co-trained pair": {"sparse val loss": co_val, "mean KL d->s": co_kl_d2s, "mean KL s->d": co_kl_s2d,
+                            **{f"sparse acc {t}": a for t, a in co_acc.items()}}}).round(4))
+    print(f"the chosen sparse model alone: validation loss {alone_val:.4f}; co-trained on "
+          f"{co_meta['metrics']['tokens_trained']:,} tokens; co-training beats fine-tuning on both KLs: {co_beats}")
+else:
+    print(f"{co_name} is not trained yet (python -m circuitbook build {co_name}); its claims are not measured")
 
 # %%
-co_hist = pd.DataFrame(co_meta["metrics"]["history"])
-co_v = co_hist.dropna(subset=["val_total"]) if "val_total" in co_hist else co_hist
-fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
-for ax, k in zip(axes, keys):
-    ax.plot(co_hist["step"], co_hist[k], alpha=0.4, label="train")
-    ax.plot(co_v["step"], co_v[f"val_{k}"], "o-", ms=3, label="val")
-    ax.axvline(co_meta["config"]["train"]["steps"] / 2, color="k", ls=":", lw=1)
-    ax.set(title=f"co-trained: {k}", xlabel="step", yscale="log")
-axes[0].legend()
-plt.tight_layout()
-plt.show()
+if co_ready:
+    co_hist = pd.DataFrame(co_meta["metrics"]["history"])
+    co_v = co_hist.dropna(subset=["val_total"]) if "val_total" in co_hist else co_hist
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
+    for ax, k in zip(axes, keys):
+        ax.plot(co_hist["step"], co_hist[k], alpha=0.4, label="train")
+        ax.plot(co_v["step"], co_v[f"val_{k}"], "o-", ms=3, label="val")
+        ax.axvline(co_meta["config"]["train"]["steps"] / 2, color="k", ls=":", lw=1)
+        ax.set(title=f"co-trained: {k}", xlabel="step", yscale="log")
+    axes[0].legend()
+    plt.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Limits
@@ -674,7 +681,7 @@ for name, c in DIRECTIONS.items():
         Claim(f"while_control_delta_logit_{name}", "the same for the control (other channels, same dense-space "
               "norm)", round(cl, 4), target="|x| <= 0.2", holds=abs(cl) <= 0.2, context=ctx.format(n=n_d)),
     ]
-claims += [
+claims += [] if not co_ready else [
     Claim("cotrain_sparse_val_loss", "validation loss (chapter 2's 640 windows) of a sparse model trained from scratch "
           "beside the dense one with the bridges (zoo.cotrain_configs: the chosen model's recipe, bridges from "
           "random)", round(co_val, 4), paper="the paper's setting", target="report",

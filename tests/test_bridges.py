@@ -391,3 +391,36 @@ def test_directed_change_runs_each_class_towards_the_other_with_its_signed_contr
         assert still.delta_logit == still.control_delta_logit == still.delta_p == 0.0
     with pytest.raises(ValueError):
         directed_change(dense, bridge, batch, move, 2)
+
+
+def test_sparse_grad_rms_normalize_rescales_the_sparse_gradient_to_rms_one():
+    """"clip" leaves a small gradient alone; "rms_normalize" scales it up to RMS 1 (chapter 2's recipe), so the
+    first AdamW step, lr * g / (|g| + eps) with eps 0.1, is far longer."""
+    with pytest.raises(ValueError):
+        BridgeTrainConfig(steps=1, sparse_grad="normalise")
+    moved = {}
+    for mode in ("clip", "rms_normalize"):
+        dense, sparse, bridge = _pair()
+        before = copy.deepcopy(sparse.state_dict())
+        small = dict(lm_coef=1e-4, nmse_d2s_coef=1e-4, nmse_s2d_coef=1e-4, kl_d2s_coef=1e-4, kl_s2d_coef=1e-4)
+        cfg = BridgeTrainConfig(steps=1, batch_size=2, n_ctx=8, lr=1e-3, eval_every=1, eval_batches=1,
+                                sparse_grad=mode, **small)  # a gradient far below RMS 1, as an LM loss's is
+        train_bridged(dense, sparse, bridge, _stream(500), _stream(500, seed=1), cfg, losses=cfg.losses(),
+                      progress=False)
+        moved[mode] = math.sqrt(sum(float((v - before[k]).pow(2).sum()) for k, v in sparse.state_dict().items()))
+    # Adam's step is lr * g / (sqrt(v) + eps): with eps 0.1 a gradient of RMS << 0.1 moves the weights far less
+    assert moved["rms_normalize"] > 2 * moved["clip"]
+
+
+def test_cotrain_configs_train_from_scratch_on_the_chosen_models_recipe():
+    from circuitbook import zoo
+
+    for prof in ("ci", "full"):
+        gcfg, bcfg, scfg = zoo.cotrain_configs(prof)
+        g2, t2, s2 = zoo.the_sparse_configs(prof)
+        assert gcfg == g2 and scfg == s2
+        assert (bcfg.steps, bcfg.batch_size, bcfg.lr) == (t2.steps, t2.batch_size, t2.lr)
+        assert (bcfg.sparse_init, bcfg.bridge_init, bcfg.sparse_grad) == ("scratch", "random", "rms_normalize")
+        ft = zoo.bridge_configs(prof)[1]
+        assert (bcfg.bridge_lr, bcfg.kl_d2s_coef, bcfg.kl_sites_per_step) == (ft.bridge_lr, ft.kl_d2s_coef,
+                                                                             ft.kl_sites_per_step)
