@@ -607,13 +607,19 @@ if co_ready:
 #   whole class difference in the sparse model is a shorter move in the dense one.
 # - **Saturated answers need long moves.** Where the dense model's logit margin is large (the first column
 #   of the diagnosis), a probability readout barely moves until the decoded change is nearly as long as the
-#   dense model's own class difference; the `while` task is the case in point. No template `while` /
-#   `return` prompt has a margin like the quote task's (the margin-matched rule finds none in the band), so
-#   the section on both directions reads the logit difference, which a saturated answer does not flatten.
-# - **A random control is not silent in logits.** A push as long as the edit's, in another direction, also
-#   moves a logit difference (the null of the controls in nats above says how far, and how often towards
-#   the other class). The probability controls stay near 0 on such prompts because the probabilities are
-#   saturated, not because the control does nothing.
+#   dense model's own class difference. With the book's first sparse model (d128, recipe 1) the `while` edit
+#   moved the probability by 0.0004; with today's (d64, recipe 2) the decoded move is about 70% as long as
+#   the dense model's own class difference and the same readout moves by about half (the claims table). No
+#   template `while` / `return` prompt has a margin like the quote task's (the margin-matched rule finds none
+#   in the band), so the section on both directions reads the logit difference, which a saturated answer
+#   does not flatten.
+# - **A random control is not silent in logits, and a longer edit makes a louder control.** A push as long as
+#   the edit's, in another direction, also moves a logit difference (the null of the controls in nats above
+#   says how far, and how often towards the other class). With today's pair the edit moves the `while` answer
+#   by 11 to 13 nats and a same-norm control by 3 to 4 (the first pair: 3.3 to 4.4 against 0.3 to 0.4), so
+#   the registered control goal of 0.2 nats fails while no control of 200 comes near the edit. The probability
+#   controls stay small on such prompts because the probabilities are saturated, not because the control
+#   does nothing; on the quote task, which is not saturated, today's control moves the probability by 0.07.
 # - **One site, one position.** Every intervention here edits one site at the last token. The dense model
 #   may also read the class from earlier positions in later layers; editing there is not tried.
 # - **Claims at strength 1 only.** The curves show the overshoot points (2x, 4x) for the shape of the
