@@ -269,10 +269,11 @@ print("whole model, held-out loss:", {t: round(evaluate_task(model, sets.test[t]
 # %% [markdown]
 # All three circuits are sufficient and necessary: alone they stay under the target on prompts they
 # never saw, and without them the model is at chance. They are not as small as the paper's, though:
-# tens of nodes where the paper's quote circuit has 12. Part of the difference is bookkeeping (our
+# 26 to 33 nodes where the paper's quote circuit has 12. Part of the difference is bookkeeping (our
 # circuits keep the residual reads that feed a head's queries and keys, up to one per embedding
 # channel the head reads), part is the search (6 trials here, 32 in the paper), and part is the
-# model: ours is 16 times narrower, so each channel carries more.
+# model: ours is 32 times narrower, so each channel carries more. All three live in layer 0's
+# attention and the final reads: no MLP neuron and no later layer is kept.
 #
 # ## The quote circuit
 #
@@ -352,17 +353,18 @@ for e in into:
     print(f"  {nodes.label(*e.src):18s} --{e.via}--> {e.weight:+.3f}")
 
 # %% [markdown]
-# Read together, the tables give the mechanism. The circuit lives almost entirely in layer 0 and
-# uses one attention head. Its *keys* are large at both kinds of opening quote: they are the quote
-# detector (positive for both quotes, as in the paper), read straight from the embedding. Its
-# *query* at the last token is large and nearly the same for both quote types: a near-constant
-# query, again as in the paper, so the head attends to wherever the detector fired. Its *values*
-# are where the type lives: value channels that are on for one quote and off for the other, which
-# the output matrix W_O maps with opposite signs onto one residual channel. That channel is the
-# quote-type node: its sign at the last token says which quote opened the string. Unlike the
-# paper's model, ours does not compute the type in an MLP at the quote token; the head's OV circuit
-# turns two one-hot value channels into one signed channel. The layer-0 MLP neurons that follow
-# read it and sharpen the final logit difference.
+# Read together, the tables give the mechanism. The circuit lives entirely in layer 0 and uses one
+# attention head. Its *keys* are large at both kinds of opening quote: they are the quote detector
+# (positive for both quotes, as in the paper), read straight from the embedding. Its *query* at the
+# last token is large and nearly the same for both quote types: a near-constant query, again as in
+# the paper, so the head attends to wherever the detector fired. Its *values* are where the type
+# lives: three value channels are zero at a single quote and on at a double quote, and the output
+# matrix W_O adds them, with positive weights, onto one residual channel. That channel is the
+# quote-type node: at the last token it is near zero or below after a single quote and positive
+# after a double one, so its sign says which quote opened the string. Unlike the paper's model, ours
+# does not compute the type in an MLP at the quote token; the head's OV circuit turns one-hot value
+# channels into one signed channel, and the final reads take the residual channels straight to the
+# logits (the circuit keeps no MLP neuron).
 
 # %% [markdown]
 # ### Does the sign hold on real code?
@@ -501,13 +503,14 @@ plt.show()
 display(sweep_df.round(3))
 
 # %% [markdown]
-# The bracket circuit is again one layer-0 head, which spreads its attention over the context and
-# puts a large share of it on bracket tokens; what it writes to the residual stream changes steadily
-# with the length of the open list, and accuracy falls as the list grows, as an averaging mechanism
-# predicts. The distractor breaks the model where the mechanism says it should: a closed `[[` earlier
-# in the function makes depth-1 lists look like depth 2 (the table's depth-1 column), while depth-2
-# prompts, which are right either way, are unaffected. Averaged over both depths each attack costs
-# about a quarter of the accuracy; on the depth-1 prompts the distractor costs more than half.
+# The bracket circuit is again one layer-0 head, which puts three quarters of its attention on bracket
+# tokens; what it writes to the residual stream changes steadily with the length of the open list, and
+# accuracy falls as the list grows (from 1.0 at 8 elements to about 0.1 to 0.4 at 20 to 30), as an
+# averaging mechanism predicts: long lists cost half the accuracy, and more on depth-1 prompts. The
+# distractor, which broke the book's first sparse model (it lost 0.27 of its accuracy, more than half
+# on depth 1), barely moves this one (0.02): a closed `[[` earlier in the function no longer makes
+# depth-1 lists look deeper to the whole model, although the circuit alone still falls for it (its
+# accuracy drops to 0.57). The whole model uses more than the circuit to resist it.
 
 # %% [markdown]
 # ## Set or string
@@ -540,12 +543,11 @@ print(f"the head that looks back at `set()` / '\"\"' from the last `current`: {h
       f"({sos_heads.loc[hop, 'attn last -> its initialiser']:.3f} of its attention)")
 
 # %% [markdown]
-# The set-or-string circuit is the largest of the three and spans all four layers. One later head
-# does the looking back: from the last `current` it attends to the token that initialised it
-# (`set` or `""`) rather than to the first `current`, so in our model the information is fetched
-# from the initialiser directly; the earlier layers' heads and neurons the circuit keeps prepare
-# the query and the value. The paper's two-hop story (copy the type onto `current` first) is not
-# what our circuit does.
+# The set-or-string circuit, like the other two, lives in layer 0's attention. One head does the
+# looking back: from the last `current` it attends to the token that initialised it (`set` or `""`)
+# rather than to the first `current`, so in our model the information is fetched from the initialiser
+# directly, in one hop. The paper's two-hop story (copy the type onto `current` first) is not what our
+# circuit does.
 
 # %% [markdown]
 # ## Learned masks against attribution
@@ -569,16 +571,16 @@ display(attr_table.round(3))
 attr_ratio = float(attr_table.loc[QUOTE, "edge ratio"])
 
 # %% [markdown]
-# At the same target loss, attribution pruning needs several times more edges than learned masks
-# on the quote task, and orders of magnitude more on the other two: ranking nodes one at a time by a
-# first-order estimate misses that nodes work in groups, which the learned mask sees by ablating
-# them together.
+# At the same target loss, attribution pruning needs about as many edges as learned masks on the quote
+# task (1.2 times), but 10 and 38 times more on the other two: ranking nodes one at a time by a
+# first-order estimate misses that nodes work in groups, which the learned mask sees by ablating them
+# together.
 
 # %% [markdown]
 # ## Sparse against dense
 #
-# The same pruning on the chapter-1 dense baseline (same width, depth and node count), at the same
-# target loss. For a fair comparison neither side is searched: both use the base settings
+# The same pruning on the chapter-1 dense baseline (same depth; width 128 against the sparse model's 64,
+# so about twice the nodes), at the same target loss. For a fair comparison neither side is searched: both use the base settings
 # (`prune_config`), which is also the search's first trial.
 
 # %%
