@@ -192,8 +192,8 @@ plt.show()
 # (32 iterations); we use Optuna's TPE sampler, with fewer trials (below), starting from k_coef
 # 1e-3 (at the paper's centre, 1e-4, the book's first chosen model, d128 with 5,760 nodes, kept
 # about 100 nodes at a loss far below the target: the penalty is too weak to trade loss for size).
-# Each trial trains a mask and bisects; its score is the circuit's node count. The full-profile searches ship as artifacts
-# (`scripts/train_models.py ch3` makes them).
+# Each trial trains a mask and bisects; its score is the circuit's node count. The full-profile
+# searches ship as artifacts (`python -m circuitbook build circuit_search_<task>` makes one).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -580,8 +580,8 @@ attr_ratio = float(attr_table.loc[QUOTE, "edge ratio"])
 # ## Sparse against dense
 #
 # The same pruning on the chapter-1 dense baseline (same depth; width 128 against the sparse model's 64,
-# so about twice the nodes), at the same target loss. For a fair comparison neither side is searched: both use the base settings
-# (`prune_config`), which is also the search's first trial.
+# so about twice the nodes), at the same target loss. For a fair comparison neither side is searched:
+# both use the base settings (`prune_config`), which is also the search's first trial.
 
 # %%
 # NBVAL_CHECK_OUTPUT

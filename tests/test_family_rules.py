@@ -3,14 +3,14 @@ points, the 2x loss gain, and the whole-model CSR linear-layer ratio."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from circuitbook.bench import csr_linears_speedup
 from circuitbook.sparsity import WeightSparsifier
-import json
-from pathlib import Path
-
 from circuitbook.zoo.sparse import (
     FAMILY_R2,
     TARGET_POINT,
