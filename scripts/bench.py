@@ -49,12 +49,12 @@ def main() -> None:
     print(f"dense baseline ({model.n_params():,} params, batch {cfg.batch_size} x {cfg.n_ctx}): "
           f"{tps:,.0f} training tokens/s = {achieved:.1f} GFLOP/s, MFU {achieved / gf:.2f} of this machine's matmul")
     # chapter 2: the cost of the per-step projection, and CSR inference of a sparse model
-    scfg, _, _ = zoo.sparse_configs("full", zoo.THE_SPARSE_MODEL["kept"], zoo.THE_SPARSE_MODEL["d_model"])
-    r = sparse_step_time_ratio(scfg, zoo.THE_SPARSE_MODEL["kept"], batch_size=16, steps=8)
+    gcfg, _, _ = zoo.the_sparse_configs("full")
+    r = sparse_step_time_ratio(gcfg, zoo.THE_SPARSE_MODEL["kept"], batch_size=16, steps=8)
     print(f"sparse model training step: {r['sparse_s'] * 1e3:.0f} ms with the top-k projection, "
           f"{r['dense_s'] * 1e3:.0f} ms without: ratio {r['ratio']:.2f} (goal <= 1.2)")
     for frac in (1 / 64, 1 / 256):
-        m = GPT(scfg)
+        m = GPT(gcfg)
         WeightSparsifier(m, frac, min_per_row=0).step(0)
         c = csr_inference_speedup(m)
         print(f"inference at kept 1/{round(1 / frac)}: dense {c['dense_s'] * 1e3:.0f} ms, "

@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = zoo.the_sparse_model("full")[0].float()
-    name = zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], zoo.THE_SPARSE_MODEL["d_model"])
+    name = zoo.the_sparse_name("full")
     means = zoo.circuit_means("full", model, name)
     sets = zoo.task_sets("full", zoo.tokenizer("full"))
     nodes = NodeSet.from_model(model)

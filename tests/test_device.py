@@ -174,7 +174,7 @@ def test_circuit_means_and_search_run_on_the_device(tiny_zoo):
     def run():
         r = zoo.circuit_search("ci", "single_double_quote", retrain=True, progress=False)
         model = zoo.the_sparse_model("ci")[0]
-        name = zoo.sparse_name(zoo.THE_SPARSE_MODEL["kept"], model.cfg.d_model)
+        name = zoo.the_sparse_name("ci")
         c = zoo.pruned_circuit("ci", model, name, "single_double_quote", r.config, retrain=True, progress=False)
         return r.circuit, c
 
