@@ -141,17 +141,24 @@ print(f"{len(sites)} sites; dense d_model {dense.cfg.d_model}, sparse d_model {s
 # Each loss term along training (validation, every site).
 
 # %%
-hist = pd.DataFrame(meta["metrics"]["history"])
-val = hist.dropna(subset=["val_total"]) if "val_total" in hist else hist
-keys = ["sparse_lm", "nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d"]
-fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
-for ax, k in zip(axes, keys):
-    ax.plot(hist["step"], hist[k], alpha=0.4, label="train")
-    ax.plot(val["step"], val[f"val_{k}"], "o-", ms=3, label="val")
-    ax.set(title=k, xlabel="step", yscale="log")
-axes[0].legend()
-plt.tight_layout()
-plt.show()
+def plot_pair_history(pair_meta: dict, title: str = "", anneal_end: float | None = None) -> None:
+    """Each loss term of a bridged pair's training, train and validation (a dotted line where L0 annealing ends)."""
+    hist = pd.DataFrame(pair_meta["metrics"]["history"])
+    val = hist.dropna(subset=["val_total"]) if "val_total" in hist else hist
+    keys = ["sparse_lm", "nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
+    for ax, k in zip(axes, keys):
+        ax.plot(hist["step"], hist[k], alpha=0.4, label="train")
+        ax.plot(val["step"], val[f"val_{k}"], "o-", ms=3, label="val")
+        if anneal_end is not None:
+            ax.axvline(anneal_end, color="k", ls=":", lw=1)
+        ax.set(title=f"{title}{k}", xlabel="step", yscale="log")
+    axes[0].legend()
+    plt.tight_layout()
+    plt.show()
+
+
+plot_pair_history(meta)
 
 # %% [markdown]
 # ## Does the sparse side do the tasks?
@@ -582,17 +589,7 @@ else:
 
 # %%
 if co_ready:
-    co_hist = pd.DataFrame(co_meta["metrics"]["history"])
-    co_v = co_hist.dropna(subset=["val_total"]) if "val_total" in co_hist else co_hist
-    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8))
-    for ax, k in zip(axes, keys):
-        ax.plot(co_hist["step"], co_hist[k], alpha=0.4, label="train")
-        ax.plot(co_v["step"], co_v[f"val_{k}"], "o-", ms=3, label="val")
-        ax.axvline(co_meta["config"]["train"]["steps"] / 2, color="k", ls=":", lw=1)
-        ax.set(title=f"co-trained: {k}", xlabel="step", yscale="log")
-    axes[0].legend()
-    plt.tight_layout()
-    plt.show()
+    plot_pair_history(co_meta, "co-trained: ", anneal_end=co_meta["config"]["train"]["steps"] / 2)
 
 # %% [markdown]
 # ## Limits

@@ -19,7 +19,7 @@ from circuitbook.zoo.dense import dense_configs
 SPARSE_FRACTIONS = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 # The one chapters 3 and 4 explain: chosen in chapter 2 by issue 17's rule (`choose_the_model`, protocol 165a8e6)
 # among the recipe-2 models at `TARGET_POINT`; a test checks it against the choice chapter 2 records. At ci, the
-# same kept fraction and recipe at ci's widest recipe-1 width. (Until then: d128 at 1/16, recipe 1.)
+# same kept fraction and recipe at ci's widest recipe-1 width. (The book's first chosen model: d128 at 1/16, recipe 1.)
 THE_SPARSE_MODEL = {"kept": 1 / 4, "d_model": 64, "recipe": 2}
 CLIP_DEMO = {"kept": 1 / 16, "d_model": 64}  # trained again without gradient normalisation, for chapter 2
 
